@@ -1,0 +1,348 @@
+//! Types shared by the BPF programs and the userspace daemon.
+//!
+//! Every map key and value is `#[repr(C)]` with explicit padding so the layout
+//! is identical on both sides and no uninitialised bytes reach a hash key.
+//! Addresses and ports are stored in network byte order, exactly as they
+//! appear on the wire, so the datapath never swaps bytes.
+#![no_std]
+
+/// Pinned map names. The daemon and the `netd bpf` commands open these under
+/// the bpffs directory.
+pub mod maps {
+    pub const NETWORKS: &str = "NETD_NETWORKS";
+    pub const SUBNETS: &str = "NETD_SUBNETS";
+    pub const UPLINKS: &str = "NETD_UPLINKS";
+    pub const CONNTRACK: &str = "NETD_CT";
+    pub const FRAGS: &str = "NETD_FRAGS";
+    pub const FORWARDS: &str = "NETD_FORWARDS";
+    pub const STATS: &str = "NETD_STATS";
+    pub const NET_STATS: &str = "NETD_NET_STATS";
+    pub const SETTINGS: &str = "NETD_SETTINGS";
+    pub const ALL: &[&str] = &[
+        NETWORKS, SUBNETS, UPLINKS, CONNTRACK, FRAGS, FORWARDS, STATS, NET_STATS, SETTINGS,
+    ];
+}
+
+/// Program names (the function names in netd-ebpf/src/main.rs).
+pub mod progs {
+    pub const BRIDGE_INGRESS: &str = "netd_bridge_ingress";
+    pub const BRIDGE_EGRESS: &str = "netd_bridge_egress";
+    pub const UPLINK_INGRESS: &str = "netd_uplink_ingress";
+    pub const UPLINK_EGRESS: &str = "netd_uplink_egress";
+}
+
+pub const MAX_NETWORKS: u32 = 256;
+pub const MAX_UPLINKS: u32 = 64;
+pub const CT_MAX_ENTRIES: u32 = 262_144;
+pub const FRAG_MAX_ENTRIES: u32 = 8_192;
+pub const FORWARD_MAX_ENTRIES: u32 = 131_072;
+
+/// Network modes as the datapath sees them.
+pub mod mode {
+    pub const NAT: u8 = 1;
+    pub const ROUTE: u8 = 2;
+    pub const OPEN: u8 = 3;
+    pub const ISOLATED: u8 = 4;
+}
+
+/// One netd network, keyed by its bridge's ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetConfig {
+    /// Subnet address and mask, network byte order.
+    pub subnet: u32,
+    pub mask: u32,
+    /// The bridge's own address (the guests' gateway), network byte order.
+    pub gateway: u32,
+    /// Fixed masquerade address (libvirt's `<nat><address>`), or 0 to use
+    /// the uplink's current address.
+    pub nat_addr: u32,
+    /// Masquerade port range, host byte order, inclusive.
+    pub port_min: u16,
+    pub port_max: u16,
+    /// Restrict forwarding to this uplink (libvirt's `forward dev=`), 0 = any.
+    pub uplink_ifindex: u32,
+    pub mode: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Key of the subnets LPM trie: which network owns an address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubnetKey {
+    pub prefixlen: u32,
+    pub addr: u32,
+}
+
+/// An uplink, keyed by ifindex: its current primary IPv4 address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Uplink {
+    pub addr: u32,
+    pub _pad: u32,
+}
+
+/// A connection tuple exactly as it appears on the wire. For ICMP echo the
+/// identifier stands in for a port: a request is (id, 0), a reply (0, id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl CtKey {
+    /// The tuple a packet travelling the other way carries.
+    pub const fn reversed(&self) -> CtKey {
+        CtKey {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// Conntrack entry directions.
+pub mod dir {
+    /// Key is the tuple the connection's initiator sends.
+    pub const ORIGINAL: u8 = 0;
+    /// Key is the tuple of the replies.
+    pub const REPLY: u8 = 1;
+}
+
+/// Conntrack states.
+pub mod ct_state {
+    pub const NEW: u8 = 0;
+    pub const ESTABLISHED: u8 = 1;
+    pub const CLOSING: u8 = 2;
+}
+
+/// Kinds of translation an entry applies.
+pub mod nat_kind {
+    pub const NONE: u8 = 0;
+    /// Masquerade: originals get their source rewritten.
+    pub const SNAT: u8 = 1;
+    /// Port forward: originals get their destination rewritten.
+    pub const DNAT: u8 = 2;
+}
+
+/// One direction of a tracked connection.
+///
+/// `xlate` is the tuple a matching packet leaves with: for an SNAT original
+/// it is (nat addr:port -> peer), for its reply (peer -> guest addr:port).
+/// The entry for the other direction is keyed by `xlate.reversed()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CtEntry {
+    pub xlate: CtKey,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub created_ns: u64,
+    pub last_seen_ns: u64,
+    pub expires_ns: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Bridge of the network the guest end lives on.
+    pub bridge_ifindex: u32,
+    /// Uplink the translated side uses.
+    pub uplink_ifindex: u32,
+    pub dir: u8,
+    pub state: u8,
+    pub nat: u8,
+    /// TCP flags seen in this direction (FIN=1, SYN=2, RST=4, ACK=16).
+    pub tcp_flags: u8,
+    pub _pad: u32,
+}
+
+/// Key for following non-first fragments of a translated datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragKey {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Ports of a fragmented datagram, learnt from its first fragment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragPorts {
+    pub sport: u16,
+    pub dport: u16,
+    pub _pad: u32,
+    pub expires_ns: u64,
+}
+
+/// A port forward, keyed by (proto, host address, host port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ForwardKey {
+    pub addr: u32,
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForwardTarget {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+    pub bridge_ifindex: u32,
+    pub _pad2: u32,
+    pub hits: u64,
+}
+
+/// A packets-and-bytes counter, one per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Per-network traffic counters, keyed by bridge ifindex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NetStats {
+    /// From guests, seen at the bridge's ingress.
+    pub from_guests: Counter,
+    /// To guests, translated back at the uplink or bridge egress.
+    pub to_guests: Counter,
+}
+
+/// Why a packet was counted: indexes of the per-CPU STATS array.
+pub mod reason {
+    pub const PASS: u32 = 0;
+    pub const SNAT: u32 = 1;
+    pub const REVERSE_NAT: u32 = 2;
+    pub const CT_NEW: u32 = 3;
+    pub const REDIRECT: u32 = 4;
+    pub const SLOW_PATH: u32 = 5;
+    pub const DROP_MALFORMED: u32 = 6;
+    pub const DROP_SPOOFED: u32 = 7;
+    pub const DROP_POLICY: u32 = 8;
+    pub const DROP_PORTS_EXHAUSTED: u32 = 9;
+    pub const DROP_CT_FULL: u32 = 10;
+    pub const DROP_NO_UPLINK_ADDR: u32 = 11;
+    pub const DROP_FRAG_UNKNOWN: u32 = 12;
+    pub const DNAT: u32 = 13;
+    pub const DROP_UPLINK_RESTRICTED: u32 = 14;
+    pub const CSUM_FILLED: u32 = 15;
+    pub const REJECT_SENT: u32 = 16;
+    pub const COUNT: u32 = 17;
+
+    /// Names for the CLI and metrics, indexed by reason.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "pass",
+        "snat",
+        "reverse_nat",
+        "ct_new",
+        "redirect",
+        "slow_path",
+        "drop_malformed",
+        "drop_spoofed",
+        "drop_policy",
+        "drop_ports_exhausted",
+        "drop_ct_full",
+        "drop_no_uplink_addr",
+        "drop_frag_unknown",
+        "dnat",
+        "drop_uplink_restricted",
+        "csum_filled",
+        "reject_sent",
+    ];
+
+    pub const fn is_drop(r: u32) -> bool {
+        matches!(r, 6..=12 | 14)
+    }
+}
+
+/// Global datapath settings, slot 0 of the SETTINGS array. Timeouts in seconds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub tcp_syn_timeout: u32,
+    pub tcp_established_timeout: u32,
+    pub tcp_closing_timeout: u32,
+    pub udp_timeout: u32,
+    pub icmp_timeout: u32,
+    pub _pad: u32,
+}
+
+impl Settings {
+    /// Linux nf_conntrack's defaults, shortened for established TCP to what
+    /// Cilium uses: long enough for idle SSH sessions, short enough for GC.
+    pub const DEFAULT: Settings = Settings {
+        tcp_syn_timeout: 60,
+        tcp_established_timeout: 21_600,
+        tcp_closing_timeout: 10,
+        udp_timeout: 60,
+        icmp_timeout: 30,
+        _pad: 0,
+    };
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    macro_rules! pod {
+        ($($t:ty),*) => { $( unsafe impl aya::Pod for $t {} )* };
+    }
+    pod!(
+        NetConfig,
+        SubnetKey,
+        Uplink,
+        CtKey,
+        CtEntry,
+        FragKey,
+        FragPorts,
+        ForwardKey,
+        ForwardTarget,
+        Counter,
+        NetStats,
+        Settings
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<NetConfig>(), 28);
+        assert_eq!(size_of::<CtKey>(), 16);
+        assert_eq!(size_of::<CtEntry>(), 16 + 5 * 8 + 16);
+        assert_eq!(size_of::<FragKey>(), 12);
+        assert_eq!(size_of::<FragPorts>(), 16);
+        assert_eq!(size_of::<ForwardKey>(), 8);
+        assert_eq!(size_of::<ForwardTarget>(), 24);
+        assert_eq!(size_of::<Settings>(), 24);
+    }
+
+    #[test]
+    fn reversed_swaps_ends() {
+        let k = CtKey { saddr: 1, daddr: 2, sport: 3, dport: 4, proto: 6, _pad: [0; 3] };
+        assert_eq!(k.reversed().reversed(), k);
+        assert_eq!(k.reversed().saddr, 2);
+        assert_eq!(k.reversed().sport, 4);
+    }
+}

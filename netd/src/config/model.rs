@@ -1,0 +1,377 @@
+use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Nat,
+    Route,
+    Open,
+    Isolated,
+    Bridge,
+    Hostdev,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Nat => "nat",
+            Mode::Route => "route",
+            Mode::Open => "open",
+            Mode::Isolated => "isolated",
+            Mode::Bridge => "bridge",
+            Mode::Hostdev => "hostdev",
+        }
+    }
+
+    /// Whether netd creates and owns the bridge for this mode.
+    pub fn owns_bridge(self) -> bool {
+        !matches!(self, Mode::Bridge | Mode::Hostdev)
+    }
+}
+
+/// A network definition, as stored in `<config-dir>/networks/NAME.toml`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    pub name: String,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Bridge device; defaults to the first free `netdN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    #[serde(default)]
+    pub autostart: bool,
+    /// Restrict forwarding to this uplink (libvirt's `forward dev=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Fixed bridge MAC; generated once and persisted when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    #[serde(default)]
+    pub stp: Stp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat: Option<Nat>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<Ipv4>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<Forward>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stp {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Forward delay in seconds.
+    #[serde(default)]
+    pub delay: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for Stp {
+    fn default() -> Self {
+        Stp { enabled: true, delay: 0 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Nat {
+    /// Masquerade port range, "1024-65535".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ports: Option<String>,
+    /// Fixed masquerade address instead of the uplink's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+}
+
+impl Nat {
+    pub fn port_range(&self) -> Result<(u16, u16), String> {
+        match &self.ports {
+            None => Ok((1024, 65535)),
+            Some(s) => {
+                let r = PortRange::from_str(s)?;
+                Ok((r.start, r.end))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ipv4 {
+    /// Gateway address with prefix, "192.168.122.1/24".
+    pub address: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<Dhcp4>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<Host>,
+}
+
+impl Ipv4 {
+    /// (gateway, prefix length).
+    pub fn parsed(&self) -> Result<(Ipv4Addr, u8), String> {
+        parse_cidr4(&self.address)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dhcp4 {
+    pub start: Ipv4Addr,
+    pub end: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ipv6 {
+    /// Router address with prefix, "fd00:122::1/64".
+    pub address: String,
+    /// Router advertisements for SLAAC.
+    #[serde(default)]
+    pub slaac: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp: Option<Dhcp6>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<Host6>,
+    #[serde(default)]
+    pub nat: bool,
+}
+
+impl Ipv6 {
+    pub fn parsed(&self) -> Result<(Ipv6Addr, u8), String> {
+        let (a, p) = self
+            .address
+            .split_once('/')
+            .ok_or_else(|| format!("ipv6 address {:?} needs a /prefix", self.address))?;
+        let a = Ipv6Addr::from_str(a).map_err(|_| format!("invalid IPv6 address {a:?}"))?;
+        let p: u8 = p.parse().map_err(|_| format!("invalid IPv6 prefix {p:?}"))?;
+        if p > 128 {
+            return Err(format!("IPv6 prefix /{p} is longer than 128"));
+        }
+        Ok((a, p))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dhcp6 {
+    pub start: Ipv6Addr,
+    pub end: Ipv6Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host6 {
+    pub duid: String,
+    pub ip: Ipv6Addr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// Extra name records served by the network's dnsmasq.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<DnsHost>,
+    /// Set false to run DHCP only (dnsmasq `port=0`).
+    #[serde(default = "yes")]
+    pub enable: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsHost {
+    pub ip: std::net::IpAddr,
+    pub names: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+impl FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            _ => Err(format!("protocol must be tcp or udp, not {s:?}")),
+        }
+    }
+}
+
+/// A port forward: `proto` traffic to `address:port` goes to `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Forward {
+    pub proto: Proto,
+    /// "8080" or "8000-8010".
+    pub port: String,
+    /// "192.168.122.10", "192.168.122.10:80" or "192.168.122.10:80-90".
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+}
+
+/// An inclusive port range; a single port is a range of one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn len(&self) -> u32 {
+        u32::from(self.end) - u32::from(self.start) + 1
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let port = |p: &str| -> Result<u16, String> {
+            match p.trim().parse::<u16>() {
+                Ok(0) => Err("port 0 is not a usable port".into()),
+                Ok(v) => Ok(v),
+                Err(_) => Err(format!("invalid port {p:?}")),
+            }
+        };
+        let (start, end) = match s.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(s)?, port(s)?),
+        };
+        if start > end {
+            return Err(format!("port range {s:?} is reversed"));
+        }
+        Ok(PortRange { start, end })
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+/// Parses "a.b.c.d/len".
+pub fn parse_cidr4(s: &str) -> Result<(Ipv4Addr, u8), String> {
+    let (a, p) = s
+        .split_once('/')
+        .ok_or_else(|| format!("address {s:?} needs a /prefix, like 192.168.122.1/24"))?;
+    let a = Ipv4Addr::from_str(a).map_err(|_| format!("invalid IPv4 address {a:?}"))?;
+    let p: u8 = p.parse().map_err(|_| format!("invalid prefix {p:?}"))?;
+    if p > 32 {
+        return Err(format!("prefix /{p} is longer than 32"));
+    }
+    Ok((a, p))
+}
+
+pub fn mask4(prefix: u8) -> u32 {
+    if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) }
+}
+
+/// True when `ip` is inside `net/prefix`.
+pub fn in_subnet4(ip: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
+    u32::from(ip) & mask4(prefix) == u32::from(net) & mask4(prefix)
+}
+
+/// Canonical lower-case MAC, or an error.
+pub fn normalize_mac(s: &str) -> Result<String, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6
+        || parts
+            .iter()
+            .any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(format!("invalid MAC address {s:?}"));
+    }
+    Ok(s.to_ascii_lowercase())
+}
+
+pub fn mac_bytes(s: &str) -> Result<[u8; 6], String> {
+    let s = normalize_mac(s)?;
+    let mut out = [0u8; 6];
+    for (i, p) in s.split(':').enumerate() {
+        out[i] = u8::from_str_radix(p, 16).expect("validated hex");
+    }
+    Ok(out)
+}
+
+impl Network {
+    pub fn ipv4_dhcp_hosts(&self) -> &[Host] {
+        self.ipv4.as_ref().map(|v| v.hosts.as_slice()).unwrap_or(&[])
+    }
+
+    /// Parsed masquerade port range (validated at definition time).
+    pub fn nat_ports(&self) -> (u16, u16) {
+        self.nat
+            .as_ref()
+            .map(|n| n.port_range().unwrap_or((1024, 65535)))
+            .unwrap_or((1024, 65535))
+    }
+
+    /// Whether this network wants a dnsmasq at all.
+    pub fn wants_dnsmasq(&self) -> bool {
+        let dhcp4 = self.ipv4.as_ref().is_some_and(|v| v.dhcp.is_some());
+        let v6 = self
+            .ipv6
+            .as_ref()
+            .is_some_and(|v| v.slaac || v.dhcp.is_some());
+        let dns = self.dns.as_ref().is_none_or(|d| d.enable) && self.ipv4.is_some();
+        dhcp4 || v6 || dns
+    }
+}

@@ -1,0 +1,210 @@
+//! Loads the BPF object with its maps pinned under `<bpffs>/maps`, and
+//! attaches programs with tcx. Links are pinned under `<bpffs>/links`, so the
+//! datapath keeps running while the daemon restarts, and a restart swaps in
+//! the new program atomically instead of detaching.
+
+use super::BPF_OBJECT;
+use anyhow::{Context, Result, anyhow};
+use aya::programs::{
+    LinkOrder, SchedClassifier,
+    links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
+};
+use aya::{Ebpf, EbpfLoader};
+use netd_common::progs;
+use std::path::{Path, PathBuf};
+
+/// Where a program hangs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hook {
+    BridgeIngress,
+    BridgeEgress,
+    UplinkIngress,
+    UplinkEgress,
+}
+
+impl Hook {
+    pub const ALL: [Hook; 4] = [
+        Hook::BridgeIngress,
+        Hook::BridgeEgress,
+        Hook::UplinkIngress,
+        Hook::UplinkEgress,
+    ];
+
+    fn program(self) -> &'static str {
+        match self {
+            Hook::BridgeIngress => progs::BRIDGE_INGRESS,
+            Hook::BridgeEgress => progs::BRIDGE_EGRESS,
+            Hook::UplinkIngress => progs::UPLINK_INGRESS,
+            Hook::UplinkEgress => progs::UPLINK_EGRESS,
+        }
+    }
+
+    fn attach_type(self) -> TcAttachType {
+        match self {
+            Hook::BridgeIngress | Hook::UplinkIngress => TcAttachType::Ingress,
+            Hook::BridgeEgress | Hook::UplinkEgress => TcAttachType::Egress,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hook::BridgeIngress => "bridge_ingress",
+            Hook::BridgeEgress => "bridge_egress",
+            Hook::UplinkIngress => "uplink_ingress",
+            Hook::UplinkEgress => "uplink_egress",
+        }
+    }
+
+    pub fn direction(self) -> &'static str {
+        match self.attach_type() {
+            TcAttachType::Ingress => "ingress",
+            _ => "egress",
+        }
+    }
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    bpffs: PathBuf,
+    // Owns the log map; dropping it would close the map under the programs.
+    _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Dataplane {
+    /// Loads every program, creating or reusing the pinned maps.
+    pub fn load(bpffs: &Path, bpf_log: bool) -> Result<Self> {
+        ensure_bpffs(bpffs)?;
+        let maps_dir = bpffs.join("maps");
+        std::fs::create_dir_all(&maps_dir)?;
+        std::fs::create_dir_all(bpffs.join("links"))?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(BPF_OBJECT)
+            .context("loading the BPF object")?;
+        let logger = if bpf_log {
+            match aya_log::EbpfLogger::init(&mut ebpf) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!("BPF logging unavailable: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        for hook in Hook::ALL {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(hook.program())
+                .ok_or_else(|| anyhow!("program {} missing from the object", hook.program()))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("verifying {}", hook.program()))?;
+        }
+        let dp = Dataplane { ebpf, bpffs: bpffs.to_path_buf(), _logger: logger };
+        super::maps::init_settings(&dp.maps_dir())?;
+        Ok(dp)
+    }
+
+    pub fn maps_dir(&self) -> PathBuf {
+        self.bpffs.join("maps")
+    }
+
+    fn link_pin(&self, hook: Hook, ifname: &str) -> PathBuf {
+        link_pin_path(&self.bpffs, hook, ifname)
+    }
+
+    /// Attaches `hook`'s program to `ifname`, or swaps it into the link a
+    /// previous daemon left pinned.
+    pub fn attach(&mut self, hook: Hook, ifname: &str) -> Result<()> {
+        let pin = self.link_pin(hook, ifname);
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(hook.program())
+            .ok_or_else(|| anyhow!("program {} not loaded", hook.program()))?
+            .try_into()?;
+        let id = match PinnedLink::from_pin(&pin) {
+            Ok(pinned) => {
+                let fd: FdLink = pinned.unpin().context("unpinning old link")?;
+                let link = SchedClassifierLink::try_from(fd)?;
+                prog.attach_to_link(link)
+                    .with_context(|| format!("replacing {} on {ifname}", hook.as_str()))?
+            }
+            Err(_) => prog
+                .attach_with_options(
+                    ifname,
+                    hook.attach_type(),
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .with_context(|| format!("attaching {} to {ifname}", hook.as_str()))?,
+        };
+        let link = prog.take_link(id)?;
+        let fd: FdLink = link.try_into().map_err(|e| anyhow!("tcx link expected: {e}"))?;
+        // The pinned link keeps the program attached after the FdLink drops.
+        fd.pin(&pin)
+            .with_context(|| format!("pinning link at {}", pin.display()))?;
+        Ok(())
+    }
+
+    /// Detaches `hook` from `ifname`. Absent links are fine: the interface
+    /// may have gone already.
+    pub fn detach(&mut self, hook: Hook, ifname: &str) -> Result<()> {
+        detach_pinned(&self.bpffs, hook, ifname)
+    }
+
+    /// The kernel's program id for a hook (for status output).
+    pub fn program_id(&self, hook: Hook) -> Option<u32> {
+        let p: &SchedClassifier = self.ebpf.program(hook.program())?.try_into().ok()?;
+        p.info().ok().map(|i| i.id())
+    }
+}
+
+pub fn link_pin_path(bpffs: &Path, hook: Hook, ifname: &str) -> PathBuf {
+    bpffs.join("links").join(format!("{ifname}.{}", hook.as_str()))
+}
+
+/// Removes a pinned link; dropping the last reference detaches it.
+pub fn detach_pinned(bpffs: &Path, hook: Hook, ifname: &str) -> Result<()> {
+    let pin = link_pin_path(bpffs, hook, ifname);
+    match PinnedLink::from_pin(&pin) {
+        Ok(p) => {
+            p.unpin().with_context(|| format!("unpinning {}", pin.display()))?;
+            Ok(())
+        }
+        Err(_) if !pin.exists() => Ok(()),
+        Err(e) => Err(anyhow!("opening {}: {e}", pin.display())),
+    }
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Makes sure `dir` lives on a bpffs; mounts /sys/fs/bpf if that is missing.
+fn ensure_bpffs(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).ok();
+    if is_bpffs(dir) {
+        return Ok(());
+    }
+    let sys = Path::new("/sys/fs/bpf");
+    if dir.starts_with(sys) && !is_bpffs(sys) {
+        let src = c"bpf";
+        let target = std::ffi::CString::new("/sys/fs/bpf")?;
+        let rc = unsafe {
+            libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+        };
+        if rc != 0 {
+            return Err(anyhow!("mounting bpffs on /sys/fs/bpf: {}", std::io::Error::last_os_error()));
+        }
+        std::fs::create_dir_all(dir)?;
+        return Ok(());
+    }
+    Err(anyhow!("{} is not on a bpf filesystem (mount -t bpf bpf DIR)", dir.display()))
+}
+
+pub fn is_bpffs(dir: &Path) -> bool {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}

@@ -1,0 +1,10 @@
+//! Everything that touches aya: loading the BPF object, tcx attachment,
+//! pinned maps and their typed access.
+
+mod load;
+pub mod maps;
+
+pub use load::{Dataplane, Hook};
+
+/// The compiled BPF object, built by build.rs.
+pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netd"));

@@ -1,0 +1,1 @@
+//! dnsmasq: config generation, supervision, SIGHUP, leases.
