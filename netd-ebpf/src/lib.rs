@@ -4,6 +4,26 @@
 #![no_std]
 
 #[cfg(target_arch = "bpf")]
+pub mod bridge;
+#[cfg(target_arch = "bpf")]
+pub mod csum;
+#[cfg(target_arch = "bpf")]
+pub mod ct;
+#[cfg(target_arch = "bpf")]
+pub mod flow;
+#[cfg(target_arch = "bpf")]
+pub mod forward;
+#[cfg(target_arch = "bpf")]
+pub mod frag;
+#[cfg(target_arch = "bpf")]
+pub mod icmp;
+#[cfg(target_arch = "bpf")]
 pub mod maps;
 #[cfg(target_arch = "bpf")]
+pub mod nat;
+#[cfg(target_arch = "bpf")]
+pub mod parse;
+#[cfg(target_arch = "bpf")]
 pub mod stats;
+#[cfg(target_arch = "bpf")]
+pub mod uplink;

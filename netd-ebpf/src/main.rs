@@ -1,26 +1,20 @@
-//! netd's datapath: entry points only. Each concern lives in its own module.
+//! netd's datapath: entry points only. Each concern lives in its own module
+//! of the library half of this crate.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
-mod datapath {
+mod entry {
     use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-
-    use netd_ebpf::{maps, stats};
+    use netd_ebpf::{bridge, uplink};
 
     /// Guest -> world: tc ingress on every netd bridge.
     #[classifier]
-    pub fn netd_bridge_ingress(ctx: TcContext) -> i32 {
-        let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-        if maps::network(ifindex).is_none() {
-            return TC_ACT_OK;
-        }
-        stats::count_from_guests(ifindex, ctx.len());
-        stats::count(netd_common::reason::PASS, ctx.len());
-        TC_ACT_OK
+    pub fn netd_bridge_ingress(mut ctx: TcContext) -> i32 {
+        bridge::ingress(&mut ctx)
     }
 
-    /// Bridge egress: filled in by the NAT issue.
+    /// Bridge egress: towards guests (used by the mode-specific policy).
     #[classifier]
     pub fn netd_bridge_egress(_ctx: TcContext) -> i32 {
         TC_ACT_OK
@@ -28,14 +22,14 @@ mod datapath {
 
     /// World -> guest replies: tc ingress on uplinks.
     #[classifier]
-    pub fn netd_uplink_ingress(_ctx: TcContext) -> i32 {
-        TC_ACT_OK
+    pub fn netd_uplink_ingress(mut ctx: TcContext) -> i32 {
+        uplink::ingress(&mut ctx)
     }
 
     /// Safety net: tc egress on uplinks.
     #[classifier]
-    pub fn netd_uplink_egress(_ctx: TcContext) -> i32 {
-        TC_ACT_OK
+    pub fn netd_uplink_egress(mut ctx: TcContext) -> i32 {
+        uplink::egress(&mut ctx)
     }
 
     #[cfg(not(test))]

@@ -1,14 +1,38 @@
 //! Every map the datapath uses, pinned by name under netd's bpffs folder so
-//! they outlive a daemon restart.
+//! they, and every live connection, outlive a daemon restart.
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
-use netd_common::{Counter, MAX_NETWORKS, NetConfig, NetStats, reason};
+use netd_common::{
+    CT_MAX_ENTRIES, Counter, CtEntry, CtKey, FORWARD_MAX_ENTRIES, FRAG_MAX_ENTRIES, ForwardKey, ForwardTarget,
+    FragKey, FragPorts, MAX_NETWORKS, MAX_UPLINKS, NetConfig, NetStats, Settings, Uplink, reason,
+};
 
+/// Networks by bridge ifindex.
 #[map(name = "NETD_NETWORKS")]
 pub static NETWORKS: HashMap<u32, NetConfig> = HashMap::pinned(MAX_NETWORKS, 0);
+
+/// Which network owns an address (value: bridge ifindex).
+#[map(name = "NETD_SUBNETS")]
+pub static SUBNETS: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_NETWORKS, 0);
+
+/// Uplinks by ifindex, with their current masquerade address.
+#[map(name = "NETD_UPLINKS")]
+pub static UPLINKS: HashMap<u32, Uplink> = HashMap::pinned(MAX_UPLINKS, 0);
+
+/// Conntrack: each connection is keyed once per direction.
+#[map(name = "NETD_CT")]
+pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_MAX_ENTRIES, 0);
+
+/// Ports of fragmented datagrams, learnt from first fragments.
+#[map(name = "NETD_FRAGS")]
+pub static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(FRAG_MAX_ENTRIES, 0);
+
+/// Port forwards by (proto, host address, host port).
+#[map(name = "NETD_FORWARDS")]
+pub static FORWARDS: HashMap<ForwardKey, ForwardTarget> = HashMap::pinned(FORWARD_MAX_ENTRIES, 0);
 
 #[map(name = "NETD_STATS")]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(reason::COUNT, 0);
@@ -16,11 +40,28 @@ pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(reason::COUNT, 0);
 #[map(name = "NETD_NET_STATS")]
 pub static NET_STATS: PerCpuHashMap<u32, NetStats> = PerCpuHashMap::pinned(MAX_NETWORKS, 0);
 
+#[map(name = "NETD_SETTINGS")]
+pub static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+
 #[inline(always)]
 pub fn network(bridge_ifindex: u32) -> Option<&'static NetConfig> {
     unsafe { NETWORKS.get(&bridge_ifindex) }
 }
 
-#[map(name = "NETD_SETTINGS")]
-pub static SETTINGS: aya_ebpf::maps::Array<netd_common::Settings> =
-    aya_ebpf::maps::Array::pinned(1, 0);
+/// The netd network whose subnet holds `addr` (wire order), by bridge ifindex.
+#[inline(always)]
+pub fn subnet_owner(addr: u32) -> Option<u32> {
+    SUBNETS
+        .get(aya_ebpf::maps::lpm_trie::Key::new(32, addr))
+        .copied()
+}
+
+#[inline(always)]
+pub fn uplink_addr(ifindex: u32) -> Option<u32> {
+    unsafe { UPLINKS.get(&ifindex) }.map(|u| u.addr).filter(|a| *a != 0)
+}
+
+#[inline(always)]
+pub fn settings() -> Settings {
+    SETTINGS.get(0).copied().unwrap_or(Settings::DEFAULT)
+}

@@ -1,5 +1,7 @@
 //! Per-CPU counters: by reason, and by network and direction.
 
+use aya_ebpf::bindings::{TC_ACT_OK, TC_ACT_SHOT};
+
 use crate::maps::{NET_STATS, STATS};
 
 #[inline(always)]
@@ -10,6 +12,20 @@ pub fn count(reason: u32, bytes: u32) {
             (*c).bytes += u64::from(bytes);
         }
     }
+}
+
+/// Counts and drops.
+#[inline(always)]
+pub fn drop(reason: u32, bytes: u32) -> i32 {
+    count(reason, bytes);
+    TC_ACT_SHOT
+}
+
+/// Counts and hands the packet to the kernel unchanged.
+#[inline(always)]
+pub fn pass(reason: u32, bytes: u32) -> i32 {
+    count(reason, bytes);
+    TC_ACT_OK
 }
 
 #[inline(always)]

@@ -1,2 +1,77 @@
-//! cli
-pub fn main() -> std::process::ExitCode { std::process::ExitCode::SUCCESS }
+//! The `netd` command line: one file per subcommand, each with an `exec()`.
+//! Everything but `daemon` and `bpf` talks to the daemon over its socket.
+
+mod bpf;
+mod daemon;
+mod leases;
+mod net;
+mod output;
+mod status;
+
+use crate::api::client::Client;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub use output::{Format, Table};
+
+#[derive(Parser)]
+#[command(name = "netd", version, about = "Virtual networks for KVM hosts, with an eBPF dataplane")]
+pub struct Cli {
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "NETD_SOCKET")]
+    socket: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon.
+    Daemon(daemon::Args),
+    /// Define, start, stop and inspect networks.
+    #[command(subcommand)]
+    Net(net::Command),
+    /// DHCP leases of a network.
+    Leases(leases::Args),
+    /// Read the pinned BPF maps (works without the daemon).
+    #[command(subcommand)]
+    Bpf(bpf::Command),
+    /// Daemon, networks, programs and health checks.
+    Status(status::Args),
+}
+
+impl Cli {
+    fn client(&self) -> Client {
+        let sock = self
+            .socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(crate::paths::DEFAULT_RUN_DIR).join("netd.sock"));
+        Client::new(&sock)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // clap exits 2 on usage errors and 0 for --help/--version.
+            e.exit();
+        }
+    };
+    let r = match &cli.command {
+        Command::Daemon(a) => daemon::exec(a),
+        Command::Net(c) => net::exec(c, &cli.client()),
+        Command::Leases(a) => leases::exec(a, &cli.client()),
+        Command::Bpf(c) => bpf::exec(c),
+        Command::Status(a) => status::exec(a, &cli.client()),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let msg = format!("{e:#}").replace('\n', " ");
+            eprintln!("error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,1 +1,54 @@
-//! daemon
+//! The daemon: a store of definitions, and a reconciler that makes the
+//! kernel match them. All changes go through one lock, so two requests never
+//! interleave their netlink and map writes.
+
+mod network;
+pub mod store;
+mod teardown;
+mod status;
+mod uplink;
+
+pub use network::State;
+
+use crate::dataplane::Dataplane;
+use crate::link::Netlink;
+use crate::paths::Paths;
+use anyhow::{Context, Result};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Mutex;
+
+pub struct Options {
+    pub paths: Paths,
+    pub bpf_log: bool,
+}
+
+pub struct Daemon {
+    pub state: Mutex<State>,
+    pub started: Instant,
+    pub paths: Paths,
+}
+
+pub async fn run(opts: Options) -> Result<()> {
+    let paths = opts.paths.clone();
+    let dp = Dataplane::load(&paths.bpffs, opts.bpf_log).context("loading the dataplane")?;
+    let nl = Netlink::connect().await?;
+    crate::link::set_ipv4_forwarding(true).context("enabling IPv4 forwarding")?;
+    let mut state = State::new(&paths, nl, dp)?;
+    state.adopt_previous().await;
+    state.autostart().await;
+    let daemon = Arc::new(Daemon { state: Mutex::new(state), started: Instant::now(), paths: paths.clone() });
+
+    tokio::spawn(uplink::watch(daemon.clone()));
+    let server = tokio::spawn(crate::api::server::serve(daemon.clone()));
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down, networks stay up"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down, networks stay up"),
+        r = server => { r??; }
+    }
+    daemon.state.lock().await.shutdown().await;
+    let _ = std::fs::remove_file(paths.socket());
+    Ok(())
+}

@@ -101,3 +101,66 @@ fn sum(it: impl Iterator<Item = Counter>) -> Counter {
 fn nr_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(_, e)| e.into())
 }
+
+/// (name, entries, max entries) for every pinned map. Hash maps are
+/// counted by walking their keys, which is all the kernel offers; arrays are
+/// always full.
+pub fn fill_levels(dir: &Path) -> Result<Vec<(String, u64, u32)>> {
+    let mut out = Vec::new();
+    for name in names::ALL {
+        let Ok(data) = MapData::from_pin(dir.join(name)) else {
+            continue;
+        };
+        let info = data.info()?;
+        let max = info.max_entries();
+        let entries = match info.map_type()? {
+            aya::maps::MapType::Array | aya::maps::MapType::PerCpuArray => u64::from(max),
+            _ => count_keys(&data, info.key_size())?,
+        };
+        out.push((name.to_string(), entries, max));
+    }
+    Ok(out)
+}
+
+/// Walks a map's keys with BPF_MAP_GET_NEXT_KEY, whatever their type.
+pub fn count_keys(map: &MapData, key_size: u32) -> Result<u64> {
+    use std::os::fd::{AsFd, AsRawFd};
+    #[repr(C)]
+    struct NextKeyAttr {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        next_key: u64,
+    }
+    let fd = map.fd().as_fd().as_raw_fd();
+    let mut cur = vec![0u8; key_size as usize];
+    let mut next = vec![0u8; key_size as usize];
+    let mut n = 0u64;
+    let mut first = true;
+    loop {
+        let attr = NextKeyAttr {
+            map_fd: fd as u32,
+            _pad: 0,
+            key: if first { 0 } else { cur.as_ptr() as u64 },
+            next_key: next.as_mut_ptr() as u64,
+        };
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                4, /* BPF_MAP_GET_NEXT_KEY */
+                &attr as *const NextKeyAttr,
+                std::mem::size_of::<NextKeyAttr>(),
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENOENT) {
+                return Ok(n);
+            }
+            return Err(e.into());
+        }
+        n += 1;
+        first = false;
+        std::mem::swap(&mut cur, &mut next);
+    }
+}

@@ -1,0 +1,147 @@
+//! Connection tracking. A connection has two entries, one keyed by the tuple
+//! each direction carries on the wire, each holding the tuple to rewrite
+//! that direction into. Both are written together, with a rollback when the
+//! second write fails, so a lookup never finds half a connection.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use netd_common::{CtEntry, CtKey, ct_state, dir};
+
+use crate::maps::{CT, settings};
+use crate::parse::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+#[inline(always)]
+pub fn now() -> u64 {
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// A live (unexpired) entry.
+#[inline(always)]
+pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
+    let e = CT.get_ptr_mut(key)?;
+    if unsafe { (*e).expires_ns } < now() {
+        return None;
+    }
+    Some(e)
+}
+
+#[inline(always)]
+fn timeout_ns(proto: u8, state: u8) -> u64 {
+    let s = settings();
+    let secs = match proto {
+        IPPROTO_TCP => match state {
+            ct_state::ESTABLISHED => s.tcp_established_timeout,
+            ct_state::CLOSING => s.tcp_closing_timeout,
+            _ => s.tcp_syn_timeout,
+        },
+        IPPROTO_UDP => s.udp_timeout,
+        IPPROTO_ICMP => s.icmp_timeout,
+        _ => s.udp_timeout,
+    };
+    u64::from(secs) * 1_000_000_000
+}
+
+/// The state a TCP connection moves to when a segment with `flags` is seen
+/// in direction `d`.
+#[inline(always)]
+fn next_state(state: u8, d: u8, flags: u8) -> u8 {
+    if flags & (TCP_FIN | TCP_RST) != 0 {
+        return ct_state::CLOSING;
+    }
+    if state == ct_state::NEW && d == dir::REPLY && flags & TCP_ACK != 0 {
+        return ct_state::ESTABLISHED;
+    }
+    if state == ct_state::NEW && d == dir::ORIGINAL && flags & TCP_SYN == 0 && flags & TCP_ACK != 0 {
+        // An ACK from the initiator after the handshake we missed (for
+        // example a flow picked up after a conntrack flush).
+        return ct_state::ESTABLISHED;
+    }
+    state
+}
+
+/// Accounts a packet on `e` and advances the state; a state change is
+/// mirrored onto the other direction's entry so both expire together.
+#[inline(always)]
+pub fn touch(e: *mut CtEntry, proto: u8, tcp_flags: u8, bytes: u32) {
+    let t = now();
+    let e = unsafe { &mut *e };
+    e.packets += 1;
+    e.bytes += u64::from(bytes);
+    e.last_seen_ns = t;
+    let mut state = e.state;
+    if proto == IPPROTO_TCP {
+        e.tcp_flags |= tcp_flags;
+        state = next_state(e.state, e.dir, tcp_flags);
+    } else if e.dir == dir::REPLY {
+        state = ct_state::ESTABLISHED;
+    }
+    e.expires_ns = t + timeout_ns(proto, state);
+    if state != e.state {
+        e.state = state;
+        if let Some(peer) = CT.get_ptr_mut(&e.xlate.reversed()) {
+            let peer = unsafe { &mut *peer };
+            peer.state = state;
+            peer.expires_ns = e.expires_ns;
+        }
+    }
+}
+
+pub enum CreateError {
+    /// The tuple the reply would carry is taken.
+    Taken,
+    /// The map refused the write.
+    Full,
+}
+
+/// Writes both entries of a new connection. `orig` is the tuple the
+/// initiator sends and `xlate` the tuple it leaves with; the reply entry is
+/// keyed by `xlate.reversed()` and translates back to `orig.reversed()`.
+#[inline(always)]
+pub fn create(orig: &CtKey, xlate: &CtKey, nat: u8, bridge: u32, uplink: u32, tcp_flags: u8, bytes: u32) -> Result<(), CreateError> {
+    let t = now();
+    let state = ct_state::NEW;
+    let expires = t + timeout_ns(orig.proto, state);
+    let reply_key = xlate.reversed();
+    let mut e = CtEntry {
+        xlate: orig.reversed(),
+        created_ns: t,
+        last_seen_ns: t,
+        expires_ns: expires,
+        packets: 0,
+        bytes: 0,
+        bridge_ifindex: bridge,
+        uplink_ifindex: uplink,
+        dir: dir::REPLY,
+        state,
+        nat,
+        tcp_flags: 0,
+        _pad: 0,
+    };
+    // Claim the reply tuple first: it is the one two flows can race for.
+    if CT.insert(&reply_key, &e, u64::from(BPF_NOEXIST)).is_err() {
+        match CT.get_ptr_mut(&reply_key) {
+            Some(old) if unsafe { (*old).expires_ns } < t => {
+                if CT.insert(&reply_key, &e, 0).is_err() {
+                    return Err(CreateError::Full);
+                }
+            }
+            _ => return Err(CreateError::Taken),
+        }
+    }
+    e.xlate = *xlate;
+    e.dir = dir::ORIGINAL;
+    e.packets = 1;
+    e.bytes = u64::from(bytes);
+    e.tcp_flags = tcp_flags;
+    if CT.insert(orig, &e, 0).is_err() {
+        let _ = CT.remove(&reply_key);
+        return Err(CreateError::Full);
+    }
+    Ok(())
+}
+
+/// Both entries of a connection go together.
+#[inline(always)]
+pub fn remove(key: &CtKey, e: &CtEntry) {
+    let _ = CT.remove(&e.xlate.reversed());
+    let _ = CT.remove(key);
+}

@@ -1,0 +1,104 @@
+//! Request and response bodies shared by the server and the CLI.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DefineRequest {
+    /// The definition's text, TOML or libvirt XML.
+    pub text: String,
+    pub xml: bool,
+    /// `net create`: start now and forget the definition when stopped.
+    pub transient: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NameResponse {
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AutostartRequest {
+    pub enable: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct HostRequest {
+    pub add: bool,
+    pub mac: String,
+    pub ip: std::net::Ipv4Addr,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkSummary {
+    pub name: String,
+    pub mode: String,
+    pub active: bool,
+    pub autostart: bool,
+    pub persistent: bool,
+    pub bridge: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NetworkInfo {
+    pub name: String,
+    pub mode: String,
+    pub active: bool,
+    pub autostart: bool,
+    pub persistent: bool,
+    pub bridge: Option<String>,
+    pub bridge_ifindex: Option<u32>,
+    pub mac: Option<String>,
+    pub ipv4: Option<String>,
+    pub ipv6: Option<String>,
+    pub dhcp_range: Option<String>,
+    pub uplink: Option<String>,
+    pub masquerade_address: Option<String>,
+    pub dnsmasq_pid: Option<u32>,
+    pub dnsmasq_restarts: u64,
+    /// Hints for operators, e.g. the static route upstream routers need.
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DumpResponse {
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgramStatus {
+    pub id: Option<u32>,
+    pub hook: String,
+    pub interface: String,
+    pub direction: String,
+    pub position: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Check {
+    pub level: String,
+    pub name: String,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MapFill {
+    pub name: String,
+    pub entries: u64,
+    pub max_entries: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub version: String,
+    pub uptime_secs: u64,
+    pub networks: Vec<NetworkInfo>,
+    pub programs: Vec<ProgramStatus>,
+    pub maps: Vec<MapFill>,
+    pub checks: Vec<Check>,
+}

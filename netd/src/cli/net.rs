@@ -1,0 +1,176 @@
+//! `netd net ...`: the network lifecycle.
+
+use super::output::{OutputArgs, Format, Table, opt, print_json};
+use crate::api::client::Client;
+use crate::api::wire::*;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Store a definition (TOML or libvirt XML) without starting it.
+    Define { file: PathBuf },
+    /// Start a transient network from a file; it is forgotten when stopped.
+    Create { file: PathBuf },
+    Start { name: String },
+    Stop { name: String },
+    /// Remove a stored definition (a running network keeps running).
+    Undefine { name: String },
+    /// Start the network when the daemon starts.
+    Autostart {
+        name: String,
+        #[arg(long)]
+        disable: bool,
+    },
+    List {
+        /// Include inactive networks.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    Info {
+        name: String,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Print the definition, as TOML or libvirt XML.
+    Dump {
+        name: String,
+        #[arg(long)]
+        xml: bool,
+    },
+    /// Live changes to a running or stored network.
+    Update {
+        name: String,
+        #[command(subcommand)]
+        change: Update,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum Update {
+    AddHost(HostArgs),
+    RemoveHost(HostArgs),
+}
+
+#[derive(clap::Args)]
+pub struct HostArgs {
+    #[arg(long)]
+    mac: String,
+    #[arg(long)]
+    ip: std::net::Ipv4Addr,
+    #[arg(long)]
+    name: Option<String>,
+}
+
+pub fn exec(c: &Command, client: &Client) -> Result<()> {
+    match c {
+        Command::Define { file } => define(client, file, false),
+        Command::Create { file } => define(client, file, true),
+        Command::Start { name } => action(client, name, "start", "started"),
+        Command::Stop { name } => action(client, name, "stop", "stopped"),
+        Command::Undefine { name } => {
+            let _: NameResponse = client.delete(&format!("/v1/networks/{name}"))?;
+            println!("network {name} undefined");
+            Ok(())
+        }
+        Command::Autostart { name, disable } => {
+            let _: NameResponse =
+                client.post(&format!("/v1/networks/{name}/autostart"), &AutostartRequest { enable: !disable })?;
+            println!("network {name} autostart {}", if *disable { "disabled" } else { "enabled" });
+            Ok(())
+        }
+        Command::List { all, out } => list(client, *all, out.format),
+        Command::Info { name, out } => info(client, name, out.format),
+        Command::Dump { name, xml } => {
+            let d: DumpResponse = client.get(&format!("/v1/networks/{name}/dump?xml={xml}"))?;
+            print!("{}", d.text);
+            Ok(())
+        }
+        Command::Update { name, change } => {
+            let (add, h) = match change {
+                Update::AddHost(h) => (true, h),
+                Update::RemoveHost(h) => (false, h),
+            };
+            let req = HostRequest { add, mac: h.mac.clone(), ip: h.ip, name: h.name.clone() };
+            let _: NameResponse = client.post(&format!("/v1/networks/{name}/hosts"), &req)?;
+            println!("network {name} updated");
+            Ok(())
+        }
+    }
+}
+
+fn define(client: &Client, file: &PathBuf, transient: bool) -> Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let xml = file.extension().is_some_and(|e| e == "xml") || text.trim_start().starts_with('<');
+    let r: NameResponse = client.post("/v1/networks", &DefineRequest { text, xml, transient })?;
+    println!("network {} {}", r.name, if transient { "created" } else { "defined" });
+    Ok(())
+}
+
+fn action(client: &Client, name: &str, verb: &str, done: &str) -> Result<()> {
+    let _: NameResponse = client.post(&format!("/v1/networks/{name}/{verb}"), &())?;
+    println!("network {name} {done}");
+    Ok(())
+}
+
+fn list(client: &Client, all: bool, f: Format) -> Result<()> {
+    let nets: Vec<NetworkSummary> = client.get(&format!("/v1/networks?all={all}"))?;
+    if f == Format::Json {
+        return print_json(&nets);
+    }
+    let mut t = Table::new(&["NAME", "MODE", "STATE", "AUTOSTART", "PERSISTENT", "BRIDGE"]);
+    for n in nets {
+        t.row(vec![
+            n.name,
+            n.mode,
+            if n.active { "active" } else { "inactive" }.into(),
+            yes_no(n.autostart),
+            yes_no(n.persistent),
+            opt(&n.bridge),
+        ]);
+    }
+    t.print();
+    Ok(())
+}
+
+fn yes_no(b: bool) -> String {
+    if b { "yes" } else { "no" }.into()
+}
+
+fn info(client: &Client, name: &str, f: Format) -> Result<()> {
+    let i: NetworkInfo = client.get(&format!("/v1/networks/{name}"))?;
+    if f == Format::Json {
+        return print_json(&i);
+    }
+    print!("{}", render_info(&i));
+    Ok(())
+}
+
+pub fn render_info(i: &NetworkInfo) -> String {
+    let rows = [
+        ("Name", i.name.clone()),
+        ("Mode", i.mode.clone()),
+        ("State", if i.active { "active" } else { "inactive" }.into()),
+        ("Autostart", yes_no(i.autostart)),
+        ("Persistent", yes_no(i.persistent)),
+        ("Bridge", opt(&i.bridge)),
+        ("Bridge MAC", opt(&i.mac)),
+        ("IPv4", opt(&i.ipv4)),
+        ("IPv6", opt(&i.ipv6)),
+        ("DHCP range", opt(&i.dhcp_range)),
+        ("Uplink", opt(&i.uplink)),
+        ("Masquerade as", opt(&i.masquerade_address)),
+        ("dnsmasq pid", opt(&i.dnsmasq_pid)),
+        ("dnsmasq restarts", i.dnsmasq_restarts.to_string()),
+    ];
+    let mut s = String::new();
+    for (k, v) in rows {
+        s.push_str(&format!("{:<17} {v}\n", format!("{k}:")));
+    }
+    for n in &i.notes {
+        s.push_str(&format!("Note:             {n}\n"));
+    }
+    s
+}

@@ -1,0 +1,616 @@
+//! Network lifecycle: define, start, stop, undefine, live host updates.
+//!
+//! Starting is all-or-nothing: each step records what it created in the
+//! network's `Running` entry as it goes, and a failure tears down exactly
+//! that record. Stopping uses the same teardown.
+
+use super::store::{RunRecord, Store, format_mac};
+use super::teardown::Teardown;
+use crate::api::wire::{NetworkInfo, NetworkSummary};
+use crate::config::{self, Mode, Network};
+use crate::dataplane::{self, Dataplane, Hook};
+use crate::dhcp::{self, Dnsmasq};
+use crate::link::{BridgeSpec, Netlink};
+use crate::paths::Paths;
+use anyhow::{Result, anyhow, bail};
+use netd_common::NetConfig;
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+pub struct State {
+    pub paths: Paths,
+    pub store: Store,
+    pub nl: Netlink,
+    pub dp: Dataplane,
+    /// Persistent definitions, by name.
+    pub defs: BTreeMap<String, Network>,
+    pub running: BTreeMap<String, Running>,
+}
+
+pub struct Running {
+    pub record: RunRecord,
+    pub dnsmasq: Option<Dnsmasq>,
+}
+
+impl State {
+    pub fn new(paths: &Paths, nl: Netlink, dp: Dataplane) -> Result<State> {
+        let store = Store::new(paths)?;
+        let defs = store.load_definitions();
+        Ok(State { paths: paths.clone(), store, nl, dp, defs, running: BTreeMap::new() })
+    }
+
+    /// The definition in force for a name: the running one if it is up
+    /// (transient networks have no other), else the stored one.
+    fn definition(&self, name: &str) -> Option<&Network> {
+        self.running
+            .get(name)
+            .map(|r| &r.record.definition)
+            .or_else(|| self.defs.get(name))
+    }
+
+    fn require(&self, name: &str) -> Result<&Network> {
+        self.definition(name).ok_or_else(|| anyhow!("network {name:?} is not defined"))
+    }
+
+    // ---- define / undefine -------------------------------------------------
+
+    /// Validates against the other networks and the host, then stores it.
+    pub async fn define(&mut self, text: &str, xml: bool) -> Result<String> {
+        let net = config::parse(text, xml)?;
+        self.check_against_others(&net).await?;
+        self.store.save_definition(&net)?;
+        let name = net.name.clone();
+        self.defs.insert(name.clone(), net);
+        Ok(name)
+    }
+
+    /// `net create`: a transient network, started now, gone when stopped.
+    pub async fn create(&mut self, text: &str, xml: bool) -> Result<String> {
+        let net = config::parse(text, xml)?;
+        if self.defs.contains_key(&net.name) || self.running.contains_key(&net.name) {
+            bail!("network {:?} already exists", net.name);
+        }
+        self.check_against_others(&net).await?;
+        let name = net.name.clone();
+        self.start_definition(net, true).await?;
+        Ok(name)
+    }
+
+    pub fn undefine(&mut self, name: &str) -> Result<()> {
+        if !self.defs.contains_key(name) {
+            if self.running.contains_key(name) {
+                bail!("network {name:?} is transient: stop it instead");
+            }
+            bail!("network {name:?} is not defined");
+        }
+        self.store.remove_definition(name)?;
+        self.defs.remove(name);
+        if !self.running.contains_key(name) {
+            self.store.forget_mac(name);
+        }
+        Ok(())
+    }
+
+    pub fn set_autostart(&mut self, name: &str, enable: bool) -> Result<()> {
+        let mut net = self
+            .defs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow!("network {name:?} is not a persistent network"))?;
+        net.autostart = enable;
+        self.store.save_definition(&net)?;
+        self.defs.insert(name.to_string(), net);
+        Ok(())
+    }
+
+    /// Refuses subnets that overlap another netd network or a host route,
+    /// and bridge names that another network uses.
+    async fn check_against_others(&self, net: &Network) -> Result<()> {
+        let mine = net.ipv4.as_ref().and_then(|v| v.parsed().ok());
+        let others = self
+            .defs
+            .values()
+            .chain(self.running.values().map(|r| &r.record.definition))
+            .filter(|o| o.name != net.name);
+        for o in others {
+            if let (Some(a), Some(b)) = (mine, o.ipv4.as_ref().and_then(|v| v.parsed().ok()))
+                && config::overlaps(a, b)
+            {
+                bail!(
+                    "subnet {} overlaps network {:?} ({})",
+                    net.ipv4.as_ref().map(|v| v.address.as_str()).unwrap_or_default(),
+                    o.name,
+                    o.ipv4.as_ref().map(|v| v.address.as_str()).unwrap_or_default()
+                );
+            }
+            if net.bridge.is_some() && net.bridge == o.bridge && net.mode.owns_bridge() {
+                bail!("bridge {:?} is already used by network {:?}", net.bridge.as_deref().unwrap_or(""), o.name);
+            }
+        }
+        if let Some(a) = mine {
+            self.check_host_routes(net, a).await?;
+        }
+        Ok(())
+    }
+
+    async fn check_host_routes(&self, net: &Network, subnet: (Ipv4Addr, u8)) -> Result<()> {
+        let ours: Vec<u32> = self
+            .running
+            .iter()
+            .filter(|(n, _)| *n != &net.name)
+            .map(|(_, r)| r.record.bridge_ifindex)
+            .collect();
+        for r in self.nl.routes_v4().await? {
+            // The default route overlaps everything and means nothing here.
+            if r.prefix == 0 || r.oif.is_some_and(|o| ours.contains(&o)) {
+                continue;
+            }
+            if self.running.get(&net.name).is_some_and(|me| r.oif == Some(me.record.bridge_ifindex)) {
+                continue;
+            }
+            if config::overlaps(subnet, (r.dst, r.prefix)) {
+                let dev = r.oif.and_then(crate::link::ifname_of).unwrap_or_else(|| "?".into());
+                bail!(
+                    "subnet {}/{} overlaps the host route {}/{} on {dev}",
+                    subnet.0,
+                    subnet.1,
+                    r.dst,
+                    r.prefix
+                );
+            }
+        }
+        Ok(())
+    }
+
+    // ---- start -------------------------------------------------------------
+
+    pub async fn start(&mut self, name: &str) -> Result<()> {
+        if self.running.contains_key(name) {
+            bail!("network {name:?} is already running");
+        }
+        let net = self
+            .defs
+            .get(name)
+            .cloned()
+            .ok_or_else(|| anyhow!("network {name:?} is not defined"))?;
+        self.check_against_others(&net).await?;
+        self.start_definition(net, false).await
+    }
+
+    async fn start_definition(&mut self, mut net: Network, transient: bool) -> Result<()> {
+        let name = net.name.clone();
+        if !transient && net.bridge.is_none() && net.mode.owns_bridge() {
+            // Persist the chosen name so the bridge is the same on every start.
+            net.bridge = Some(self.free_bridge_name().await?);
+            self.store.save_definition(&net)?;
+            self.defs.insert(name.clone(), net.clone());
+        } else if net.bridge.is_none() && net.mode.owns_bridge() {
+            net.bridge = Some(self.free_bridge_name().await?);
+        }
+        let mut run = Running {
+            record: RunRecord {
+                bridge: net.bridge.clone().unwrap_or_default(),
+                bridge_ifindex: 0,
+                created_bridge: false,
+                uplinks: vec![],
+                definition: net.clone(),
+                transient,
+                dnsmasq_pid: None,
+            },
+            dnsmasq: None,
+        };
+        match self.bring_up(&net, &mut run).await {
+            Ok(()) => {
+                tracing::info!("network {name} started on {}", run.record.bridge);
+                self.running.insert(name, run);
+                self.save_running();
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!("starting {name} failed, rolling back: {e:#}");
+                if let Err(t) = self.tear_down(run).await {
+                    return Err(e.context(format!("and the rollback left: {t:#}")));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn bring_up(&mut self, net: &Network, run: &mut Running) -> Result<()> {
+        let bridge = run.record.bridge.clone();
+        if net.mode.owns_bridge() {
+            if let Some(l) = self.nl.link_by_name(&bridge).await? {
+                bail!("bridge name {bridge:?} is in use by a device netd did not create (ifindex {})", l.index);
+            }
+            let mac = match &net.mac {
+                Some(m) => config::mac_bytes(m).map_err(anyhow::Error::msg)?,
+                None => self.store.bridge_mac(&net.name)?,
+            };
+            let spec = BridgeSpec {
+                name: bridge.clone(),
+                mac,
+                mtu: net.mtu,
+                stp: net.stp.enabled,
+                forward_delay_secs: net.stp.delay,
+            };
+            run.record.bridge_ifindex = self.nl.create_bridge(&spec).await?;
+            run.record.created_bridge = true;
+            let idx = run.record.bridge_ifindex;
+            if let Some(v4) = &net.ipv4 {
+                let (a, p) = v4.parsed().map_err(anyhow::Error::msg)?;
+                self.nl.add_address(idx, a.into(), p).await?;
+            }
+            if let Some(v6) = &net.ipv6 {
+                let (a, p) = v6.parsed().map_err(anyhow::Error::msg)?;
+                self.nl.add_address(idx, a.into(), p).await?;
+            }
+        } else {
+            let l = self
+                .nl
+                .link_by_name(&bridge)
+                .await?
+                .ok_or_else(|| anyhow!("bridge {bridge:?} does not exist; create it on the host first"))?;
+            if !l.is_bridge {
+                bail!("{bridge:?} is not a bridge");
+            }
+            run.record.bridge_ifindex = l.index;
+        }
+
+        if let Some(cfg) = self.datapath_config(net).await? {
+            let idx = run.record.bridge_ifindex;
+            dataplane::maps::add_network(&self.dp.maps_dir(), idx, &cfg)?;
+            for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
+                self.dp.attach(hook, &bridge)?;
+            }
+        }
+
+        if net.wants_dnsmasq() {
+            let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, &net.name);
+            dhcp::write_files(net, &bridge, &paths)?;
+            let d = Dnsmasq::start(&net.name, &paths.conf).await?;
+            run.record.dnsmasq_pid = d.pid();
+            run.dnsmasq = Some(d);
+        }
+        Ok(())
+    }
+
+    /// The datapath's view of a network; None for modes with no datapath.
+    async fn datapath_config(&self, net: &Network) -> Result<Option<NetConfig>> {
+        let mode = match net.mode {
+            Mode::Nat => netd_common::mode::NAT,
+            Mode::Route => netd_common::mode::ROUTE,
+            Mode::Open => netd_common::mode::OPEN,
+            Mode::Isolated => netd_common::mode::ISOLATED,
+            Mode::Bridge | Mode::Hostdev => return Ok(None),
+        };
+        let (gw, prefix) = match &net.ipv4 {
+            Some(v4) => v4.parsed().map_err(anyhow::Error::msg)?,
+            None => (Ipv4Addr::UNSPECIFIED, 0),
+        };
+        let mask = config::mask4(prefix);
+        let (port_min, port_max) = net.nat_ports();
+        let uplink_ifindex = match &net.uplink {
+            Some(u) => crate::link::ifindex_of(u).ok_or_else(|| anyhow!("uplink {u:?} does not exist"))?,
+            None => 0,
+        };
+        Ok(Some(NetConfig {
+            subnet: (u32::from(gw) & mask).to_be(),
+            mask: mask.to_be(),
+            gateway: u32::from(gw).to_be(),
+            nat_addr: net.nat.as_ref().and_then(|n| n.address).map(|a| u32::from(a).to_be()).unwrap_or(0),
+            port_min,
+            port_max,
+            uplink_ifindex,
+            mode,
+            _pad: [0; 3],
+        }))
+    }
+
+    async fn free_bridge_name(&self) -> Result<String> {
+        let taken: Vec<String> = self
+            .defs
+            .values()
+            .chain(self.running.values().map(|r| &r.record.definition))
+            .filter_map(|n| n.bridge.clone())
+            .collect();
+        for i in 0..1024 {
+            let name = format!("netd{i}");
+            if !taken.contains(&name) && self.nl.link_by_name(&name).await?.is_none() {
+                return Ok(name);
+            }
+        }
+        bail!("no free netdN bridge name")
+    }
+
+    // ---- stop --------------------------------------------------------------
+
+    pub async fn stop(&mut self, name: &str) -> Result<()> {
+        let run = self
+            .running
+            .remove(name)
+            .ok_or_else(|| anyhow!("network {name:?} is not running"))?;
+        let transient = run.record.transient;
+        let r = self.tear_down(run).await;
+        self.save_running();
+        if transient {
+            self.store.forget_mac(name);
+        }
+        r
+    }
+
+    /// Removes exactly what `run` records, in reverse order of creation,
+    /// continuing past failures.
+    async fn tear_down(&mut self, run: Running) -> Result<()> {
+        let mut t = Teardown::default();
+        let rec = &run.record;
+        let name = rec.definition.name.clone();
+        if let Some(d) = run.dnsmasq {
+            t.step("stopping dnsmasq", d.stop().await);
+        } else if let Some(pid) = rec.dnsmasq_pid {
+            // Adopted from a previous daemon: that dnsmasq is not our child.
+            kill_stale_dnsmasq(pid);
+        }
+        let dpaths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, &name);
+        t.step("removing dnsmasq files", dhcp::remove_files(&dpaths, rec.transient));
+        if rec.bridge_ifindex != 0 {
+            for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
+                t.step(&format!("detaching {}", hook.as_str()), self.dp.detach(hook, &rec.bridge));
+            }
+            t.step(
+                "removing the network from the datapath",
+                dataplane::maps::remove_network(&self.dp.maps_dir(), rec.bridge_ifindex),
+            );
+        }
+        if rec.created_bridge && rec.bridge_ifindex != 0 {
+            t.step("deleting the bridge", self.nl.delete_link(rec.bridge_ifindex).await);
+        }
+        t.finish()
+    }
+
+    pub fn save_running(&self) {
+        let recs: BTreeMap<String, RunRecord> = self
+            .running
+            .iter()
+            .map(|(k, r)| {
+                let mut rec = r.record.clone();
+                rec.dnsmasq_pid = r.dnsmasq.as_ref().and_then(Dnsmasq::pid);
+                (k.clone(), rec)
+            })
+            .collect();
+        if let Err(e) = self.store.save_running(&recs) {
+            tracing::warn!("saving running state: {e:#}");
+        }
+    }
+
+    // ---- daemon start and shutdown ----------------------------------------
+
+    /// Takes over the networks a previous daemon left running: their bridges
+    /// and pinned programs are still live, so guests never noticed. Programs
+    /// are swapped for this build's, and dnsmasq restarted under us.
+    pub async fn adopt_previous(&mut self) {
+        for (name, rec) in self.store.load_running() {
+            let alive = match self.nl.link_by_index(rec.bridge_ifindex).await {
+                Ok(Some(l)) => l.name == rec.bridge,
+                _ => false,
+            };
+            if let Some(pid) = rec.dnsmasq_pid {
+                kill_stale_dnsmasq(pid);
+            }
+            let mut run = Running { record: rec.clone(), dnsmasq: None };
+            run.record.dnsmasq_pid = None;
+            if !alive {
+                tracing::warn!("network {name}: bridge {} vanished while the daemon was down; cleaning up", rec.bridge);
+                run.record.bridge_ifindex = 0;
+                let _ = self.tear_down(run).await;
+                continue;
+            }
+            match self.readopt(&mut run).await {
+                Ok(()) => {
+                    tracing::info!("network {name} adopted");
+                    self.running.insert(name, run);
+                }
+                Err(e) => {
+                    tracing::warn!("network {name}: adopting failed, stopping it: {e:#}");
+                    let _ = self.tear_down(run).await;
+                }
+            }
+        }
+        self.save_running();
+    }
+
+    async fn readopt(&mut self, run: &mut Running) -> Result<()> {
+        let net = run.record.definition.clone();
+        if let Some(cfg) = self.datapath_config(&net).await? {
+            dataplane::maps::add_network(&self.dp.maps_dir(), run.record.bridge_ifindex, &cfg)?;
+            for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
+                self.dp.attach(hook, &run.record.bridge)?;
+            }
+        }
+        if net.wants_dnsmasq() {
+            let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, &net.name);
+            dhcp::write_files(&net, &run.record.bridge, &paths)?;
+            let d = Dnsmasq::start(&net.name, &paths.conf).await?;
+            run.dnsmasq = Some(d);
+        }
+        Ok(())
+    }
+
+    pub async fn autostart(&mut self) {
+        let names: Vec<String> = self
+            .defs
+            .values()
+            .filter(|n| n.autostart && !self.running.contains_key(&n.name))
+            .map(|n| n.name.clone())
+            .collect();
+        for name in names {
+            if let Err(e) = self.start(&name).await {
+                tracing::error!("autostart of {name} failed: {e:#}");
+            }
+        }
+    }
+
+    /// Daemon exit: networks stay up (bridges and pinned programs keep
+    /// forwarding); only dnsmasq, our child, goes and is restarted by the
+    /// next daemon.
+    pub async fn shutdown(&mut self) {
+        for run in self.running.values_mut() {
+            if let Some(d) = run.dnsmasq.take() {
+                let _ = d.stop().await;
+            }
+        }
+        self.save_running();
+    }
+
+    // ---- live host entries -------------------------------------------------
+
+    /// Adds or removes a DHCP host entry. Applied with SIGHUP so dnsmasq
+    /// keeps running and no guest loses its lease.
+    pub fn update_host(&mut self, name: &str, add: bool, mac: &str, ip: Ipv4Addr, host: Option<String>) -> Result<()> {
+        let mut net = self.require(name)?.clone();
+        let mac = config::normalize_mac(mac).map_err(anyhow::Error::msg)?;
+        let v4 = net
+            .ipv4
+            .as_mut()
+            .ok_or_else(|| anyhow!("network {name:?} has no IPv4 subnet"))?;
+        if add {
+            if v4.hosts.iter().any(|h| h.mac.eq_ignore_ascii_case(&mac) || h.ip == ip) {
+                bail!("a host entry with MAC {mac} or IP {ip} already exists");
+            }
+            v4.hosts.push(config::Host { mac, ip, name: host });
+        } else {
+            let before = v4.hosts.len();
+            v4.hosts.retain(|h| !(h.mac.eq_ignore_ascii_case(&mac) && h.ip == ip));
+            if v4.hosts.len() == before {
+                bail!("no host entry with MAC {mac} and IP {ip}");
+            }
+        }
+        config::validate(&net)?;
+        if self.defs.contains_key(name) {
+            self.store.save_definition(&net)?;
+            self.defs.insert(name.to_string(), net.clone());
+        }
+        if let Some(run) = self.running.get_mut(name) {
+            run.record.definition = net.clone();
+            let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, name);
+            dhcp::write_host_files(&net, &paths)?;
+            if let Some(d) = &run.dnsmasq {
+                d.reload()?;
+            }
+        }
+        self.save_running();
+        Ok(())
+    }
+
+    // ---- queries -----------------------------------------------------------
+
+    pub fn list(&self, all: bool) -> Vec<NetworkSummary> {
+        let mut names: Vec<&String> = self.running.keys().collect();
+        if all {
+            names.extend(self.defs.keys().filter(|n| !self.running.contains_key(*n)));
+        }
+        names.sort();
+        names
+            .into_iter()
+            .filter_map(|n| {
+                let net = self.definition(n)?;
+                Some(NetworkSummary {
+                    name: n.clone(),
+                    mode: net.mode.as_str().into(),
+                    active: self.running.contains_key(n),
+                    autostart: self.defs.get(n).is_some_and(|d| d.autostart),
+                    persistent: self.defs.contains_key(n),
+                    bridge: self.running.get(n).map(|r| r.record.bridge.clone()).or_else(|| net.bridge.clone()),
+                })
+            })
+            .collect()
+    }
+
+    pub async fn info(&self, name: &str) -> Result<NetworkInfo> {
+        let net = self.require(name)?;
+        let run = self.running.get(name);
+        let mut notes = Vec::new();
+        let uplink = match &net.uplink {
+            Some(u) => Some(u.clone()),
+            None => self
+                .nl
+                .default_route_v4()
+                .await
+                .ok()
+                .flatten()
+                .and_then(|r| r.oif)
+                .and_then(crate::link::ifname_of),
+        };
+        let uplink_addr = match &uplink {
+            Some(u) => match crate::link::ifindex_of(u) {
+                Some(i) => self.nl.primary_ipv4(i).await.ok().flatten(),
+                None => None,
+            },
+            None => None,
+        };
+        let masq = match net.mode {
+            Mode::Nat => net
+                .nat
+                .as_ref()
+                .and_then(|n| n.address)
+                .or(uplink_addr)
+                .map(|a| a.to_string()),
+            _ => None,
+        };
+        if net.mode == Mode::Route
+            && let (Some(v4), Some(host)) = (&net.ipv4, uplink_addr)
+            && let Ok((gw, p)) = v4.parsed()
+        {
+            let subnet = Ipv4Addr::from(u32::from(gw) & config::mask4(p));
+            notes.push(format!("upstream routers need: ip route add {subnet}/{p} via {host}"));
+        }
+        Ok(NetworkInfo {
+            name: name.to_string(),
+            mode: net.mode.as_str().into(),
+            active: run.is_some(),
+            autostart: self.defs.get(name).is_some_and(|d| d.autostart),
+            persistent: self.defs.contains_key(name),
+            bridge: run.map(|r| r.record.bridge.clone()).or_else(|| net.bridge.clone()),
+            bridge_ifindex: run.map(|r| r.record.bridge_ifindex),
+            mac: match (&net.mac, run) {
+                (Some(m), _) => Some(m.clone()),
+                (None, Some(_)) => self.store.bridge_mac(name).ok().map(|m| format_mac(&m)),
+                _ => None,
+            },
+            ipv4: net.ipv4.as_ref().map(|v| v.address.clone()),
+            ipv6: net.ipv6.as_ref().map(|v| v.address.clone()),
+            dhcp_range: net.ipv4.as_ref().and_then(|v| v.dhcp.as_ref()).map(|d| format!("{}-{}", d.start, d.end)),
+            uplink,
+            masquerade_address: masq,
+            dnsmasq_pid: run.and_then(|r| r.dnsmasq.as_ref()).and_then(Dnsmasq::pid),
+            dnsmasq_restarts: run.and_then(|r| r.dnsmasq.as_ref()).map(Dnsmasq::restarts).unwrap_or(0),
+            notes,
+        })
+    }
+
+    pub fn dump(&self, name: &str, xml: bool) -> Result<String> {
+        let net = self.require(name)?;
+        Ok(if xml { config::xml::to_libvirt(net) } else { config::to_toml(net) })
+    }
+
+    pub fn leases(&self, name: &str) -> Result<Vec<dhcp::Lease>> {
+        self.require(name)?;
+        let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, name);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        Ok(dhcp::read_leases(&paths.leasefile)?
+            .into_iter()
+            .filter(|l| l.expiry == 0 || l.expiry > now)
+            .collect())
+    }
+}
+
+/// Kills a dnsmasq left by a previous daemon, after checking the pid still
+/// belongs to a dnsmasq (pids are reused).
+fn kill_stale_dnsmasq(pid: u32) {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() == "dnsmasq" {
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+}
