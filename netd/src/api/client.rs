@@ -25,6 +25,11 @@ impl Client {
         self.request("POST", path, Some(body))
     }
 
+    /// A POST whose meaning is all in the path (start, stop).
+    pub fn post_empty<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.request("POST", path, None::<&()>)
+    }
+
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.request("DELETE", path, None::<&()>)
     }
@@ -57,7 +62,12 @@ impl Client {
         s.write_all(head.as_bytes())?;
         s.write_all(body)?;
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw)?;
+        if let Err(e) = s.read_to_end(&mut raw) {
+            // A reset after the full response arrived is just the close.
+            if raw.is_empty() {
+                return Err(e.into());
+            }
+        }
         parse_response(&raw)
     }
 }

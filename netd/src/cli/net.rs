@@ -110,7 +110,7 @@ fn define(client: &Client, file: &PathBuf, transient: bool) -> Result<()> {
 }
 
 fn action(client: &Client, name: &str, verb: &str, done: &str) -> Result<()> {
-    let _: NameResponse = client.post(&format!("/v1/networks/{name}/{verb}"), &())?;
+    let _: NameResponse = client.post_empty(&format!("/v1/networks/{name}/{verb}"))?;
     println!("network {name} {done}");
     Ok(())
 }

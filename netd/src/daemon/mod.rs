@@ -40,6 +40,7 @@ pub async fn run(opts: Options) -> Result<()> {
     let daemon = Arc::new(Daemon { state: Mutex::new(state), started: Instant::now(), paths: paths.clone() });
 
     tokio::spawn(uplink::watch(daemon.clone()));
+    tokio::spawn(uplink::gc(daemon.clone()));
     let server = tokio::spawn(crate::api::server::serve(daemon.clone()));
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -256,13 +256,7 @@ impl State {
             run.record.bridge_ifindex = l.index;
         }
 
-        if let Some(cfg) = self.datapath_config(net).await? {
-            let idx = run.record.bridge_ifindex;
-            dataplane::maps::add_network(&self.dp.maps_dir(), idx, &cfg)?;
-            for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
-                self.dp.attach(hook, &bridge)?;
-            }
-        }
+        self.attach_datapath(net, run).await?;
 
         if net.wants_dnsmasq() {
             let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, &net.name);
@@ -304,6 +298,76 @@ impl State {
             mode,
             _pad: [0; 3],
         }))
+    }
+
+    /// Publishes the network to the datapath and hooks the programs onto
+    /// its bridge and its uplink. Each step is recorded in `run` first, so a
+    /// failure rolls back exactly what happened.
+    async fn attach_datapath(&mut self, net: &Network, run: &mut Running) -> Result<()> {
+        let Some(cfg) = self.datapath_config(net).await? else {
+            return Ok(());
+        };
+        let subnet = net.ipv4.as_ref().and_then(|v| v.parsed().ok());
+        dataplane::maps::add_network(&self.dp.maps_dir(), run.record.bridge_ifindex, &cfg, subnet)?;
+        for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
+            self.dp.attach(hook, &run.record.bridge)?;
+        }
+        if matches!(net.mode, Mode::Nat | Mode::Route | Mode::Open)
+            && let Some(uplink) = self.uplink_for(net).await?
+        {
+            run.record.uplinks.push(uplink.clone());
+            self.use_uplink(&net.name, &uplink).await?;
+        }
+        Ok(())
+    }
+
+    /// The configured uplink, else whatever holds the default route now.
+    async fn uplink_for(&self, net: &Network) -> Result<Option<String>> {
+        if let Some(u) = &net.uplink {
+            return Ok(Some(u.clone()));
+        }
+        let oif = self.nl.default_route_v4().await?.and_then(|r| r.oif);
+        let name = oif.and_then(crate::link::ifname_of);
+        if name.is_none() {
+            tracing::warn!("network {}: no default route yet, so no uplink to masquerade on", net.name);
+        }
+        Ok(name)
+    }
+
+    /// Hooks the uplink programs onto `uplink` (once, however many
+    /// networks share it) and publishes its address.
+    async fn use_uplink(&mut self, net: &str, uplink: &str) -> Result<()> {
+        let index = crate::link::ifindex_of(uplink).ok_or_else(|| anyhow!("uplink {uplink:?} does not exist"))?;
+        let first = !self.uplink_users(uplink).any(|n| n != net);
+        if first {
+            for hook in [Hook::UplinkIngress, Hook::UplinkEgress] {
+                self.dp.attach(hook, uplink)?;
+            }
+        }
+        let addr = self.nl.primary_ipv4(index).await?;
+        dataplane::maps::set_uplink(&self.dp.maps_dir(), index, addr)?;
+        Ok(())
+    }
+
+    fn release_uplink(&mut self, net: &str, uplink: &str) -> Result<()> {
+        if self.uplink_users(uplink).any(|n| n != net) {
+            return Ok(());
+        }
+        for hook in [Hook::UplinkIngress, Hook::UplinkEgress] {
+            self.dp.detach(hook, uplink)?;
+        }
+        if let Some(index) = crate::link::ifindex_of(uplink) {
+            dataplane::maps::remove_uplink(&self.dp.maps_dir(), index)?;
+        }
+        Ok(())
+    }
+
+    /// Names of running networks that use `uplink`.
+    fn uplink_users<'a>(&'a self, uplink: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.running
+            .values()
+            .filter(move |r| r.record.uplinks.iter().any(|u| u == uplink))
+            .map(|r| r.record.definition.name.as_str())
     }
 
     async fn free_bridge_name(&self) -> Result<String> {
@@ -356,10 +420,14 @@ impl State {
             for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
                 t.step(&format!("detaching {}", hook.as_str()), self.dp.detach(hook, &rec.bridge));
             }
+            let subnet = rec.definition.ipv4.as_ref().and_then(|v| v.parsed().ok());
             t.step(
                 "removing the network from the datapath",
-                dataplane::maps::remove_network(&self.dp.maps_dir(), rec.bridge_ifindex),
+                dataplane::maps::remove_network(&self.dp.maps_dir(), rec.bridge_ifindex, subnet),
             );
+        }
+        for uplink in &rec.uplinks {
+            t.step(&format!("releasing uplink {uplink}"), self.release_uplink(&name, uplink));
         }
         if rec.created_bridge && rec.bridge_ifindex != 0 {
             t.step("deleting the bridge", self.nl.delete_link(rec.bridge_ifindex).await);
@@ -420,12 +488,8 @@ impl State {
 
     async fn readopt(&mut self, run: &mut Running) -> Result<()> {
         let net = run.record.definition.clone();
-        if let Some(cfg) = self.datapath_config(&net).await? {
-            dataplane::maps::add_network(&self.dp.maps_dir(), run.record.bridge_ifindex, &cfg)?;
-            for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
-                self.dp.attach(hook, &run.record.bridge)?;
-            }
-        }
+        run.record.uplinks.clear();
+        self.attach_datapath(&net, run).await?;
         if net.wants_dnsmasq() {
             let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, &net.name);
             dhcp::write_files(&net, &run.record.bridge, &paths)?;

@@ -1,6 +1,8 @@
 //! Keeps the datapath's view of uplinks current from rtnetlink events.
 
 use super::Daemon;
+use crate::dataplane::maps;
+use crate::link::LinkEvent;
 use std::sync::Arc;
 
 pub async fn watch(daemon: Arc<Daemon>) {
@@ -18,5 +20,53 @@ pub async fn watch(daemon: Arc<Daemon>) {
 }
 
 impl super::State {
-    pub async fn on_link_event(&mut self, _ev: &crate::link::LinkEvent) {}
+    /// An uplink's address changed: publish the new one and, as MASQUERADE
+    /// does, forget connections translated to the old one (their replies
+    /// can no longer arrive).
+    pub async fn on_link_event(&mut self, ev: &LinkEvent) {
+        let LinkEvent::AddressChanged { index } = ev else {
+            return;
+        };
+        let Some(name) = crate::link::ifname_of(*index) else {
+            return;
+        };
+        if !self.running.values().any(|r| r.record.uplinks.contains(&name)) {
+            return;
+        }
+        let dir = self.dp.maps_dir();
+        let old = maps::uplink_addr(&dir, *index).ok().flatten();
+        let new = self.nl.primary_ipv4(*index).await.ok().flatten();
+        if old == new {
+            return;
+        }
+        tracing::info!("uplink {name}: address {old:?} -> {new:?}");
+        if let Err(e) = maps::set_uplink(&dir, *index, new) {
+            tracing::warn!("updating uplink {name}: {e:#}");
+        }
+        if let Some(old) = old {
+            let old_be = u32::from(old).to_be();
+            match maps::ct_remove_where(&dir, |k, e| {
+                e.nat == netd_common::nat_kind::SNAT && (e.xlate.saddr == old_be || k.daddr == old_be)
+            }) {
+                Ok(n) => tracing::info!("flushed {n} conntrack entries for {old}"),
+                Err(e) => tracing::warn!("flushing conntrack for {old}: {e:#}"),
+            }
+        }
+    }
+}
+
+/// Removes expired connections every few seconds.
+pub async fn gc(daemon: Arc<Daemon>) {
+    let dir = daemon.paths.maps_dir();
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let dir = dir.clone();
+        match tokio::task::spawn_blocking(move || maps::gc(&dir)).await {
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((ct, frags))) => tracing::debug!("gc: {ct} conntrack entries, {frags} fragment records"),
+            Ok(Err(e)) => tracing::debug!("gc: {e:#}"),
+            Err(_) => {}
+        }
+    }
 }

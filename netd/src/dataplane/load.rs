@@ -160,8 +160,52 @@ impl Dataplane {
     }
 }
 
+/// bpffs refuses names with dots (they are reserved for its own files), and
+/// interface names may have them (eth0.100); ':' is never in an ifname.
+impl Dataplane {
+    /// Runs a program once over `packet` with BPF_PROG_TEST_RUN, as if it
+    /// arrived on `ifindex` (resolved in the calling thread's netns).
+    /// Returns the verdict and the packet as the program left it.
+    pub fn test_run(&self, hook: Hook, ifindex: u32, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let (rc, out, _) = self.test_run_repeat(hook, ifindex, packet, 1)?;
+        Ok((rc, out))
+    }
+
+    /// Like `test_run`, `repeat` times; also returns the kernel's mean time
+    /// per run.
+    pub fn test_run_repeat(
+        &self,
+        hook: Hook,
+        ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program(hook.program())
+            .ok_or_else(|| anyhow!("program {} not loaded", hook.program()))?
+            .try_into()?;
+        // struct __sk_buff up to and including `ifindex` (offset 40); the
+        // kernel accepts a prefix and only lets a few fields be set.
+        let mut ctx = [0u8; 44];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; packet.len() + 256];
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat,
+            ..Default::default()
+        };
+        let r = prog.test_run(opts)?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out, r.duration))
+    }
+}
+
 pub fn link_pin_path(bpffs: &Path, hook: Hook, ifname: &str) -> PathBuf {
-    bpffs.join("links").join(format!("{ifname}.{}", hook.as_str()))
+    bpffs.join("links").join(format!("{}:{}", ifname.replace('.', ":"), hook.as_str()))
 }
 
 /// Removes a pinned link; dropping the last reference detaches it.

@@ -3,8 +3,12 @@
 //! share one implementation.
 
 use anyhow::{Context, Result};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
-use netd_common::{Counter, NetConfig, NetStats, Settings, maps as names, reason};
+use aya::maps::{
+    Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
+    lpm_trie::Key as LpmKey,
+};
+use netd_common::{Counter, CtEntry, CtKey, FragKey, FragPorts, NetConfig, NetStats, Settings, Uplink, maps as names, reason};
+use std::net::Ipv4Addr;
 use std::path::Path;
 
 pub fn open(dir: &Path, name: &str) -> Result<Map> {
@@ -22,20 +26,128 @@ fn net_stats(dir: &Path) -> Result<PerCpuHashMap<MapData, u32, NetStats>> {
     Ok(PerCpuHashMap::try_from(open(dir, names::NET_STATS)?)?)
 }
 
-/// Publishes a network to the datapath, with zeroed counters.
-pub fn add_network(dir: &Path, bridge_ifindex: u32, cfg: &NetConfig) -> Result<()> {
+fn subnets(dir: &Path) -> Result<LpmTrie<MapData, u32, u32>> {
+    Ok(LpmTrie::try_from(open(dir, names::SUBNETS)?)?)
+}
+
+fn subnet_key(subnet: (Ipv4Addr, u8)) -> LpmKey<u32> {
+    let masked = u32::from(subnet.0) & crate::config::mask4(subnet.1);
+    LpmKey::new(u32::from(subnet.1), masked.to_be())
+}
+
+/// Publishes a network to the datapath, with zeroed counters. The subnet
+/// entry lets other networks' programs and the uplink find it.
+pub fn add_network(dir: &Path, bridge_ifindex: u32, cfg: &NetConfig, subnet: Option<(Ipv4Addr, u8)>) -> Result<()> {
     let zeros = PerCpuValues::try_from(vec![NetStats::default(); nr_cpus()?])?;
     net_stats(dir)?.insert(bridge_ifindex, zeros, 0)?;
     networks(dir)?.insert(bridge_ifindex, cfg, 0)?;
+    if let Some(sn) = subnet {
+        subnets(dir)?.insert(&subnet_key(sn), bridge_ifindex, 0)?;
+    }
     Ok(())
 }
 
-/// Withdraws a network. Missing entries are not an error: removal must keep
-/// going on teardown.
-pub fn remove_network(dir: &Path, bridge_ifindex: u32) -> Result<()> {
+/// Withdraws a network, and its connections. Missing entries are not an
+/// error: removal must keep going on teardown.
+pub fn remove_network(dir: &Path, bridge_ifindex: u32, subnet: Option<(Ipv4Addr, u8)>) -> Result<()> {
+    if let Some(sn) = subnet {
+        let _ = subnets(dir)?.remove(&subnet_key(sn));
+    }
     let _ = networks(dir)?.remove(&bridge_ifindex);
     let _ = net_stats(dir)?.remove(&bridge_ifindex);
+    ct_remove_where(dir, |_, e| e.bridge_ifindex == bridge_ifindex)?;
     Ok(())
+}
+
+fn uplinks(dir: &Path) -> Result<HashMap<MapData, u32, Uplink>> {
+    Ok(HashMap::try_from(open(dir, names::UPLINKS)?)?)
+}
+
+/// Records an uplink's masquerade address (None: it has none right now).
+pub fn set_uplink(dir: &Path, ifindex: u32, addr: Option<Ipv4Addr>) -> Result<()> {
+    let v = Uplink { addr: addr.map(|a| u32::from(a).to_be()).unwrap_or(0), _pad: 0 };
+    uplinks(dir)?.insert(ifindex, v, 0)?;
+    Ok(())
+}
+
+pub fn uplink_addr(dir: &Path, ifindex: u32) -> Result<Option<Ipv4Addr>> {
+    Ok(uplinks(dir)?
+        .get(&ifindex, 0)
+        .ok()
+        .filter(|u| u.addr != 0)
+        .map(|u| Ipv4Addr::from(u32::from_be(u.addr))))
+}
+
+pub fn remove_uplink(dir: &Path, ifindex: u32) -> Result<()> {
+    let _ = uplinks(dir)?.remove(&ifindex);
+    Ok(())
+}
+
+fn conntrack(dir: &Path) -> Result<HashMap<MapData, CtKey, CtEntry>> {
+    Ok(HashMap::try_from(open(dir, names::CONNTRACK)?)?)
+}
+
+/// Every conntrack entry, both directions.
+pub fn ct_entries(dir: &Path) -> Result<Vec<(CtKey, CtEntry)>> {
+    Ok(conntrack(dir)?.iter().filter_map(Result::ok).collect())
+}
+
+/// Deletes the entries `pred` picks together with their other direction,
+/// so no half connection is left. Returns how many entries went.
+pub fn ct_remove_where(dir: &Path, pred: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize> {
+    let mut ct = conntrack(dir)?;
+    let doomed: Vec<(CtKey, CtEntry)> = ct.iter().filter_map(Result::ok).filter(|(k, e)| pred(k, e)).collect();
+    let mut n = 0;
+    for (k, e) in doomed {
+        if ct.remove(&k).is_ok() {
+            n += 1;
+        }
+        if ct.remove(&e.xlate.reversed()).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// CLOCK_MONOTONIC now, the clock bpf_ktime_get_ns reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// One garbage-collection pass: expired connections, entries whose other
+/// direction is gone (the LRU may evict one half), and stale fragment
+/// records. Returns (conntrack entries removed, fragment records removed).
+pub fn gc(dir: &Path) -> Result<(usize, usize)> {
+    let now = monotonic_ns();
+    let mut ct = conntrack(dir)?;
+    let all: Vec<(CtKey, CtEntry)> = ct.iter().filter_map(Result::ok).collect();
+    let keys: std::collections::HashSet<CtKey> = all.iter().map(|(k, _)| *k).collect();
+    let mut removed = 0;
+    // A connection's two entries are written one after the other; give a
+    // fresh one a moment before calling it an orphan.
+    let settle = now.saturating_sub(1_000_000_000);
+    for (k, e) in &all {
+        let orphan = !keys.contains(&e.xlate.reversed()) && e.created_ns < settle;
+        if (e.expires_ns < now || orphan) && ct.remove(k).is_ok() {
+            removed += 1;
+        }
+    }
+    let mut frags: HashMap<MapData, FragKey, FragPorts> = HashMap::try_from(open(dir, names::FRAGS)?)?;
+    let stale: Vec<FragKey> = frags
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, v)| v.expires_ns < now)
+        .map(|(k, _)| k)
+        .collect();
+    let mut frag_removed = 0;
+    for k in stale {
+        if frags.remove(&k).is_ok() {
+            frag_removed += 1;
+        }
+    }
+    Ok((removed, frag_removed))
 }
 
 pub fn list_networks(dir: &Path) -> Result<Vec<(u32, NetConfig)>> {
