@@ -183,9 +183,10 @@ fn scratch_dir() -> PathBuf {
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     if let Ok(mut f) = File::open("/dev/urandom")
-        && f.read_exact(&mut b).is_ok() {
-            return b;
-        }
+        && f.read_exact(&mut b).is_ok()
+    {
+        return b;
+    }
     // Fallback: time + counter.
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -635,11 +636,12 @@ fn pid_alive(pid: u32) -> bool {
 pub fn reap_stale() {
     for ns in netns_list() {
         if let Some(pid) = harness_pid(&ns)
-            && !pid_alive(pid) {
-                kill_ns_processes(&ns);
-                let o = host_cmd(&["ip", "netns", "del", &ns]);
-                eprintln!("harness: removed stale netns {ns} (exit {})", o.status);
-            }
+            && !pid_alive(pid)
+        {
+            kill_ns_processes(&ns);
+            let o = host_cmd(&["ip", "netns", "del", &ns]);
+            eprintln!("harness: removed stale netns {ns} (exit {})", o.status);
+        }
     }
     let Ok(rd) = fs::read_dir(std::env::temp_dir()) else {
         return;
@@ -664,10 +666,11 @@ pub fn reap_stale() {
         let path = e.path();
         let bpffs = path.join("bpffs");
         if is_mounted(&bpffs)
-            && let Ok(c) = CString::new(bpffs.as_os_str().as_bytes()) {
-                // SAFETY: valid NUL-terminated path.
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-            }
+            && let Ok(c) = CString::new(bpffs.as_os_str().as_bytes())
+        {
+            // SAFETY: valid NUL-terminated path.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
         if !is_mounted(&bpffs) && fs::remove_dir_all(&path).is_ok() {
             eprintln!("harness: removed stale {}", path.display());
         }
@@ -692,6 +695,8 @@ pub struct Topology {
     guests: usize,
     daemon: Option<Child>,
     daemon_args: Vec<String>,
+    /// Extra environment of the daemon (kept across [`Topology::restart_daemon`]).
+    daemon_env: Vec<(String, String)>,
     bpffs_mounted: bool,
     netd_bin: Option<PathBuf>,
 }
@@ -734,6 +739,7 @@ impl Topology {
             guests: 0,
             daemon: None,
             daemon_args: Vec::new(),
+            daemon_env: Vec::new(),
             bpffs_mounted: false,
             netd_bin: None,
         };
@@ -963,6 +969,18 @@ impl Topology {
         self.start_daemon_with(&[])
     }
 
+    /// Like [`Topology::start_daemon`] with extra environment variables for the daemon
+    /// (e.g. `NETD_DNSMASQ`), and extra arguments appended to `netd daemon ...`. The
+    /// environment is kept for later [`Topology::start_daemon_with`] and
+    /// [`Topology::restart_daemon`] calls until the next `start_daemon_env`.
+    pub fn start_daemon_env(&mut self, extra: &[&str], env: &[(&str, &str)]) -> Result<()> {
+        self.daemon_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        self.start_daemon_with(extra)
+    }
+
     /// Like [`Topology::start_daemon`] with extra arguments appended to `netd daemon ...`.
     pub fn start_daemon_with(&mut self, extra: &[&str]) -> Result<()> {
         if self.daemon_running() {
@@ -1002,6 +1020,7 @@ impl Topology {
                 std::env::var("NETD_TEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env_remove("NETD_SOCKET")
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
@@ -1016,13 +1035,14 @@ impl Topology {
         let mut last = None;
         loop {
             if let Some(ch) = self.daemon.as_mut()
-                && let Ok(Some(st)) = ch.try_wait() {
-                    self.daemon = None;
-                    bail!(
-                        "netd daemon exited during startup ({st}); log:\n{}",
-                        tail(&self.daemon_log(), 60)
-                    );
-                }
+                && let Ok(Some(st)) = ch.try_wait()
+            {
+                self.daemon = None;
+                bail!(
+                    "netd daemon exited during startup ({st}); log:\n{}",
+                    tail(&self.daemon_log(), 60)
+                );
+            }
             if sock.exists() {
                 let o = self.netd(&["status"]);
                 if o.status == 0 {
@@ -1281,18 +1301,19 @@ pub fn normalize_firewall(text: &str) -> String {
         // iptables-save chain lines: ":INPUT ACCEPT [12:3456]"
         if l.starts_with(':')
             && let (Some(a), Some(b)) = (l.rfind('['), l.rfind(']'))
-                && a < b
-                    && l[a + 1..b]
-                        .split(':')
-                        .all(|x| x.chars().all(|c| c.is_ascii_digit()))
-                {
-                    l.replace_range(a..=b, "[0:0]");
-                }
+            && a < b
+            && l[a + 1..b]
+                .split(':')
+                .all(|x| x.chars().all(|c| c.is_ascii_digit()))
+        {
+            l.replace_range(a..=b, "[0:0]");
+        }
         // rule counters from `iptables-save -c` style "[12:3456] -A ..."
         if l.starts_with('[')
-            && let Some(b) = l.find(']') {
-                l.replace_range(0..=b, "[0:0]");
-            }
+            && let Some(b) = l.find(']')
+        {
+            l.replace_range(0..=b, "[0:0]");
+        }
         // nft: "counter packets 12 bytes 3456"
         let words: Vec<&str> = l.split(' ').collect();
         let mut w2: Vec<String> = Vec::with_capacity(words.len());
@@ -1365,9 +1386,10 @@ impl Drop for Topology {
             return;
         }
         if let Err(e) = fs::remove_dir_all(&self.dir)
-            && self.dir.exists() {
-                eprintln!("harness: removing {}: {e}", self.dir.display());
-            }
+            && self.dir.exists()
+        {
+            eprintln!("harness: removing {}: {e}", self.dir.display());
+        }
     }
 }
 

@@ -42,7 +42,18 @@ fn guest_reaches_upstream_as_the_host() {
     }
     assert!(!tcp.peer_ips().is_empty() && !udp.peer_ips().is_empty());
 
-    // The flows are in the pinned conntrack map, as the CLI shows it.
+    // The flows are in the pinned conntrack map, as the CLI shows it: the
+    // original tuple from the guest and the translated one from the host.
+    let ct = t.netd_bpf(&["ct", "list", "--proto", "tcp", "--port", "8080", "-o", "json"]);
+    assert!(ct.success(), "{ct}");
+    let rows: serde_json::Value = serde_json::from_str(&ct.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0]["src"].as_str().unwrap().starts_with(&format!("{ip}:")), "{rows:?}");
+    assert!(rows[0]["xlate_src"].as_str().unwrap().starts_with(&format!("{HOST_IP}:")), "{rows:?}");
+    assert_eq!(rows[0]["dst"], format!("{UPSTREAM_IP}:8080"));
+    let nat = t.netd_bpf(&["nat", "list", "-o", "json"]);
+    assert!(nat.stdout.contains("snat"), "{nat}");
     let stats = t.netd_bpf(&["stats", "-o", "json"]);
     assert!(stats.success(), "{stats}");
     let v: serde_json::Value = serde_json::from_str(&stats.stdout).unwrap();

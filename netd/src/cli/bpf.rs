@@ -26,6 +26,62 @@ impl MapArgs {
 pub enum Command {
     /// Packet counters by reason and by network.
     Stats(MapArgs),
+    /// Conntrack entries.
+    #[command(subcommand)]
+    Ct(CtCommand),
+    /// Address translations (the NAT side of conntrack).
+    #[command(subcommand)]
+    Nat(NatCommand),
+    /// Every netd map: type, sizes, fill, pin path.
+    Maps(MapArgs),
+}
+
+#[derive(clap::Subcommand)]
+pub enum CtCommand {
+    List(ListArgs),
+    /// Delete conntrack entries (all, or one network's).
+    Flush {
+        #[command(flatten)]
+        map: MapArgs,
+        /// Network (bridge name or network name).
+        #[arg(long)]
+        network: Option<String>,
+    },
+}
+
+#[derive(clap::Subcommand)]
+pub enum NatCommand {
+    List(ListArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    map: MapArgs,
+    #[command(flatten)]
+    filter: Filter,
+}
+
+/// Narrows a listing; every given field must match.
+#[derive(clap::Args, Default)]
+pub struct Filter {
+    /// Network (bridge name, or network name as the daemon's state records it).
+    #[arg(long)]
+    network: Option<String>,
+    #[arg(long)]
+    proto: Option<String>,
+    /// Source address of the original direction.
+    #[arg(long)]
+    src: Option<std::net::Ipv4Addr>,
+    /// Destination address of the original direction.
+    #[arg(long)]
+    dst: Option<std::net::Ipv4Addr>,
+    /// Any port of either tuple.
+    #[arg(long)]
+    port: Option<u16>,
+    /// The daemon's state folder (to resolve network names).
+    #[arg(long, default_value = crate::paths::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
 }
 
 #[derive(Serialize)]
@@ -55,7 +111,226 @@ struct NetRow {
 pub fn exec(c: &Command) -> Result<()> {
     match c {
         Command::Stats(a) => stats(a),
+        Command::Ct(CtCommand::List(a)) => ct_list(a),
+        Command::Ct(CtCommand::Flush { map, network }) => ct_flush(map, network.as_deref()),
+        Command::Nat(NatCommand::List(a)) => nat_list(a),
+        Command::Maps(a) => maps_list(a),
     }
+}
+
+/// One connection, as both listings show it.
+#[derive(Serialize)]
+struct Conn {
+    proto: String,
+    /// Original direction as the initiator sent it.
+    src: String,
+    dst: String,
+    /// Original direction as it left after translation.
+    xlate_src: String,
+    xlate_dst: String,
+    nat: String,
+    state: String,
+    bridge: Option<String>,
+    age_secs: u64,
+    expires_in_secs: u64,
+    packets: u64,
+    bytes: u64,
+    reply_packets: u64,
+    reply_bytes: u64,
+    #[serde(skip)]
+    bridge_ifindex: u32,
+    #[serde(skip)]
+    ports: [u16; 4],
+}
+
+fn proto_name(p: u8) -> String {
+    match p {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        n => n.to_string(),
+    }
+}
+
+fn endpoint(addr: u32, port: u16) -> String {
+    format!("{}:{}", std::net::Ipv4Addr::from(u32::from_be(addr)), u16::from_be(port))
+}
+
+fn connections(dir: &std::path::Path) -> Result<Vec<Conn>> {
+    use netd_common::{ct_state, dir as ctdir, nat_kind};
+    let entries = maps::ct_entries(dir)?;
+    let by_key: std::collections::HashMap<_, _> = entries.iter().cloned().collect();
+    let now = maps::monotonic_ns();
+    let mut out = Vec::new();
+    for (k, e) in &entries {
+        if e.dir != ctdir::ORIGINAL {
+            continue;
+        }
+        let reply = by_key.get(&e.xlate.reversed());
+        out.push(Conn {
+            proto: proto_name(k.proto),
+            src: endpoint(k.saddr, k.sport),
+            dst: endpoint(k.daddr, k.dport),
+            xlate_src: endpoint(e.xlate.saddr, e.xlate.sport),
+            xlate_dst: endpoint(e.xlate.daddr, e.xlate.dport),
+            nat: match e.nat {
+                nat_kind::SNAT => "snat",
+                nat_kind::DNAT => "dnat",
+                _ => "none",
+            }
+            .into(),
+            state: match e.state {
+                ct_state::ESTABLISHED => "established",
+                ct_state::CLOSING => "closing",
+                _ => "new",
+            }
+            .into(),
+            bridge: crate::link::ifname_of(e.bridge_ifindex),
+            age_secs: now.saturating_sub(e.created_ns) / 1_000_000_000,
+            expires_in_secs: e.expires_ns.saturating_sub(now) / 1_000_000_000,
+            packets: e.packets,
+            bytes: e.bytes,
+            reply_packets: reply.map(|r| r.packets).unwrap_or(0),
+            reply_bytes: reply.map(|r| r.bytes).unwrap_or(0),
+            bridge_ifindex: e.bridge_ifindex,
+            ports: [k.sport, k.dport, e.xlate.sport, e.xlate.dport].map(u16::from_be),
+        });
+    }
+    out.sort_by(|a, b| (&a.proto, &a.src, &a.dst).cmp(&(&b.proto, &b.src, &b.dst)));
+    Ok(out)
+}
+
+/// The bridge ifindex a --network value names: a bridge, or a network the
+/// daemon's state file records.
+fn network_ifindex(name: &str, state_dir: &std::path::Path) -> Result<u32> {
+    if let Some(i) = crate::link::ifindex_of(name) {
+        return Ok(i);
+    }
+    let text = std::fs::read_to_string(state_dir.join("running.json")).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    v["networks"][name]["bridge_ifindex"]
+        .as_u64()
+        .map(|i| i as u32)
+        .ok_or_else(|| anyhow::anyhow!("no bridge or running network named {name:?}"))
+}
+
+impl Filter {
+    fn keep(&self, c: &Conn, network: Option<u32>) -> bool {
+        let host = |s: &str| s.split(':').next().unwrap_or("").to_string();
+        network.is_none_or(|n| c.bridge_ifindex == n)
+            && self.proto.as_ref().is_none_or(|p| p.eq_ignore_ascii_case(&c.proto))
+            && self.src.is_none_or(|a| host(&c.src) == a.to_string())
+            && self.dst.is_none_or(|a| host(&c.dst) == a.to_string())
+            && self.port.is_none_or(|p| c.ports.contains(&p))
+    }
+
+    fn apply(&self, conns: Vec<Conn>) -> Result<Vec<Conn>> {
+        let network = self
+            .network
+            .as_deref()
+            .map(|n| network_ifindex(n, &self.state_dir))
+            .transpose()?;
+        Ok(conns.into_iter().filter(|c| self.keep(c, network)).collect())
+    }
+}
+
+fn ct_list(a: &ListArgs) -> Result<()> {
+    let conns = a.filter.apply(connections(&a.map.dir())?)?;
+    if a.map.out.format == Format::Json {
+        return print_json(&conns);
+    }
+    let mut t = Table::new(&[
+        "PROTO", "SRC", "DST", "XLATE SRC", "XLATE DST", "STATE", "AGE", "EXPIRES", "PKTS", "BYTES", "RPKTS", "RBYTES",
+    ]);
+    for c in conns {
+        t.row(vec![
+            c.proto,
+            c.src,
+            c.dst,
+            c.xlate_src,
+            c.xlate_dst,
+            c.state,
+            format!("{}s", c.age_secs),
+            format!("{}s", c.expires_in_secs),
+            c.packets.to_string(),
+            c.bytes.to_string(),
+            c.reply_packets.to_string(),
+            c.reply_bytes.to_string(),
+        ]);
+    }
+    t.print();
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct Translation {
+    kind: String,
+    proto: String,
+    /// The guest's side.
+    inside: String,
+    /// What the world sees.
+    outside: String,
+    peer: String,
+    bridge: Option<String>,
+}
+
+fn nat_list(a: &ListArgs) -> Result<()> {
+    let conns = a.filter.apply(connections(&a.map.dir())?)?;
+    let rows: Vec<Translation> = conns
+        .into_iter()
+        .filter(|c| c.nat != "none")
+        .map(|c| {
+            let (inside, outside, peer) = if c.nat == "snat" {
+                (c.src, c.xlate_src, c.dst)
+            } else {
+                (c.xlate_dst, c.dst, c.src)
+            };
+            Translation { kind: c.nat, proto: c.proto, inside, outside, peer, bridge: c.bridge }
+        })
+        .collect();
+    if a.map.out.format == Format::Json {
+        return print_json(&rows);
+    }
+    let mut t = Table::new(&["KIND", "PROTO", "INSIDE", "OUTSIDE", "PEER", "BRIDGE"]);
+    for r in rows {
+        t.row(vec![r.kind, r.proto, r.inside, r.outside, r.peer, r.bridge.unwrap_or_else(|| "-".into())]);
+    }
+    t.print();
+    Ok(())
+}
+
+fn ct_flush(a: &MapArgs, network: Option<&str>) -> Result<()> {
+    let dir = a.dir();
+    let n = match network {
+        Some(name) => {
+            let idx = network_ifindex(name, std::path::Path::new(crate::paths::DEFAULT_STATE_DIR))?;
+            maps::ct_remove_where(&dir, |_, e| e.bridge_ifindex == idx)?
+        }
+        None => maps::ct_remove_where(&dir, |_, _| true)?,
+    };
+    println!("flushed {n} conntrack entries");
+    Ok(())
+}
+
+fn maps_list(a: &MapArgs) -> Result<()> {
+    let rows = maps::describe(&a.dir())?;
+    if a.out.format == Format::Json {
+        return print_json(&rows);
+    }
+    let mut t = Table::new(&["NAME", "TYPE", "KEY", "VALUE", "MAX", "ENTRIES", "PIN"]);
+    for m in rows {
+        t.row(vec![
+            m.name,
+            m.kind,
+            m.key_size.to_string(),
+            m.value_size.to_string(),
+            m.max_entries.to_string(),
+            m.entries.to_string(),
+            m.pin,
+        ]);
+    }
+    t.print();
+    Ok(())
 }
 
 fn stats(a: &MapArgs) -> Result<()> {

@@ -214,6 +214,42 @@ fn nr_cpus() -> Result<usize> {
     aya::util::nr_cpus().map_err(|(_, e)| e.into())
 }
 
+/// What `netd bpf maps` shows of one map.
+#[derive(serde::Serialize)]
+pub struct MapDescription {
+    pub name: String,
+    pub kind: String,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub entries: u64,
+    pub pin: String,
+}
+
+pub fn describe(dir: &Path) -> Result<Vec<MapDescription>> {
+    let mut out = Vec::new();
+    for name in names::ALL {
+        let path = dir.join(name);
+        let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let info = data.info()?;
+        let kind = info.map_type()?;
+        let entries = match kind {
+            aya::maps::MapType::Array | aya::maps::MapType::PerCpuArray => u64::from(info.max_entries()),
+            _ => count_keys(&data, info.key_size())?,
+        };
+        out.push(MapDescription {
+            name: name.to_string(),
+            kind: format!("{kind:?}"),
+            key_size: info.key_size(),
+            value_size: info.value_size(),
+            max_entries: info.max_entries(),
+            entries,
+            pin: path.display().to_string(),
+        });
+    }
+    Ok(out)
+}
+
 /// (name, entries, max entries) for every pinned map. Hash maps are
 /// counted by walking their keys, which is all the kernel offers; arrays are
 /// always full.
