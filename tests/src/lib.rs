@@ -22,6 +22,8 @@
 //!            (no route to any guest subnet)
 //! ```
 
+pub mod packet;
+
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};

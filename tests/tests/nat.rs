@@ -168,3 +168,27 @@ dhcp = { start = "192.168.100.10", end = "192.168.100.20" }
     assert_eq!(tcp_request(&a.ns, UPSTREAM_IP, 8082, "a").unwrap(), "a");
     drop(up);
 }
+
+#[test]
+fn a_new_uplink_address_is_used_for_new_flows() {
+    require_netd!();
+    let mut t = nat_topology("nat_readdress");
+    let g = t.add_guest("virbr0", None).unwrap();
+    g.dhcp().unwrap();
+    let srv = udp_echo_server(&t.upstream, 6100);
+    assert_eq!(udp_request(&g.ns, UPSTREAM_IP, 6100, "one").unwrap(), "one");
+    // The host is renumbered, as a DHCP-configured uplink may be.
+    t.host.exec_ok(&["ip", "addr", "del", "198.51.100.2/24", "dev", UPLINK]);
+    t.host.exec_ok(&["ip", "addr", "add", "198.51.100.3/24", "dev", UPLINK]);
+    t.host.exec_ok(&["ip", "route", "replace", "default", "via", &ROUTER_HOST_IP.to_string()]);
+    assert!(wait_until(Duration::from_secs(5), || {
+        t.netd_json(&["net", "info", "default"])["masquerade_address"] == "198.51.100.3"
+    }));
+    assert!(wait_until(Duration::from_secs(5), || {
+        udp_request_from(&g.ns, UPSTREAM_IP, 6100, "two", Some(45000)).is_ok()
+            && srv.peer_ips().iter().any(|p| p.to_string() == "198.51.100.3")
+    }), "peers: {:?}", srv.peers());
+    // Entries for the old address were flushed, as MASQUERADE does.
+    let ct = t.netd_bpf(&["ct", "list", "-o", "json"]);
+    assert!(!ct.stdout.contains("198.51.100.2:"), "{ct}");
+}

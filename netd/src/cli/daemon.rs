@@ -1,6 +1,7 @@
 //! `netd daemon`.
 
 use crate::paths::{self, Paths};
+use netd_common::Settings;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
@@ -17,6 +18,19 @@ pub struct Args {
     /// cost time in the fast path).
     #[arg(long)]
     bpf_log: bool,
+    /// Conntrack timeout of TCP connections still in the handshake (s).
+    #[arg(long, default_value_t = Settings::DEFAULT.tcp_syn_timeout)]
+    ct_tcp_syn_timeout: u32,
+    /// Conntrack timeout of established TCP connections (s).
+    #[arg(long, default_value_t = Settings::DEFAULT.tcp_established_timeout)]
+    ct_tcp_established_timeout: u32,
+    /// Conntrack timeout of TCP connections after FIN or RST (s).
+    #[arg(long, default_value_t = Settings::DEFAULT.tcp_closing_timeout)]
+    ct_tcp_closing_timeout: u32,
+    #[arg(long, default_value_t = Settings::DEFAULT.udp_timeout)]
+    ct_udp_timeout: u32,
+    #[arg(long, default_value_t = Settings::DEFAULT.icmp_timeout)]
+    ct_icmp_timeout: u32,
 }
 
 pub fn exec(a: &Args) -> anyhow::Result<()> {
@@ -29,6 +43,14 @@ pub fn exec(a: &Args) -> anyhow::Result<()> {
             bpffs: a.bpffs.clone(),
         },
         bpf_log: a.bpf_log,
+        settings: Settings {
+            tcp_syn_timeout: a.ct_tcp_syn_timeout,
+            tcp_established_timeout: a.ct_tcp_established_timeout,
+            tcp_closing_timeout: a.ct_tcp_closing_timeout,
+            udp_timeout: a.ct_udp_timeout,
+            icmp_timeout: a.ct_icmp_timeout,
+            _pad: 0,
+        },
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -21,6 +21,8 @@ use tokio::sync::Mutex;
 pub struct Options {
     pub paths: Paths,
     pub bpf_log: bool,
+    /// Conntrack timeouts, written to the datapath at start.
+    pub settings: netd_common::Settings,
 }
 
 pub struct Daemon {
@@ -32,6 +34,7 @@ pub struct Daemon {
 pub async fn run(opts: Options) -> Result<()> {
     let paths = opts.paths.clone();
     let dp = Dataplane::load(&paths.bpffs, opts.bpf_log).context("loading the dataplane")?;
+    crate::dataplane::maps::set_settings(&dp.maps_dir(), &opts.settings)?;
     let nl = Netlink::connect().await?;
     crate::link::set_ipv4_forwarding(true).context("enabling IPv4 forwarding")?;
     let mut state = State::new(&paths, nl, dp)?;

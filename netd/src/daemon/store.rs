@@ -97,6 +97,11 @@ impl Store {
         Ok(mac)
     }
 
+    /// Whether a bridge MAC was generated for `name` already.
+    pub fn has_mac(&self, name: &str) -> bool {
+        self.paths.state_dir.join("macs").join(name).is_file()
+    }
+
     pub fn forget_mac(&self, name: &str) {
         let _ = std::fs::remove_file(self.paths.state_dir.join("macs").join(name));
     }

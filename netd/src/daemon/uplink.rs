@@ -24,9 +24,15 @@ impl super::State {
     /// does, forget connections translated to the old one (their replies
     /// can no longer arrive).
     pub async fn on_link_event(&mut self, ev: &LinkEvent) {
-        let LinkEvent::AddressChanged { index } = ev else {
-            return;
-        };
+        match ev {
+            LinkEvent::AddressChanged { index } => self.on_address_change(*index).await,
+            LinkEvent::RouteChanged => self.follow_default_route().await,
+            _ => {}
+        }
+    }
+
+    async fn on_address_change(&mut self, index: u32) {
+        let index = &index;
         let Some(name) = crate::link::ifname_of(*index) else {
             return;
         };
@@ -52,6 +58,33 @@ impl super::State {
                 Err(e) => tracing::warn!("flushing conntrack for {old}: {e:#}"),
             }
         }
+    }
+}
+
+impl super::State {
+    /// Networks without a configured uplink masquerade on whatever holds the
+    /// default route; when that moves, their uplink moves with it.
+    async fn follow_default_route(&mut self) {
+        let Ok(Some(route)) = self.nl.default_route_v4().await else {
+            return;
+        };
+        let Some(now) = route.oif.and_then(crate::link::ifname_of) else {
+            return;
+        };
+        let movers: Vec<(String, Vec<String>)> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.record.definition.uplink.is_none() && r.record.uplinks != [now.clone()])
+            .filter(|(_, r)| matches!(r.record.definition.mode, crate::config::Mode::Nat | crate::config::Mode::Route | crate::config::Mode::Open))
+            .map(|(n, r)| (n.clone(), r.record.uplinks.clone()))
+            .collect();
+        for (name, old) in movers {
+            tracing::info!("network {name}: default route moved to {now}; moving the uplink from {old:?}");
+            if let Err(e) = self.move_uplink(&name, &old, &now).await {
+                tracing::warn!("network {name}: moving the uplink to {now}: {e:#}");
+            }
+        }
+        self.save_running();
     }
 }
 
