@@ -18,8 +18,10 @@ pub mod maps {
     pub const STATS: &str = "NETD_STATS";
     pub const NET_STATS: &str = "NETD_NET_STATS";
     pub const SETTINGS: &str = "NETD_SETTINGS";
+    pub const FORWARDS_REV: &str = "NETD_FWD_REV";
+    pub const TAILS: &str = "NETD_TAILS";
     pub const ALL: &[&str] = &[
-        NETWORKS, SUBNETS, UPLINKS, CONNTRACK, FRAGS, FORWARDS, STATS, NET_STATS, SETTINGS,
+        NETWORKS, SUBNETS, UPLINKS, CONNTRACK, FRAGS, FORWARDS, FORWARDS_REV, STATS, NET_STATS, SETTINGS, TAILS,
     ];
 }
 
@@ -29,6 +31,22 @@ pub mod progs {
     pub const BRIDGE_EGRESS: &str = "netd_bridge_egress";
     pub const UPLINK_INGRESS: &str = "netd_uplink_ingress";
     pub const UPLINK_EGRESS: &str = "netd_uplink_egress";
+    /// Tail-called for the first packet of a flow from a guest.
+    pub const BRIDGE_NEW_FLOW: &str = "netd_bridge_new_flow";
+    /// Tail-called for a packet no connection knows at the uplink.
+    pub const UPLINK_NEW_FLOW: &str = "netd_uplink_new_flow";
+    pub const CONNECT4: &str = "netd_connect4";
+    pub const SENDMSG4: &str = "netd_sendmsg4";
+    pub const RECVMSG4: &str = "netd_recvmsg4";
+}
+
+/// Slots of the tail-call program array. The first packet of a flow takes
+/// a second program: policy, port search and forwards live there, so each
+/// program stays small enough for the verifier.
+pub mod tail {
+    pub const BRIDGE_NEW_FLOW: u32 = 0;
+    pub const UPLINK_NEW_FLOW: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 pub const MAX_NETWORKS: u32 = 256;
@@ -181,7 +199,8 @@ pub struct FragPorts {
     pub expires_ns: u64,
 }
 
-/// A port forward, keyed by (proto, host address, host port).
+/// A port forward, keyed by (proto, host address, host port). The daemon
+/// writes one key per host address, so the datapath makes one lookup.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ForwardKey {
@@ -277,6 +296,9 @@ pub struct Settings {
     pub udp_timeout: u32,
     pub icmp_timeout: u32,
     pub _pad: u32,
+    /// The daemon's network namespace: the host-local forward programs act
+    /// only on sockets there.
+    pub netns_cookie: u64,
 }
 
 impl Settings {
@@ -289,6 +311,7 @@ impl Settings {
         udp_timeout: 60,
         icmp_timeout: 30,
         _pad: 0,
+        netns_cookie: 0,
     };
 }
 
@@ -335,7 +358,7 @@ mod tests {
         assert_eq!(size_of::<FragPorts>(), 16);
         assert_eq!(size_of::<ForwardKey>(), 8);
         assert_eq!(size_of::<ForwardTarget>(), 24);
-        assert_eq!(size_of::<Settings>(), 24);
+        assert_eq!(size_of::<Settings>(), 32);
     }
 
     #[test]

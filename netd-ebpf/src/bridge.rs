@@ -2,7 +2,7 @@
 //! masquerade, then straight to the uplink with a redirect.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use netd_common::{CtKey, NetConfig, dir, mode, nat_kind, reason};
+use netd_common::{CtKey, NetConfig, dir, mode, nat_kind, reason, tail};
 
 use crate::flow::{self, FlowError};
 use crate::forward::{self, Route};
@@ -24,35 +24,62 @@ pub fn ingress(ctx: &mut TcContext) -> i32 {
     let Ok(ip) = parse::ipv4(ctx, ETH_LEN) else {
         return stats::drop(reason::DROP_MALFORMED, len);
     };
-    if ip.saddr == 0 || is_local_segment(net, ip.daddr) {
-        // DHCP from unconfigured guests, and traffic for the segment or the
-        // gateway itself: the host stack handles it.
+    if ip.saddr == 0 || is_broadcast(ip.daddr) {
+        // DHCP from unconfigured guests, broadcast and multicast: the
+        // segment's own business.
         return stats::pass(reason::PASS, len);
     }
     if ip.saddr & net.mask != net.subnet {
         return stats::drop(reason::DROP_SPOOFED, len);
-    }
-    if ip.ttl <= 1 {
-        // The kernel answers with time-exceeded from the gateway.
-        return stats::pass(reason::SLOW_PATH, len);
     }
     let (l4, key) = match flow::of(ctx, &ip) {
         Ok(f) => f,
         Err(FlowError::Malformed) => return stats::drop(reason::DROP_MALFORMED, len),
         Err(FlowError::UnknownFragment) => return stats::drop(reason::DROP_FRAG_UNKNOWN, len),
     };
+    // Looked up before the local-segment test: a hairpin's replies are
+    // addressed to the gateway.
     if let Some(e) = ct::lookup(&key) {
         return tracked(ctx, ifindex, &ip, &l4, &key, e, len);
     }
+    if ip.daddr & net.mask == net.subnet {
+        // The gateway itself (DNS, DHCP renewals) or a neighbour.
+        return stats::pass(reason::PASS, len);
+    }
+    if ip.ttl <= 1 {
+        // The kernel answers with time-exceeded from the gateway.
+        return stats::pass(reason::SLOW_PATH, len);
+    }
+    unsafe { maps::TAILS.tail_call(ctx, tail::BRIDGE_NEW_FLOW) };
+    // Only reached when the second stage is missing: never let the
+    // packet go untranslated.
+    stats::drop(reason::DROP_POLICY, len)
+}
+
+/// Second stage for the first packet of a flow from a guest: routing,
+/// policy between networks, then masquerade or a hairpin.
+#[inline(always)]
+pub fn new_flow_stage(ctx: &mut TcContext) -> i32 {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(net) = maps::network(ifindex) else {
+        return TC_ACT_OK;
+    };
+    let len = ctx.len();
+    let Ok(ip) = parse::ipv4(ctx, ETH_LEN) else {
+        return stats::drop(reason::DROP_MALFORMED, len);
+    };
+    let (l4, key) = match flow::of(ctx, &ip) {
+        Ok(f) => f,
+        Err(_) => return stats::drop(reason::DROP_MALFORMED, len),
+    };
     new_flow(ctx, net, ifindex, &ip, &l4, &key, len)
 }
 
-/// Broadcast, multicast (224.0.0.0/4 covers 224.0.0.0/24) and the subnet
-/// itself never leave the segment untranslated or translated.
+/// Limited broadcast and multicast (224.0.0.0/4, which covers the
+/// never-translated 224.0.0.0/24).
 #[inline(always)]
-fn is_local_segment(net: &NetConfig, daddr: u32) -> bool {
-    let first_octet = daddr.to_ne_bytes()[0];
-    daddr == u32::MAX || (first_octet & 0xf0) == 0xe0 || daddr & net.mask == net.subnet
+fn is_broadcast(daddr: u32) -> bool {
+    daddr == u32::MAX || (daddr.to_ne_bytes()[0] & 0xf0) == 0xe0
 }
 
 /// A packet of a known connection: an SNAT original, or a guest's reply on
@@ -61,6 +88,9 @@ fn is_local_segment(net: &NetConfig, daddr: u32) -> bool {
 fn tracked(ctx: &mut TcContext, ifindex: u32, ip: &Ipv4, l4: &L4, key: &CtKey, e: *mut netd_common::CtEntry, len: u32) -> i32 {
     let (xlate, is_snat) = unsafe { ((*e).xlate, (*e).nat == nat_kind::SNAT && (*e).dir == dir::ORIGINAL) };
     ct::touch(e, ip.proto, l4.tcp_flags, len);
+    if ip.ttl <= 1 {
+        return stats::pass(reason::SLOW_PATH, len);
+    }
     let route = forward::route(ctx, ifindex, ip, key.saddr, xlate.daddr);
     if let Route::Stack = route {
         // MTU exceeded or no route: the kernel answers the guest (or
@@ -85,8 +115,9 @@ fn new_flow(ctx: &mut TcContext, net: &NetConfig, ifindex: u32, ip: &Ipv4, l4: &
     let route = forward::route(ctx, ifindex, ip, ip.saddr, ip.daddr);
     let out = match route {
         Route::Forward { ifindex, .. } => ifindex,
-        // Host-bound (DNS, the uplink's own address) or the kernel's call.
-        Route::Local => return stats::pass(reason::PASS, len),
+        // Host-bound: a forwarded port on a host address is a hairpin;
+        // anything else (DNS, ssh to the host) is the host's.
+        Route::Local => return hairpin(ctx, net, ifindex, ip, l4, key, len),
         Route::Stack => return stats::pass(reason::SLOW_PATH, len),
     };
     if let Some(other) = maps::subnet_owner(ip.daddr)
@@ -150,4 +181,40 @@ fn masquerade(
     stats::count(reason::SNAT, len);
     stats::count(reason::REDIRECT, len);
     forward::redirect(ctx, ip, route)
+}
+
+/// A guest connecting to a forwarded port on one of the host's addresses
+/// reaches the forward's target (maybe itself). The source becomes the
+/// gateway, so the target's replies come back through here instead of
+/// going straight to the guest, which would not know them.
+#[inline(always)]
+fn hairpin(ctx: &mut TcContext, net: &NetConfig, bridge: u32, ip: &Ipv4, l4: &L4, key: &CtKey, len: u32) -> i32 {
+    if ip.is_later_fragment() || !matches!(ip.proto, parse::IPPROTO_TCP | parse::IPPROTO_UDP) {
+        return stats::pass(reason::PASS, len);
+    }
+    let Some(target) = nat::forward_target(ip.daddr, l4.dport, ip.proto) else {
+        return stats::pass(reason::PASS, len);
+    };
+    let mut req = nat::SnatRequest::new(key, l4, net.gateway, net, bridge, bridge, len);
+    req.kind = nat_kind::DNAT;
+    req.xlate.daddr = target.addr;
+    req.xlate.dport = target.port;
+    let r = nat::snat_new(&mut req);
+    if r != 0 {
+        return stats::drop(r, len);
+    }
+    stats::count(reason::CT_NEW, len);
+    let xlate = req.xlate;
+    if nat::rewrite(ctx, ip, l4, key, &xlate).is_err() {
+        return stats::drop(reason::DROP_MALFORMED, len);
+    }
+    stats::count(reason::DNAT, len);
+    let route = forward::route(ctx, bridge, ip, xlate.saddr, xlate.daddr);
+    match route {
+        Route::Forward { .. } => {
+            stats::count(reason::REDIRECT, len);
+            forward::redirect(ctx, ip, &route)
+        }
+        _ => stats::pass(reason::SLOW_PATH, len),
+    }
 }

@@ -92,11 +92,24 @@ pub enum CreateError {
     Full,
 }
 
+/// What a new connection records besides its tuples.
+pub struct Origin {
+    pub nat: u8,
+    pub tcp_flags: u8,
+    pub bridge: u32,
+    pub uplink: u32,
+    pub bytes: u32,
+}
+
 /// Writes both entries of a new connection. `orig` is the tuple the
 /// initiator sends and `xlate` the tuple it leaves with; the reply entry is
 /// keyed by `xlate.reversed()` and translates back to `orig.reversed()`.
-#[inline(always)]
-pub fn create(orig: &CtKey, xlate: &CtKey, nat: u8, bridge: u32, uplink: u32, tcp_flags: u8, bytes: u32) -> Result<(), CreateError> {
+///
+/// Not inlined: its entry is the largest thing on the stack, and BPF gives
+/// a whole call chain 512 bytes.
+#[inline(never)]
+pub fn create(orig: &CtKey, xlate: &CtKey, o: &Origin) -> Result<(), CreateError> {
+    let (nat, bridge, uplink, tcp_flags, bytes) = (o.nat, o.bridge, o.uplink, o.tcp_flags, o.bytes);
     let t = now();
     let state = ct_state::NEW;
     let expires = t + timeout_ns(orig.proto, state);

@@ -92,18 +92,25 @@ fn rewrite(
     // Outer destination: the ICMP checksum has no pseudo-header.
     csum::set_addr(ctx, ip.off, ip.off + IP_DADDR_OFF, ip.daddr, guest, no_l4)?;
 
-    // The quoted L4 checksum covers the quoted source address and port.
+    // The quoted L4 checksum covers the quoted source address and port; a
+    // quoted echo request's covers only its id (ICMP has no pseudo-header).
     let q_csum_off = match q_proto {
         IPPROTO_UDP => q_l4 + 6,
         IPPROTO_TCP => q_l4 + 16,
+        IPPROTO_ICMP if port_off != 0 => q_l4 + 2,
         _ => 0,
     };
     if q_csum_off != 0
         && let Ok(old) = ctx.load::<u16>(q_csum_off)
         && !(q_proto == IPPROTO_UDP && old == 0)
     {
-        let mut new = csum::update32(old, q_saddr, guest);
+        let mut new = if q_proto == IPPROTO_ICMP { old } else { csum::update32(old, q_saddr, guest) };
         new = csum::update16(new, old_port, new_port);
+        if q_proto == IPPROTO_UDP && new == 0 {
+            // A UDP checksum that computes to zero is sent as 0xffff: 0
+            // would mean "none" (what BPF_F_MARK_MANGLED_0 does elsewhere).
+            new = 0xffff;
+        }
         ctx.store(q_csum_off, &new, 0).map_err(|_| csum::CsumError)?;
         csum::fold_into(ctx, icmp_csum, u32::from(old), u32::from(new), 2)?;
     }

@@ -16,6 +16,8 @@ pub mod forward;
 #[cfg(target_arch = "bpf")]
 pub mod frag;
 #[cfg(target_arch = "bpf")]
+pub mod hostfwd;
+#[cfg(target_arch = "bpf")]
 pub mod icmp;
 #[cfg(target_arch = "bpf")]
 pub mod maps;

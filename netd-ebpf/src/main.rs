@@ -5,13 +5,29 @@
 
 #[cfg(target_arch = "bpf")]
 mod entry {
-    use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-    use netd_ebpf::{bridge, uplink};
+    use aya_ebpf::{
+        bindings::TC_ACT_OK,
+        macros::{cgroup_sock_addr, classifier},
+        programs::{SockAddrContext, TcContext},
+    };
+    use netd_ebpf::{bridge, hostfwd, uplink};
 
     /// Guest -> world: tc ingress on every netd bridge.
     #[classifier]
     pub fn netd_bridge_ingress(mut ctx: TcContext) -> i32 {
         bridge::ingress(&mut ctx)
+    }
+
+    /// Second stage of bridge ingress (tail call): a new flow from a guest.
+    #[classifier]
+    pub fn netd_bridge_new_flow(mut ctx: TcContext) -> i32 {
+        bridge::new_flow_stage(&mut ctx)
+    }
+
+    /// Second stage of uplink ingress (tail call): port forwards.
+    #[classifier]
+    pub fn netd_uplink_new_flow(mut ctx: TcContext) -> i32 {
+        uplink::new_flow_stage(&mut ctx)
     }
 
     /// Bridge egress: towards guests (used by the mode-specific policy).
@@ -30,6 +46,24 @@ mod entry {
     #[classifier]
     pub fn netd_uplink_egress(mut ctx: TcContext) -> i32 {
         uplink::egress(&mut ctx)
+    }
+
+    /// Host-local clients of a port forward: TCP connect().
+    #[cgroup_sock_addr(connect4)]
+    pub fn netd_connect4(ctx: SockAddrContext) -> i32 {
+        hostfwd::to_guest(&ctx)
+    }
+
+    /// Host-local clients of a port forward: unconnected UDP sendto().
+    #[cgroup_sock_addr(sendmsg4)]
+    pub fn netd_sendmsg4(ctx: SockAddrContext) -> i32 {
+        hostfwd::to_guest(&ctx)
+    }
+
+    /// Host-local UDP clients see replies from the address they used.
+    #[cgroup_sock_addr(recvmsg4)]
+    pub fn netd_recvmsg4(ctx: SockAddrContext) -> i32 {
+        hostfwd::from_guest(&ctx)
     }
 
     #[cfg(not(test))]

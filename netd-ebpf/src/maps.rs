@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray},
 };
 use netd_common::{
     CT_MAX_ENTRIES, Counter, CtEntry, CtKey, FORWARD_MAX_ENTRIES, FRAG_MAX_ENTRIES, ForwardKey, ForwardTarget,
@@ -33,6 +33,14 @@ pub static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(FRAG_MAX_E
 /// Port forwards by (proto, host address, host port).
 #[map(name = "NETD_FORWARDS")]
 pub static FORWARDS: HashMap<ForwardKey, ForwardTarget> = HashMap::pinned(FORWARD_MAX_ENTRIES, 0);
+
+/// Guest end of a forward -> the host end, for host-local UDP clients.
+#[map(name = "NETD_FWD_REV")]
+pub static FORWARDS_REV: HashMap<ForwardKey, ForwardKey> = HashMap::pinned(FORWARD_MAX_ENTRIES, 0);
+
+/// Second-stage programs for the first packet of a flow.
+#[map(name = "NETD_TAILS")]
+pub static TAILS: ProgramArray = ProgramArray::pinned(netd_common::tail::COUNT, 0);
 
 #[map(name = "NETD_STATS")]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(reason::COUNT, 0);

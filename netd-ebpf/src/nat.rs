@@ -1,7 +1,11 @@
 //! Address and port translation: choosing a masquerade port, and rewriting
 //! a packet from the tuple it carries to the tuple it should carry.
 
-use aya_ebpf::{helpers::bpf_get_prandom_u32, programs::TcContext};
+use aya_ebpf::{
+    cty::c_void,
+    helpers::{bpf_get_prandom_u32, bpf_loop},
+    programs::TcContext,
+};
 use netd_common::{CtKey, ForwardKey, NetConfig, nat_kind, reason};
 
 use crate::csum::{self, CsumError, L4Csum};
@@ -14,6 +18,7 @@ const PORT_TRIES: u32 = 32;
 
 /// A masquerade request: everything the port search needs, passed by
 /// pointer because BPF functions take at most five arguments.
+#[derive(Clone, Copy)]
 pub struct SnatRequest {
     pub orig: CtKey,
     /// Filled in on success: the tuple the flow leaves with.
@@ -26,6 +31,13 @@ pub struct SnatRequest {
     pub bytes: u32,
     pub icmp_type: u8,
     pub tcp_flags: u8,
+    /// SNAT for masquerade; DNAT for a hairpin, whose destination is also
+    /// rewritten (set `xlate.daddr`/`dport` before the search).
+    pub kind: u8,
+    /// Search state: the port being tried, and 0 once one is claimed or
+    /// the drop reason so far.
+    port: u32,
+    result: u32,
 }
 
 impl SnatRequest {
@@ -42,6 +54,9 @@ impl SnatRequest {
             bytes,
             icmp_type: l4.icmp_type,
             tcp_flags: l4.tcp_flags,
+            kind: nat_kind::SNAT,
+            port: 0,
+            result: 0,
         }
     }
 
@@ -57,14 +72,33 @@ impl SnatRequest {
 
     #[inline(always)]
     fn create(&self) -> Result<(), CreateError> {
-        ct::create(&self.orig, &self.xlate, nat_kind::SNAT, self.bridge, self.uplink, self.tcp_flags, self.bytes)
+        let o = ct::Origin {
+            nat: self.kind,
+            tcp_flags: self.tcp_flags,
+            bridge: self.bridge,
+            uplink: self.uplink,
+            bytes: self.bytes,
+        };
+        ct::create(&self.orig, &self.xlate, &o)
     }
 }
 
+/// Masquerade must never take a port a forward owns on that address.
 #[inline(always)]
 fn forward_owns(addr: u32, port: u16, proto: u8) -> bool {
     let k = ForwardKey { addr, port, proto, _pad: 0 };
     unsafe { FORWARDS.get(&k) }.is_some()
+}
+
+/// The forward for (proto, host addr, host port), counting the hit.
+#[inline(always)]
+pub fn forward_target(addr: u32, port: u16, proto: u8) -> Option<netd_common::ForwardTarget> {
+    let k = ForwardKey { addr, port, proto, _pad: 0 };
+    let t = FORWARDS.get_ptr_mut(&k)?;
+    unsafe {
+        (*t).hits += 1;
+        Some(*t)
+    }
 }
 
 /// Creates the conntrack entries of a new masqueraded flow; on success
@@ -72,8 +106,8 @@ fn forward_owns(addr: u32, port: u16, proto: u8) -> bool {
 /// returned. The guest's own source port is kept when free; otherwise the
 /// next ports of the range are tried.
 ///
-/// A separate BPF function on purpose: the verifier then walks the port
-/// loop once, instead of once per iteration for the rest of the program.
+/// The search runs under `bpf_loop`, so the verifier checks one attempt
+/// once instead of every iteration on every path.
 #[inline(never)]
 pub fn snat_new(req: &mut SnatRequest) -> u32 {
     req.xlate.saddr = req.nat_addr;
@@ -91,27 +125,43 @@ pub fn snat_new(req: &mut SnatRequest) -> u32 {
     }
     let span = hi - lo + 1;
     let wanted = u32::from(u16::from_be(req.orig.sport));
-    let mut port = if wanted >= lo && wanted <= hi {
+    let port = if wanted >= lo && wanted <= hi {
         wanted
     } else {
         lo + unsafe { bpf_get_prandom_u32() }.checked_rem(span).unwrap_or(0)
     };
-    for i in 0..PORT_TRIES {
-        if i >= span {
-            break;
-        }
-        let p = (port as u16).to_be();
-        if !forward_owns(req.nat_addr, p, req.orig.proto) {
-            req.xlate.sport = p;
-            match req.create() {
-                Ok(()) => return 0,
-                Err(CreateError::Full) => return reason::DROP_CT_FULL,
-                Err(CreateError::Taken) => {}
-            }
-        }
-        port = if port >= hi { lo } else { port + 1 };
+    // The search state lives in the caller's request: the stack is 512
+    // bytes for the whole call chain, so no copies down here.
+    req.port = port;
+    req.result = reason::DROP_PORTS_EXHAUSTED;
+    let tries = if span < PORT_TRIES { span } else { PORT_TRIES };
+    unsafe {
+        bpf_loop(tries, try_port as *mut c_void, req as *mut SnatRequest as *mut c_void, 0);
     }
-    reason::DROP_PORTS_EXHAUSTED
+    req.result
+}
+
+/// One attempt of the port search: claim `port` or move to the next one.
+/// Returns 1 to stop the loop.
+extern "C" fn try_port(_index: u64, ctx: *mut c_void) -> i64 {
+    let s = unsafe { &mut *(ctx as *mut SnatRequest) };
+    let p = (s.port as u16).to_be();
+    if !forward_owns(s.nat_addr, p, s.orig.proto) {
+        s.xlate.sport = p;
+        match s.create() {
+            Ok(()) => {
+                s.result = 0;
+                return 1;
+            }
+            Err(CreateError::Full) => {
+                s.result = reason::DROP_CT_FULL;
+                return 1;
+            }
+            Err(CreateError::Taken) => {}
+        }
+    }
+    s.port = if s.port >= u32::from(s.port_max) { u32::from(s.port_min) } else { s.port + 1 };
+    0
 }
 
 /// Rewrites the packet from tuple `cur` to tuple `new`, fixing the IP and

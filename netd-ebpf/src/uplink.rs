@@ -6,11 +6,11 @@
 //! address never leaves.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use netd_common::{dir, mode, nat_kind, reason};
+use netd_common::{CtKey, dir, mode, nat_kind, reason, tail};
 
 use crate::flow::{self, FlowError};
 use crate::forward::{self, Route};
-use crate::parse::{self, ETH_LEN, ETH_P_IP};
+use crate::parse::{self, ETH_LEN, ETH_P_IP, IPPROTO_TCP, IPPROTO_UDP, Ipv4, L4};
 use crate::{ct, icmp, maps, nat, stats};
 
 #[inline(always)]
@@ -30,32 +30,90 @@ pub fn ingress(ctx: &mut TcContext) -> i32 {
         return icmp::error_to_guest(ctx, ifindex, &ip, &l4, len);
     }
     let Some(e) = ct::lookup(&key) else {
+        if ip.is_later_fragment() || !matches!(ip.proto, IPPROTO_TCP | IPPROTO_UDP) {
+            return refuse_unsolicited(ip.daddr, len);
+        }
+        unsafe { maps::TAILS.tail_call(ctx, tail::UPLINK_NEW_FLOW) };
         return refuse_unsolicited(ip.daddr, len);
     };
     let (xlate, bridge, ours) = unsafe {
         let e = &*e;
-        (e.xlate, e.bridge_ifindex, e.dir == dir::REPLY && e.nat == nat_kind::SNAT)
+        let masq_reply = e.dir == dir::REPLY && e.nat == nat_kind::SNAT;
+        let forwarded = e.dir == dir::ORIGINAL && e.nat == nat_kind::DNAT;
+        (e.xlate, e.bridge_ifindex, masq_reply || forwarded)
     };
     if !ours {
         return TC_ACT_OK;
     }
     ct::touch(e, ip.proto, l4.tcp_flags, len);
-    if nat::rewrite(ctx, &ip, &l4, &key, &xlate).is_err() {
+    to_guest(ctx, ifindex, &ip, &l4, &key, &xlate, bridge, len, reason::REVERSE_NAT)
+}
+
+/// Rewrites a packet for a guest and sends it to the bridge.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn to_guest(
+    ctx: &mut TcContext,
+    ifindex: u32,
+    ip: &Ipv4,
+    l4: &L4,
+    key: &CtKey,
+    xlate: &CtKey,
+    bridge: u32,
+    len: u32,
+    why: u32,
+) -> i32 {
+    if nat::rewrite(ctx, ip, l4, key, xlate).is_err() {
         return stats::drop(reason::DROP_MALFORMED, len);
     }
-    stats::count(reason::REVERSE_NAT, len);
+    stats::count(why, len);
     stats::count_to_guests(bridge, len);
     if ip.ttl <= 1 {
         return stats::pass(reason::SLOW_PATH, len);
     }
-    let route = forward::route(ctx, ifindex, &ip, xlate.saddr, xlate.daddr);
+    let route = forward::route(ctx, ifindex, ip, xlate.saddr, xlate.daddr);
     match route {
         Route::Forward { .. } => {
             stats::count(reason::REDIRECT, len);
-            forward::redirect(ctx, &ip, &route)
+            forward::redirect(ctx, ip, &route)
         }
         _ => stats::pass(reason::SLOW_PATH, len),
     }
+}
+
+/// Second stage for a TCP or UDP packet no connection knows: a port
+/// forward opens one, anything else for a NAT subnet is refused, and the
+/// rest is the host's.
+#[inline(always)]
+pub fn new_flow_stage(ctx: &mut TcContext) -> i32 {
+    let len = ctx.len();
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let Ok(ip) = parse::ipv4(ctx, ETH_LEN) else {
+        return TC_ACT_OK;
+    };
+    let Ok(l4) = parse::l4(ctx, &ip) else {
+        return TC_ACT_OK;
+    };
+    let key = CtKey { saddr: ip.saddr, daddr: ip.daddr, sport: l4.sport, dport: l4.dport, proto: ip.proto, _pad: [0; 3] };
+    let (ip, l4) = (&ip, &l4);
+    let Some(target) = nat::forward_target(ip.daddr, l4.dport, ip.proto) else {
+        return refuse_unsolicited(ip.daddr, len);
+    };
+    let mut xlate = key;
+    xlate.daddr = target.addr;
+    xlate.dport = target.port;
+    let origin = ct::Origin {
+        nat: nat_kind::DNAT,
+        tcp_flags: l4.tcp_flags,
+        bridge: target.bridge_ifindex,
+        uplink: ifindex,
+        bytes: len,
+    };
+    if ct::create(&key, &xlate, &origin).is_err() {
+        return stats::drop(reason::DROP_CT_FULL, len);
+    }
+    stats::count(reason::CT_NEW, len);
+    to_guest(ctx, ifindex, ip, l4, &key, &xlate, target.bridge_ifindex, len, reason::DNAT)
 }
 
 /// New connections into a NAT subnet from outside are refused, as libvirt's

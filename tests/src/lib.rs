@@ -1003,6 +1003,14 @@ impl Topology {
             "--bpffs".into(),
             dir("bpffs"),
         ];
+        // The host-local forward programs go on a cgroup of this test's own,
+        // never on the machine's root cgroup.
+        if !extra.contains(&"--cgroup") {
+            match self.ensure_cgroup()? {
+                Some(cg) => args.extend(["--cgroup".into(), cg.to_string_lossy().into_owned()]),
+                None => args.extend(["--cgroup".into(), "none".into()]),
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let logp = self.daemon_log_path();
         let mut log = OpenOptions::new().create(true).append(true).open(&logp)?;
@@ -1339,6 +1347,56 @@ pub fn normalize_firewall(text: &str) -> String {
     out
 }
 
+impl Topology {
+    /// This topology's own cgroup v2 folder, for the host-local forward
+    /// programs and the processes that should use them. The v2 hierarchy is
+    /// mounted again under the temp dir, because `ip netns exec` remounts
+    /// /sys and hides /sys/fs/cgroup from the daemon. None without cgroup v2.
+    pub fn cgroup(&self) -> Option<PathBuf> {
+        cgroup2_root()?;
+        Some(self.dir.join("cgroup2").join(format!("netd-test-{}", self.prefix)))
+    }
+
+    /// Mounts the cgroup v2 hierarchy under the temp dir and creates this
+    /// topology's cgroup in it.
+    fn ensure_cgroup(&self) -> Result<Option<PathBuf>> {
+        let Some(cg) = self.cgroup() else {
+            return Ok(None);
+        };
+        let mnt = self.dir.join("cgroup2");
+        if !is_mounted(&mnt) {
+            fs::create_dir_all(&mnt)?;
+            let o = host_cmd(&["mount", "-t", "cgroup2", "none", &mnt.to_string_lossy()]);
+            if o.status != 0 {
+                bail!("mounting cgroup2 on {}: {}", mnt.display(), o.stderr.trim());
+            }
+        }
+        fs::create_dir_all(&cg).with_context(|| format!("creating cgroup {}", cg.display()))?;
+        Ok(Some(cg))
+    }
+
+    /// Runs `argv` in the host namespace inside this topology's cgroup.
+    pub fn host_exec_in_cgroup(&self, argv: &[&str]) -> Output {
+        let cg = self.ensure_cgroup().expect("test cgroup").expect("cgroup v2");
+        let script = format!("echo $$ > {}/cgroup.procs && exec \"$@\"", cg.display());
+        let mut full = vec!["sh", "-c", script.as_str(), "sh"];
+        full.extend_from_slice(argv);
+        self.host.exec(&full)
+    }
+}
+
+/// The cgroup v2 mount point (pure v2 at /sys/fs/cgroup, or hybrid's unified).
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .min_by_key(|p| p.as_os_str().len())
+}
+
 impl Drop for Topology {
     fn drop(&mut self) {
         if thread::panicking() {
@@ -1362,6 +1420,22 @@ impl Drop for Topology {
             let o = host_cmd(&["ip", "netns", "del", name]);
             if o.status != 0 && netns_list().iter().any(|n| n == name) {
                 eprintln!("harness: ip netns del {name} failed: {}", o.stderr.trim());
+            }
+        }
+        if let Some(cg) = self.cgroup()
+            && cg.exists()
+        {
+            // Empty by now: its processes lived in the namespaces just removed.
+            if let Err(e) = fs::remove_dir(&cg) {
+                eprintln!("harness: removing cgroup {}: {e}", cg.display());
+            }
+        }
+        let cg_mnt = self.dir.join("cgroup2");
+        if is_mounted(&cg_mnt) {
+            let o = host_cmd(&["umount", "-l", &cg_mnt.to_string_lossy()]);
+            if o.status != 0 {
+                eprintln!("harness: umount {}: {}", cg_mnt.display(), o.stderr.trim());
+                return;
             }
         }
         if self.bpffs_mounted {

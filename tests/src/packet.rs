@@ -74,7 +74,11 @@ pub fn l4_checksum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, segment: &[u8]) -> u
     seg[off] = 0;
     seg[off + 1] = 0;
     let c = checksum(&with_pseudo_header(src, dst, proto, &seg));
-    if proto == IPPROTO_UDP && c == 0 { 0xffff } else { c }
+    if proto == IPPROTO_UDP && c == 0 {
+        0xffff
+    } else {
+        c
+    }
 }
 
 /// Offset of the checksum inside a TCP, UDP or ICMP header.
@@ -176,33 +180,71 @@ impl Packet {
     }
 
     pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Packet {
-        let l4 = L4::Tcp { sport, dport, seq: 0x1000_0000, ack: 0, flags, window: 64240, payload: Vec::new() };
+        let l4 = L4::Tcp {
+            sport,
+            dport,
+            seq: 0x1000_0000,
+            ack: 0,
+            flags,
+            window: 64240,
+            payload: Vec::new(),
+        };
         let mut p = Packet::base(src, dst, IPPROTO_TCP, l4);
         p.df = true;
         p
     }
 
     pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, payload: &[u8]) -> Packet {
-        let l4 = L4::Udp { sport, dport, payload: payload.to_vec(), csum: true };
+        let l4 = L4::Udp {
+            sport,
+            dport,
+            payload: payload.to_vec(),
+            csum: true,
+        };
         Packet::base(src, dst, IPPROTO_UDP, l4)
     }
 
-    pub fn icmp_echo(src: Ipv4Addr, dst: Ipv4Addr, request: bool, id: u16, seq: u16, payload: &[u8]) -> Packet {
+    pub fn icmp_echo(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        request: bool,
+        id: u16,
+        seq: u16,
+        payload: &[u8],
+    ) -> Packet {
         let mut rest = [0u8; 4];
         rest[..2].copy_from_slice(&id.to_be_bytes());
         rest[2..].copy_from_slice(&seq.to_be_bytes());
         let ty = if request { ICMP_ECHO } else { ICMP_ECHOREPLY };
-        let l4 = L4::Icmp { ty, code: 0, rest, payload: payload.to_vec() };
+        let l4 = L4::Icmp {
+            ty,
+            code: 0,
+            rest,
+            payload: payload.to_vec(),
+        };
         Packet::base(src, dst, IPPROTO_ICMP, l4)
     }
 
     /// An ICMP error from `src` to `dst` quoting the first `quote_len`
     /// bytes of `quoted` (its IP header and what follows), as a router
     /// sends it.
-    pub fn icmp_error(src: Ipv4Addr, dst: Ipv4Addr, ty: u8, code: u8, rest: [u8; 4], quoted: &Packet, quote_len: usize) -> Packet {
+    pub fn icmp_error(
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        ty: u8,
+        code: u8,
+        rest: [u8; 4],
+        quoted: &Packet,
+        quote_len: usize,
+    ) -> Packet {
         let q = quoted.ip_bytes();
         let n = quote_len.min(q.len());
-        let l4 = L4::Icmp { ty, code, rest, payload: q[..n].to_vec() };
+        let l4 = L4::Icmp {
+            ty,
+            code,
+            rest,
+            payload: q[..n].to_vec(),
+        };
         let mut p = Packet::base(src, dst, IPPROTO_ICMP, l4);
         p.tos = 0xc0;
         p
@@ -246,7 +288,15 @@ impl Packet {
     /// The bytes after the IP header, checksum included.
     pub fn l4_bytes(&self) -> Vec<u8> {
         match &self.l4 {
-            L4::Tcp { sport, dport, seq, ack, flags, window, payload } => {
+            L4::Tcp {
+                sport,
+                dport,
+                seq,
+                ack,
+                flags,
+                window,
+                payload,
+            } => {
                 let mut v = Vec::with_capacity(20 + payload.len());
                 v.extend_from_slice(&sport.to_be_bytes());
                 v.extend_from_slice(&dport.to_be_bytes());
@@ -261,7 +311,12 @@ impl Packet {
                 v[16..18].copy_from_slice(&c.to_be_bytes());
                 v
             }
-            L4::Udp { sport, dport, payload, csum } => {
+            L4::Udp {
+                sport,
+                dport,
+                payload,
+                csum,
+            } => {
                 let mut v = Vec::with_capacity(8 + payload.len());
                 v.extend_from_slice(&sport.to_be_bytes());
                 v.extend_from_slice(&dport.to_be_bytes());
@@ -274,7 +329,12 @@ impl Packet {
                 }
                 v
             }
-            L4::Icmp { ty, code, rest, payload } => {
+            L4::Icmp {
+                ty,
+                code,
+                rest,
+                payload,
+            } => {
                 let mut v = Vec::with_capacity(8 + payload.len());
                 v.push(*ty);
                 v.push(*code);
@@ -291,7 +351,10 @@ impl Packet {
 
     /// The IPv4 packet (header with a fresh checksum, then `l4_bytes`).
     pub fn ip_bytes(&self) -> Vec<u8> {
-        assert!(self.options.len() % 4 == 0 && self.options.len() <= 40, "bad options length");
+        assert!(
+            self.options.len().is_multiple_of(4) && self.options.len() <= 40,
+            "bad options length"
+        );
         let l4 = self.l4_bytes();
         let hlen = 20 + self.options.len();
         let tot_len = self.tot_len_override.unwrap_or((hlen + l4.len()) as u16);
@@ -487,10 +550,18 @@ fn verify_ip_inner(ip: Ip, what: &str, errs: &mut Vec<String>, outer: bool) {
     h[11] = 0;
     let want = checksum(&h);
     if !csum_matches(ip.csum(), want, 0) {
-        errs.push(format!("{what}IP header checksum {:#06x}, computed {:#06x}", ip.csum(), want));
+        errs.push(format!(
+            "{what}IP header checksum {:#06x}, computed {:#06x}",
+            ip.csum(),
+            want
+        ));
     }
     if outer && ip.tot_len() != ip.0.len() {
-        errs.push(format!("{what}IP total length {} but {} bytes", ip.tot_len(), ip.0.len()));
+        errs.push(format!(
+            "{what}IP total length {} but {} bytes",
+            ip.tot_len(),
+            ip.0.len()
+        ));
     }
     if ip.is_fragment() {
         return;
@@ -511,8 +582,14 @@ fn verify_ip_inner(ip: Ip, what: &str, errs: &mut Vec<String>, outer: bool) {
             }
             let want = l4_checksum(ip.src(), ip.dst(), ip.proto(), l4);
             if !csum_matches(stored, want, ip.proto()) {
-                let name = if ip.proto() == IPPROTO_TCP { "TCP" } else { "UDP" };
-                errs.push(format!("{what}{name} checksum {stored:#06x}, computed {want:#06x}"));
+                let name = if ip.proto() == IPPROTO_TCP {
+                    "TCP"
+                } else {
+                    "UDP"
+                };
+                errs.push(format!(
+                    "{what}{name} checksum {stored:#06x}, computed {want:#06x}"
+                ));
             }
         }
         IPPROTO_ICMP if whole => {
@@ -526,7 +603,9 @@ fn verify_ip_inner(ip: Ip, what: &str, errs: &mut Vec<String>, outer: bool) {
             m[3] = 0;
             let want = checksum(&m);
             if !csum_matches(stored, want, IPPROTO_ICMP) {
-                errs.push(format!("{what}ICMP checksum {stored:#06x}, computed {want:#06x}"));
+                errs.push(format!(
+                    "{what}ICMP checksum {stored:#06x}, computed {want:#06x}"
+                ));
             }
             if outer && matches!(l4[0], ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED) {
                 verify_ip_inner(ip.icmp_quoted(), "quoted ", errs, false);
@@ -538,14 +617,21 @@ fn verify_ip_inner(ip: Ip, what: &str, errs: &mut Vec<String>, outer: bool) {
 
 /// Checks the TCP/UDP checksum of a fragmented datagram over its
 /// reassembled L4 bytes, with the pseudo-header of `src` and `dst`.
-pub fn verify_datagram_l4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, reassembled: &[u8]) -> Result<(), String> {
+pub fn verify_datagram_l4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    proto: u8,
+    reassembled: &[u8],
+) -> Result<(), String> {
     let off = l4_csum_offset(proto).unwrap();
     let stored = u16::from_be_bytes([reassembled[off], reassembled[off + 1]]);
     let want = l4_checksum(src, dst, proto, reassembled);
     if csum_matches(stored, want, proto) {
         Ok(())
     } else {
-        Err(format!("datagram checksum {stored:#06x}, computed {want:#06x}"))
+        Err(format!(
+            "datagram checksum {stored:#06x}, computed {want:#06x}"
+        ))
     }
 }
 
@@ -603,10 +689,18 @@ fn normalise(frame: &[u8]) -> Vec<u8> {
 pub fn assert_frame(what: &str, out: &[u8], want: &[u8]) {
     if out.len() >= ETH_LEN && Frame(out).ethertype() == ETH_P_IP {
         let errs = verify_ip(Frame(out).ip());
-        assert!(errs.is_empty(), "{what}: bad checksums: {}\n{}", errs.join("; "), hexdump(out));
+        assert!(
+            errs.is_empty(),
+            "{what}: bad checksums: {}\n{}",
+            errs.join("; "),
+            hexdump(out)
+        );
     }
     if normalise(out) != normalise(want) {
-        panic!("{what}: output differs from the expected frame\n{}", diff(out, want));
+        panic!(
+            "{what}: output differs from the expected frame\n{}",
+            diff(out, want)
+        );
     }
 }
 
@@ -655,8 +749,8 @@ mod tests {
     fn known_ipv4_header() {
         // A widely quoted example header whose checksum is 0xb861.
         let h: [u8; 20] = [
-            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8, 0x00, 0x01, 0xc0,
-            0xa8, 0x00, 0xc7,
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
         assert_eq!(checksum(&h), 0xb861);
     }

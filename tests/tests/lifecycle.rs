@@ -218,6 +218,7 @@ fn refused(t: &Topology, what: &str, args: &[&str]) -> String {
     let before = host_state(t);
     let line = netd_err(t, args);
     let after = host_state(t);
+    eprintln!("refused ({what}): {line}");
     assert_eq!(
         before,
         after,

@@ -18,6 +18,12 @@ pub struct Args {
     /// cost time in the fast path).
     #[arg(long)]
     bpf_log: bool,
+    /// cgroup v2 folder for the host-local port-forward programs (connect,
+    /// sendmsg, recvmsg): processes in it reach forwards via the host's
+    /// addresses. Default: the root of the cgroup v2 hierarchy. "none"
+    /// turns host-local forwards off.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
     /// Conntrack timeout of TCP connections still in the handshake (s).
     #[arg(long, default_value_t = Settings::DEFAULT.tcp_syn_timeout)]
     ct_tcp_syn_timeout: u32,
@@ -50,7 +56,10 @@ pub fn exec(a: &Args) -> anyhow::Result<()> {
             udp_timeout: a.ct_udp_timeout,
             icmp_timeout: a.ct_icmp_timeout,
             _pad: 0,
+            // Filled in by the daemon from its own namespace.
+            netns_cookie: 0,
         },
+        cgroup: a.cgroup.clone(),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

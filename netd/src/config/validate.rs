@@ -133,7 +133,7 @@ fn validate_ipv4(v4: &Ipv4) -> Result<()> {
 
 fn validate_ipv6(v6: &Ipv6) -> Result<()> {
     let (_, prefix) = v6.parsed().map_err(|e| anyhow::anyhow!("ipv6.address: {e}"))?;
-    if (v6.slaac || v6.dhcp.is_some()) && prefix != 64 && v6.slaac {
+    if v6.slaac && prefix != 64 {
         bail!("ipv6.slaac needs a /64 prefix, not /{prefix}");
     }
     let mut duids = HashSet::new();

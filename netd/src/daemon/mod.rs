@@ -23,6 +23,7 @@ pub struct Options {
     pub bpf_log: bool,
     /// Conntrack timeouts, written to the datapath at start.
     pub settings: netd_common::Settings,
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 pub struct Daemon {
@@ -34,7 +35,14 @@ pub struct Daemon {
 pub async fn run(opts: Options) -> Result<()> {
     let paths = opts.paths.clone();
     let dp = Dataplane::load(&paths.bpffs, opts.bpf_log).context("loading the dataplane")?;
-    crate::dataplane::maps::set_settings(&dp.maps_dir(), &opts.settings)?;
+    let mut dp = dp;
+    let mut settings = opts.settings;
+    settings.netns_cookie = crate::link::netns_cookie().context("reading our netns cookie")?;
+    crate::dataplane::maps::set_settings(&dp.maps_dir(), &settings)?;
+    match cgroup_for_host_forwards(opts.cgroup.as_deref()) {
+        Some(cg) => dp.attach_cgroup(&cg).context("attaching host-local forward programs")?,
+        None => tracing::info!("host-local forwards are off (no cgroup v2)"),
+    }
     let nl = Netlink::connect().await?;
     crate::link::set_ipv4_forwarding(true).context("enabling IPv4 forwarding")?;
     let mut state = State::new(&paths, nl, dp)?;
@@ -55,4 +63,21 @@ pub async fn run(opts: Options) -> Result<()> {
     daemon.state.lock().await.shutdown().await;
     let _ = std::fs::remove_file(paths.socket());
     Ok(())
+}
+
+/// The cgroup the host-local forward programs hang on: the one given, or
+/// the root of the cgroup v2 hierarchy (pure v2 at /sys/fs/cgroup, or the
+/// hybrid layout's /sys/fs/cgroup/unified).
+fn cgroup_for_host_forwards(given: Option<&std::path::Path>) -> Option<std::path::PathBuf> {
+    if let Some(p) = given {
+        return (p != std::path::Path::new("none")).then(|| p.to_path_buf());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| std::path::PathBuf::from(f[1]))
+        })
+        .min_by_key(|p| p.as_os_str().len())
 }

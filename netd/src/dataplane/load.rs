@@ -6,10 +6,11 @@
 use super::BPF_OBJECT;
 use anyhow::{Context, Result, anyhow};
 use aya::programs::{
-    LinkOrder, SchedClassifier,
+    CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier,
     links::{FdLink, PinnedLink},
     tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
 };
+use aya::maps::ProgramArray;
 use aya::{Ebpf, EbpfLoader};
 use netd_common::progs;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,27 @@ impl Dataplane {
             prog.load()
                 .with_context(|| format!("verifying {}", hook.program()))?;
         }
+        // Second stages, reached by tail call from the hooks above.
+        for (slot, name) in TAIL_PROGS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("verifying {name}"))?;
+            let fd = prog.fd()?.try_clone()?;
+            let mut tails: ProgramArray<_> = ProgramArray::try_from(
+                ebpf.map_mut(netd_common::maps::TAILS)
+                    .ok_or_else(|| anyhow!("tail-call map missing from the object"))?,
+            )?;
+            tails.set(slot, &fd, 0)?;
+        }
+        for name in SOCK_ADDR_PROGS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("verifying {name}"))?;
+        }
         let dp = Dataplane { ebpf, bpffs: bpffs.to_path_buf(), _logger: logger };
         super::maps::init_settings(&dp.maps_dir())?;
         Ok(dp)
@@ -144,6 +166,31 @@ impl Dataplane {
         // The pinned link keeps the program attached after the FdLink drops.
         fd.pin(&pin)
             .with_context(|| format!("pinning link at {}", pin.display()))?;
+        Ok(())
+    }
+
+    /// Hooks the host-local forward programs onto a cgroup (v2 folder).
+    /// Links from an earlier daemon are replaced.
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
+        let dir = std::fs::File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        for name in SOCK_ADDR_PROGS {
+            let pin = self.bpffs.join("links").join(format!("cgroup:{name}"));
+            if let Ok(old) = PinnedLink::from_pin(&pin) {
+                drop(old.unpin());
+            }
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} not loaded"))?
+                .try_into()?;
+            let id = prog
+                // A link-based attach always coexists with other programs; the
+                // kernel refuses the multi flag on links.
+                .attach(&dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
+            let fd: FdLink = prog.take_link(id)?.try_into().map_err(|e| anyhow!("cgroup link: {e}"))?;
+            fd.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+        }
         Ok(())
     }
 
@@ -203,6 +250,13 @@ impl Dataplane {
         Ok((r.return_value, out, r.duration))
     }
 }
+
+const TAIL_PROGS: [(u32, &str); 2] = [
+    (netd_common::tail::BRIDGE_NEW_FLOW, progs::BRIDGE_NEW_FLOW),
+    (netd_common::tail::UPLINK_NEW_FLOW, progs::UPLINK_NEW_FLOW),
+];
+
+const SOCK_ADDR_PROGS: [&str; 3] = [progs::CONNECT4, progs::SENDMSG4, progs::RECVMSG4];
 
 pub fn link_pin_path(bpffs: &Path, hook: Hook, ifname: &str) -> PathBuf {
     bpffs.join("links").join(format!("{}:{}", ifname.replace('.', ":"), hook.as_str()))

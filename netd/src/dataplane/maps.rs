@@ -7,7 +7,10 @@ use aya::maps::{
     Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
     lpm_trie::Key as LpmKey,
 };
-use netd_common::{Counter, CtEntry, CtKey, FragKey, FragPorts, NetConfig, NetStats, Settings, Uplink, maps as names, reason};
+use netd_common::{
+    Counter, CtEntry, CtKey, ForwardKey, ForwardTarget, FragKey, FragPorts, NetConfig, NetStats, Settings, Uplink,
+    maps as names, reason,
+};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -311,4 +314,81 @@ pub fn count_keys(map: &MapData, key_size: u32) -> Result<u64> {
         first = false;
         std::mem::swap(&mut cur, &mut next);
     }
+}
+
+fn forwards(dir: &Path) -> Result<HashMap<MapData, ForwardKey, ForwardTarget>> {
+    Ok(HashMap::try_from(open(dir, names::FORWARDS)?)?)
+}
+
+fn forwards_rev(dir: &Path) -> Result<HashMap<MapData, ForwardKey, ForwardKey>> {
+    Ok(HashMap::try_from(open(dir, names::FORWARDS_REV)?)?)
+}
+
+/// One installed (proto, host addr, host port) -> (guest addr, port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ForwardEntry {
+    pub proto: u8,
+    pub host: (Ipv4Addr, u16),
+    pub guest: (Ipv4Addr, u16),
+    pub bridge_ifindex: u32,
+}
+
+impl ForwardEntry {
+    fn key(&self) -> ForwardKey {
+        ForwardKey { addr: u32::from(self.host.0).to_be(), port: self.host.1.to_be(), proto: self.proto, _pad: 0 }
+    }
+    fn guest_key(&self) -> ForwardKey {
+        ForwardKey { addr: u32::from(self.guest.0).to_be(), port: self.guest.1.to_be(), proto: self.proto, _pad: 0 }
+    }
+}
+
+/// Installs forwards. The map update is per key, so the datapath sees each
+/// forward appear whole.
+pub fn add_forwards(dir: &Path, entries: &[ForwardEntry]) -> Result<()> {
+    let mut m = forwards(dir)?;
+    let mut rev = forwards_rev(dir)?;
+    for e in entries {
+        let t = ForwardTarget {
+            addr: u32::from(e.guest.0).to_be(),
+            port: e.guest.1.to_be(),
+            _pad: 0,
+            bridge_ifindex: e.bridge_ifindex,
+            _pad2: 0,
+            hits: 0,
+        };
+        m.insert(e.key(), t, 0)?;
+        rev.insert(e.guest_key(), e.key(), 0)?;
+    }
+    Ok(())
+}
+
+/// Removes forwards; connections they opened live on in conntrack until
+/// they close.
+pub fn remove_forwards(dir: &Path, entries: &[ForwardEntry]) -> Result<()> {
+    let mut m = forwards(dir)?;
+    let mut rev = forwards_rev(dir)?;
+    for e in entries {
+        let _ = m.remove(&e.key());
+        let _ = rev.remove(&e.guest_key());
+    }
+    Ok(())
+}
+
+/// Every installed forward with its hit count.
+pub fn list_forwards(dir: &Path) -> Result<Vec<(ForwardEntry, u64)>> {
+    let mut out: Vec<(ForwardEntry, u64)> = forwards(dir)?
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(k, t)| {
+            let e = ForwardEntry {
+                proto: k.proto,
+                host: (Ipv4Addr::from(u32::from_be(k.addr)), u16::from_be(k.port)),
+                guest: (Ipv4Addr::from(u32::from_be(t.addr)), u16::from_be(t.port)),
+                bridge_ifindex: t.bridge_ifindex,
+            };
+            (e, t.hits)
+        })
+        .collect();
+    out.sort();
+    Ok(out)
 }

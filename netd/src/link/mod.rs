@@ -33,6 +33,7 @@ pub use self::error::{NetlinkError, errno_of};
 use self::error::{is_errno, nl, nl_lazy};
 pub use self::events::{LinkEvent, subscribe};
 pub use self::sysctl::{
+    netns_cookie,
     ifindex_of, ifname_of, set_ipv4_forwarding, set_ipv6_forwarding, set_sysctl, sysctl,
 };
 
