@@ -34,6 +34,10 @@ impl Client {
         self.request("DELETE", path, None::<&()>)
     }
 
+    pub fn delete_with<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.request("DELETE", path, Some(body))
+    }
+
     /// Returns the raw body (for /metrics).
     pub fn get_text(&self, path: &str) -> Result<String> {
         let (status, body) = self.round_trip("GET", path, None)?;

@@ -60,6 +60,8 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/networks/{name}/dump", get(dump))
         .route("/v1/networks/{name}/hosts", post(hosts))
         .route("/v1/networks/{name}/leases", get(leases))
+        .route("/v1/networks/{name}/forwards", get(forwards_of).post(forward_add).delete(forward_remove))
+        .route("/v1/forwards", get(forwards_all))
         .with_state(daemon)
 }
 
@@ -129,4 +131,24 @@ async fn leases(State(d): Shared, Path(name): Path<String>) -> ApiResult<Vec<cra
 async fn status(State(d): Shared) -> ApiResult<StatusResponse> {
     let s = d.state.lock().await;
     Ok(Json(s.status(d.started.elapsed().as_secs()).await?))
+}
+
+async fn forwards_all(State(d): Shared) -> ApiResult<Vec<crate::daemon::ForwardInfo>> {
+    Ok(Json(d.state.lock().await.list_forwards(None)?))
+}
+
+async fn forwards_of(State(d): Shared, Path(name): Path<String>) -> ApiResult<Vec<crate::daemon::ForwardInfo>> {
+    Ok(Json(d.state.lock().await.list_forwards(Some(&name))?))
+}
+
+async fn forward_add(State(d): Shared, Path(name): Path<String>, Json(r): Json<ForwardRequest>) -> ApiResult<NameResponse> {
+    let to = r.to.ok_or_else(|| anyhow::anyhow!("a forward needs a target (--to)"))?;
+    let f = crate::config::Forward { proto: r.proto, port: r.port, to, address: r.address };
+    d.state.lock().await.add_forward(&name, f).await?;
+    Ok(Json(NameResponse { name }))
+}
+
+async fn forward_remove(State(d): Shared, Path(name): Path<String>, Json(r): Json<ForwardRequest>) -> ApiResult<NameResponse> {
+    d.state.lock().await.remove_forward(&name, r.proto, &r.port, r.address).await?;
+    Ok(Json(NameResponse { name }))
 }

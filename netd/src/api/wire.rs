@@ -102,3 +102,12 @@ pub struct StatusResponse {
     pub maps: Vec<MapFill>,
     pub checks: Vec<Check>,
 }
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ForwardRequest {
+    pub proto: crate::config::Proto,
+    pub port: String,
+    /// Required to add; ignored to remove.
+    pub to: Option<String>,
+    pub address: Option<std::net::Ipv4Addr>,
+}

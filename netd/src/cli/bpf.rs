@@ -34,6 +34,14 @@ pub enum Command {
     Nat(NatCommand),
     /// Every netd map: type, sizes, fill, pin path.
     Maps(MapArgs),
+    /// The forwards map, with hit counts.
+    #[command(subcommand)]
+    Forwards(ForwardsCommand),
+}
+
+#[derive(clap::Subcommand)]
+pub enum ForwardsCommand {
+    List(MapArgs),
 }
 
 #[derive(clap::Subcommand)]
@@ -115,7 +123,39 @@ pub fn exec(c: &Command) -> Result<()> {
         Command::Ct(CtCommand::Flush { map, network }) => ct_flush(map, network.as_deref()),
         Command::Nat(NatCommand::List(a)) => nat_list(a),
         Command::Maps(a) => maps_list(a),
+        Command::Forwards(ForwardsCommand::List(a)) => forwards_list(a),
     }
+}
+
+#[derive(Serialize)]
+struct ForwardRow {
+    proto: String,
+    host: String,
+    guest: String,
+    bridge: Option<String>,
+    hits: u64,
+}
+
+fn forwards_list(a: &MapArgs) -> Result<()> {
+    let rows: Vec<ForwardRow> = maps::list_forwards(&a.dir())?
+        .into_iter()
+        .map(|(e, hits)| ForwardRow {
+            proto: proto_name(e.proto),
+            host: format!("{}:{}", e.host.0, e.host.1),
+            guest: format!("{}:{}", e.guest.0, e.guest.1),
+            bridge: crate::link::ifname_of(e.bridge_ifindex),
+            hits,
+        })
+        .collect();
+    if a.out.format == Format::Json {
+        return print_json(&rows);
+    }
+    let mut t = Table::new(&["PROTO", "HOST", "GUEST", "BRIDGE", "HITS"]);
+    for r in rows {
+        t.row(vec![r.proto, r.host, r.guest, r.bridge.unwrap_or_else(|| "-".into()), r.hits.to_string()]);
+    }
+    t.print();
+    Ok(())
 }
 
 /// One connection, as both listings show it.

@@ -3,6 +3,7 @@
 
 mod bpf;
 mod daemon;
+mod forward;
 mod leases;
 mod net;
 mod output;
@@ -32,6 +33,9 @@ enum Command {
     /// Define, start, stop and inspect networks.
     #[command(subcommand)]
     Net(net::Command),
+    /// Port forwards (DNAT), applied live.
+    #[command(subcommand)]
+    Forward(forward::Command),
     /// DHCP leases of a network.
     Leases(leases::Args),
     /// Read the pinned BPF maps (works without the daemon).
@@ -63,6 +67,7 @@ pub fn main() -> ExitCode {
         Command::Daemon(a) => daemon::exec(a),
         Command::Net(c) => net::exec(c, &cli.client()),
         Command::Leases(a) => leases::exec(a, &cli.client()),
+        Command::Forward(c) => forward::exec(c, &cli.client()),
         Command::Bpf(c) => bpf::exec(c),
         Command::Status(a) => status::exec(a, &cli.client()),
     };

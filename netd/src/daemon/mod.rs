@@ -2,12 +2,14 @@
 //! kernel match them. All changes go through one lock, so two requests never
 //! interleave their netlink and map writes.
 
+mod forwards;
 mod network;
 pub mod store;
 mod teardown;
 mod status;
 mod uplink;
 
+pub use forwards::ForwardInfo;
 pub use network::State;
 
 use crate::dataplane::Dataplane;

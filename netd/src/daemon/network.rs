@@ -41,6 +41,10 @@ impl State {
 
     /// The definition in force for a name: the running one if it is up
     /// (transient networks have no other), else the stored one.
+    pub(super) fn definition_of(&self, name: &str) -> Option<&Network> {
+        self.definition(name)
+    }
+
     fn definition(&self, name: &str) -> Option<&Network> {
         self.running
             .get(name)
@@ -328,6 +332,8 @@ impl State {
             run.record.uplinks.push(uplink.clone());
             self.use_uplink(&net.name, &uplink).await?;
         }
+        let entries = self.forward_entries(net, run.record.bridge_ifindex, &run.record.uplinks).await;
+        dataplane::maps::add_forwards(&self.dp.maps_dir(), &entries)?;
         Ok(())
     }
 
@@ -443,6 +449,7 @@ impl State {
             for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
                 t.step(&format!("detaching {}", hook.as_str()), self.dp.detach(hook, &rec.bridge));
             }
+            t.step("removing port forwards", self.clear_forwards(rec.bridge_ifindex));
             let subnet = rec.definition.ipv4.as_ref().and_then(|v| v.parsed().ok());
             t.step(
                 "removing the network from the datapath",
@@ -512,6 +519,7 @@ impl State {
     async fn readopt(&mut self, run: &mut Running) -> Result<()> {
         let net = run.record.definition.clone();
         run.record.uplinks.clear();
+        self.clear_forwards(run.record.bridge_ifindex)?;
         self.attach_datapath(&net, run).await?;
         if net.wants_dnsmasq() {
             let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, &net.name);

@@ -49,6 +49,18 @@ impl super::State {
         if let Err(e) = maps::set_uplink(&dir, *index, new) {
             tracing::warn!("updating uplink {name}: {e:#}");
         }
+        // Forwards without an address follow the uplink's.
+        let users: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, r)| r.record.uplinks.contains(&name))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in users {
+            if let Err(e) = self.sync_forwards(&n).await {
+                tracing::warn!("network {n}: re-applying forwards: {e:#}");
+            }
+        }
         if let Some(old) = old {
             let old_be = u32::from(old).to_be();
             match maps::ct_remove_where(&dir, |k, e| {
@@ -82,6 +94,9 @@ impl super::State {
             tracing::info!("network {name}: default route moved to {now}; moving the uplink from {old:?}");
             if let Err(e) = self.move_uplink(&name, &old, &now).await {
                 tracing::warn!("network {name}: moving the uplink to {now}: {e:#}");
+            }
+            if let Err(e) = self.sync_forwards(&name).await {
+                tracing::warn!("network {name}: re-applying forwards: {e:#}");
             }
         }
         self.save_running();

@@ -1,0 +1,88 @@
+//! `netd forward ...`: live port forwards, persisted in the definition.
+
+use super::output::{Format, OutputArgs, Table, print_json};
+use crate::api::client::Client;
+use crate::api::wire::{ForwardRequest, NameResponse};
+use crate::config::Proto;
+use crate::daemon::ForwardInfo;
+use anyhow::Result;
+use std::net::Ipv4Addr;
+
+#[derive(clap::Subcommand)]
+pub enum Command {
+    /// Forward host port(s) to a guest.
+    Add {
+        name: String,
+        #[arg(long, value_parser = parse_proto)]
+        proto: Proto,
+        /// A port or a range: 8080, 8000-8010.
+        #[arg(long)]
+        port: String,
+        /// IP, IP:PORT or IP:PORT-PORT (a range as long as --port's).
+        #[arg(long)]
+        to: String,
+        /// Host address (default: every address of the network's uplinks).
+        #[arg(long)]
+        address: Option<Ipv4Addr>,
+    },
+    /// Stop forwarding; open connections carry on until they close.
+    Remove {
+        name: String,
+        #[arg(long, value_parser = parse_proto)]
+        proto: Proto,
+        #[arg(long)]
+        port: String,
+        #[arg(long)]
+        address: Option<Ipv4Addr>,
+    },
+    List {
+        name: Option<String>,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+}
+
+fn parse_proto(s: &str) -> Result<Proto, String> {
+    s.parse()
+}
+
+pub fn exec(c: &Command, client: &Client) -> Result<()> {
+    match c {
+        Command::Add { name, proto, port, to, address } => {
+            let req = ForwardRequest { proto: *proto, port: port.clone(), to: Some(to.clone()), address: *address };
+            let _: NameResponse = client.post(&format!("/v1/networks/{name}/forwards"), &req)?;
+            println!("{} {port} -> {to} added to {name}", proto.as_str());
+            Ok(())
+        }
+        Command::Remove { name, proto, port, address } => {
+            let req = ForwardRequest { proto: *proto, port: port.clone(), to: None, address: *address };
+            let _: NameResponse = client.delete_with(&format!("/v1/networks/{name}/forwards"), &req)?;
+            println!("{} {port} removed from {name}", proto.as_str());
+            Ok(())
+        }
+        Command::List { name, out } => {
+            let path = match name {
+                Some(n) => format!("/v1/networks/{n}/forwards"),
+                None => "/v1/forwards".into(),
+            };
+            let rows: Vec<ForwardInfo> = client.get(&path)?;
+            if out.format == Format::Json {
+                return print_json(&rows);
+            }
+            let mut t = Table::new(&["NETWORK", "PROTO", "PORT", "TO", "ADDRESS", "INSTALLED ON"]);
+            for r in rows {
+                let on = r.installed_on.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+                t.row(vec![
+                    r.network,
+                    r.proto,
+                    r.port,
+                    r.to,
+                    r.address.map(|a| a.to_string()).unwrap_or_else(|| "uplinks".into()),
+                    if on.is_empty() { "-".into() } else { on },
+                ]);
+            }
+            t.print();
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Port forwards: part of a network's definition, applied live. A forward
+//! names host ports and a guest; the datapath wants one map entry per
+//! (proto, host address, host port), so a forward without an address is
+//! expanded over the addresses of the network's uplinks, and re-expanded
+//! when those change.
+
+use super::State;
+use crate::config::{self, Forward, Mode, Network, PortRange};
+use crate::dataplane::maps::{self, ForwardEntry};
+use anyhow::{Result, anyhow, bail};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+/// A forward as the API lists it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ForwardInfo {
+    pub network: String,
+    pub proto: String,
+    pub port: String,
+    pub to: String,
+    pub address: Option<Ipv4Addr>,
+    /// Host addresses it is installed on right now (empty: network down).
+    pub installed_on: Vec<Ipv4Addr>,
+}
+
+/// The host ports of a forward and, for each, the guest port.
+fn port_pairs(f: &Forward) -> Result<Vec<(u16, Ipv4Addr, u16)>> {
+    let host = PortRange::from_str(&f.port).map_err(anyhow::Error::msg)?;
+    let (ip, guest) = config::parse_forward_target(&f.to)?;
+    let guest = guest.unwrap_or(host);
+    Ok((0..host.len())
+        .map(|i| (host.start + i as u16, ip, guest.start + i as u16))
+        .collect())
+}
+
+/// Two forwards clash when they share a protocol, an address (no address
+/// means every uplink address) and a port.
+fn clash(a: &Forward, b: &Forward) -> bool {
+    if a.proto != b.proto {
+        return false;
+    }
+    if let (Some(x), Some(y)) = (a.address, b.address)
+        && x != y
+    {
+        return false;
+    }
+    let (Ok(ra), Ok(rb)) = (PortRange::from_str(&a.port), PortRange::from_str(&b.port)) else {
+        return false;
+    };
+    ra.start <= rb.end && rb.start <= ra.end
+}
+
+fn same_forward(f: &Forward, proto: config::Proto, port: &str, address: Option<Ipv4Addr>) -> bool {
+    let start = |s: &str| PortRange::from_str(s).map(|r| r.start).ok();
+    f.proto == proto && start(&f.port) == start(port) && start(port).is_some() && f.address == address
+}
+
+impl State {
+    /// The datapath entries a network's forwards expand to right now.
+    pub(super) async fn forward_entries(&self, net: &Network, bridge_ifindex: u32, uplinks: &[String]) -> Vec<ForwardEntry> {
+        let mut uplink_addrs = Vec::new();
+        for u in uplinks {
+            if let Some(i) = crate::link::ifindex_of(u)
+                && let Ok(Some(a)) = self.nl.primary_ipv4(i).await
+            {
+                uplink_addrs.push(a);
+            }
+        }
+        let mut out = Vec::new();
+        for f in &net.forwards {
+            let Ok(pairs) = port_pairs(f) else { continue };
+            let addrs = match f.address {
+                Some(a) => vec![a],
+                None => uplink_addrs.clone(),
+            };
+            for a in &addrs {
+                for (hp, gip, gp) in &pairs {
+                    out.push(ForwardEntry {
+                        proto: f.proto.number(),
+                        host: (*a, *hp),
+                        guest: (*gip, *gp),
+                        bridge_ifindex,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Makes the forwards map hold exactly this network's current entries.
+    pub(super) async fn sync_forwards(&mut self, name: &str) -> Result<()> {
+        let Some(run) = self.running.get(name) else {
+            return Ok(());
+        };
+        let (net, idx, uplinks) = (run.record.definition.clone(), run.record.bridge_ifindex, run.record.uplinks.clone());
+        let want: BTreeSet<ForwardEntry> = if matches!(net.mode, Mode::Nat | Mode::Route | Mode::Open) {
+            self.forward_entries(&net, idx, &uplinks).await.into_iter().collect()
+        } else {
+            BTreeSet::new()
+        };
+        let dir = self.dp.maps_dir();
+        let have: BTreeSet<ForwardEntry> = maps::list_forwards(&dir)?
+            .into_iter()
+            .map(|(e, _)| e)
+            .filter(|e| e.bridge_ifindex == idx)
+            .collect();
+        let stale: Vec<ForwardEntry> = have.difference(&want).copied().collect();
+        let new: Vec<ForwardEntry> = want.difference(&have).copied().collect();
+        maps::remove_forwards(&dir, &stale)?;
+        maps::add_forwards(&dir, &new)?;
+        Ok(())
+    }
+
+    /// Removes every forward entry of a bridge (network teardown).
+    pub(super) fn clear_forwards(&self, bridge_ifindex: u32) -> Result<()> {
+        let dir = self.dp.maps_dir();
+        let mine: Vec<ForwardEntry> = maps::list_forwards(&dir)?
+            .into_iter()
+            .map(|(e, _)| e)
+            .filter(|e| e.bridge_ifindex == bridge_ifindex)
+            .collect();
+        maps::remove_forwards(&dir, &mine)
+    }
+
+    pub async fn add_forward(&mut self, name: &str, f: Forward) -> Result<()> {
+        let mut net = self
+            .definition_of(name)
+            .ok_or_else(|| anyhow!("network {name:?} is not defined"))?
+            .clone();
+        config::validate_forward(&net, &f)?;
+        let everyone = self
+            .defs
+            .values()
+            .chain(self.running.values().map(|r| &r.record.definition));
+        for other in everyone {
+            if let Some(c) = other.forwards.iter().find(|o| clash(o, &f)) {
+                bail!(
+                    "{} port {} on {} is already forwarded by network {:?} to {}",
+                    f.proto.as_str(),
+                    f.port,
+                    f.address.map(|a| a.to_string()).unwrap_or_else(|| "the uplink addresses".into()),
+                    other.name,
+                    c.to
+                );
+            }
+        }
+        net.forwards.push(f);
+        self.replace_definition(net).await
+    }
+
+    pub async fn remove_forward(&mut self, name: &str, proto: config::Proto, port: &str, address: Option<Ipv4Addr>) -> Result<()> {
+        let mut net = self
+            .definition_of(name)
+            .ok_or_else(|| anyhow!("network {name:?} is not defined"))?
+            .clone();
+        let before = net.forwards.len();
+        net.forwards.retain(|f| !same_forward(f, proto, port, address));
+        if net.forwards.len() == before {
+            bail!("network {name:?} has no {} forward on port {port}", proto.as_str());
+        }
+        self.replace_definition(net).await
+    }
+
+    /// Stores a changed definition (persistent or running) and applies its
+    /// forwards. Other flows are untouched: only the changed map keys move.
+    async fn replace_definition(&mut self, net: Network) -> Result<()> {
+        let name = net.name.clone();
+        if self.defs.contains_key(&name) {
+            self.store.save_definition(&net)?;
+            self.defs.insert(name.clone(), net.clone());
+        }
+        if let Some(run) = self.running.get_mut(&name) {
+            run.record.definition = net;
+            self.save_running();
+            self.sync_forwards(&name).await?;
+        }
+        Ok(())
+    }
+
+    pub fn list_forwards(&self, name: Option<&str>) -> Result<Vec<ForwardInfo>> {
+        if let Some(n) = name
+            && self.definition_of(n).is_none()
+        {
+            bail!("network {n:?} is not defined");
+        }
+        let installed = maps::list_forwards(&self.dp.maps_dir()).unwrap_or_default();
+        let mut names: BTreeSet<&String> = self.defs.keys().collect();
+        names.extend(self.running.keys());
+        let mut out = Vec::new();
+        for n in names {
+            if name.is_some_and(|x| x != n) {
+                continue;
+            }
+            let Some(net) = self.definition_of(n) else { continue };
+            let idx = self.running.get(n).map(|r| r.record.bridge_ifindex);
+            for f in &net.forwards {
+                let first = port_pairs(f).ok().and_then(|p| p.first().copied());
+                let on: BTreeSet<Ipv4Addr> = installed
+                    .iter()
+                    .filter(|(e, _)| Some(e.bridge_ifindex) == idx)
+                    .filter(|(e, _)| e.proto == f.proto.number() && first.is_some_and(|(hp, _, _)| e.host.1 == hp))
+                    .map(|(e, _)| e.host.0)
+                    .collect();
+                out.push(ForwardInfo {
+                    network: n.clone(),
+                    proto: f.proto.as_str().into(),
+                    port: f.port.clone(),
+                    to: f.to.clone(),
+                    address: f.address,
+                    installed_on: on.into_iter().collect(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
