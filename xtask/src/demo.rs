@@ -4,7 +4,7 @@
 //! guests --- virbr0 [host: netd daemon] uplink0 --- router --- upstream
 
 use anyhow::{Context, Result, bail};
-use netd_tests::{Topology, UPSTREAM_IP};
+use netd_tests::{HOST_IP, Topology, UPSTREAM_IP};
 use std::time::Duration;
 
 const DEFAULT_NET: &str = r#"# libvirt's default network, as netd writes it
@@ -99,6 +99,28 @@ fn scenario(t: &mut Topology) -> Result<()> {
     let line = seen.lines().find(|l| l.contains("GET /")).unwrap_or("");
     println!("the upstream server logged: {line}");
     println!("(it sees the host's uplink address, never the guest's {ip_a})");
+
+    step("port forward: upstream reaches alpha's web server on the host's address");
+    show(t, &["forward", "add", "default", "--proto", "tcp", "--port", "8080", "--to", &format!("{ip_a}:80")])?;
+    let log = t.dir.join("guest-http.log");
+    let mut web = a.ns.spawn_logged(&["python3", "-m", "http.server", "80"], &log);
+    std::thread::sleep(Duration::from_millis(700));
+    let url = format!("http://{HOST_IP}:8080/");
+    let fetch = t.upstream.exec(&[
+        "python3",
+        "-c",
+        &format!("import urllib.request; print(urllib.request.urlopen('{url}', timeout=5).status)"),
+    ]);
+    let _ = web.kill();
+    let _ = web.wait();
+    if fetch.stdout.trim() != "200" {
+        bail!("the forwarded fetch failed: {fetch}");
+    }
+    println!("upstream fetched {url} -> HTTP 200, served by alpha ({ip_a}:80)");
+    let seen = std::fs::read_to_string(&log).unwrap_or_default();
+    println!("alpha's server logged: {}", seen.lines().find(|l| l.contains("GET /")).unwrap_or(""));
+    show(t, &["forward", "list"])?;
+    show_bpf(t, &["forwards", "list"])?;
 
     step("what netd shows");
     show(t, &["net", "list"])?;
