@@ -29,7 +29,8 @@ pub fn ingress(ctx: &mut TcContext) -> i32 {
         // segment's own business.
         return stats::pass(reason::PASS, len);
     }
-    if ip.saddr & net.mask != net.subnet {
+    // Open networks filter nothing, not even their sources.
+    if ip.saddr & net.mask != net.subnet && net.mode != mode::OPEN {
         return stats::drop(reason::DROP_SPOOFED, len);
     }
     let (l4, key) = match flow::of(ctx, &ip) {
@@ -127,16 +128,20 @@ fn new_flow(ctx: &mut TcContext, net: &NetConfig, ifindex: u32, ip: &Ipv4, l4: &
         let open = |m: u8| m == mode::ROUTE || m == mode::OPEN;
         let theirs = maps::network(other).map(|n| n.mode).unwrap_or(0);
         if !(open(net.mode) && open(theirs)) {
-            return stats::drop(reason::DROP_POLICY, len);
+            return refuse(ctx, net, ifindex, ip, l4, len);
         }
     }
     match net.mode {
         mode::NAT => masquerade(ctx, net, ifindex, out, ip, l4, key, &route, len),
+        mode::ROUTE if net.uplink_ifindex != 0 && out != net.uplink_ifindex && maps::subnet_owner(ip.daddr).is_none() => {
+            stats::drop(reason::DROP_UPLINK_RESTRICTED, len)
+        }
         mode::ROUTE | mode::OPEN => {
             stats::count(reason::REDIRECT, len);
             forward::redirect(ctx, ip, &route)
         }
-        _ => stats::drop(reason::DROP_POLICY, len),
+        // Isolated: the host and the other guests only.
+        _ => refuse(ctx, net, ifindex, ip, l4, len),
     }
 }
 
@@ -217,4 +222,14 @@ fn hairpin(ctx: &mut TcContext, net: &NetConfig, bridge: u32, ip: &Ipv4, l4: &L4
         }
         _ => stats::pass(reason::SLOW_PATH, len),
     }
+}
+
+/// A refused new flow: answered with port-unreachable, except ICMP errors
+/// (never answer an error with an error).
+#[inline(always)]
+fn refuse(ctx: &mut TcContext, net: &NetConfig, bridge: u32, ip: &Ipv4, l4: &L4, len: u32) -> i32 {
+    if parse::is_icmp_error(ip, l4) {
+        return stats::drop(reason::DROP_POLICY, len);
+    }
+    crate::reject::port_unreachable(ctx, bridge, ip, net.gateway, len)
 }

@@ -26,6 +26,8 @@ pub mod nat;
 #[cfg(target_arch = "bpf")]
 pub mod parse;
 #[cfg(target_arch = "bpf")]
+pub mod reject;
+#[cfg(target_arch = "bpf")]
 pub mod stats;
 #[cfg(target_arch = "bpf")]
 pub mod uplink;

@@ -42,6 +42,16 @@ pub static FORWARDS_REV: HashMap<ForwardKey, ForwardKey> = HashMap::pinned(FORWA
 #[map(name = "NETD_TAILS")]
 pub static TAILS: ProgramArray = ProgramArray::pinned(netd_common::tail::COUNT, 0);
 
+/// Per-CPU budget of ICMP answers to refused packets.
+#[map(name = "NETD_REJECT_BUDGET")]
+pub static REJECT_BUDGET: PerCpuArray<RejectBudget> = PerCpuArray::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct RejectBudget {
+    pub window_start_ns: u64,
+    pub count: u64,
+}
+
 #[map(name = "NETD_STATS")]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(reason::COUNT, 0);
 

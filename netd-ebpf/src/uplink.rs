@@ -31,10 +31,10 @@ pub fn ingress(ctx: &mut TcContext) -> i32 {
     }
     let Some(e) = ct::lookup(&key) else {
         if ip.is_later_fragment() || !matches!(ip.proto, IPPROTO_TCP | IPPROTO_UDP) {
-            return refuse_unsolicited(ip.daddr, len);
+            return unsolicited(ctx, &ip, len);
         }
         unsafe { maps::TAILS.tail_call(ctx, tail::UPLINK_NEW_FLOW) };
-        return refuse_unsolicited(ip.daddr, len);
+        return unsolicited(ctx, &ip, len);
     };
     let (xlate, bridge, ours) = unsafe {
         let e = &*e;
@@ -97,7 +97,7 @@ pub fn new_flow_stage(ctx: &mut TcContext) -> i32 {
     let key = CtKey { saddr: ip.saddr, daddr: ip.daddr, sport: l4.sport, dport: l4.dport, proto: ip.proto, _pad: [0; 3] };
     let (ip, l4) = (&ip, &l4);
     let Some(target) = nat::forward_target(ip.daddr, l4.dport, ip.proto) else {
-        return refuse_unsolicited(ip.daddr, len);
+        return unsolicited(ctx, ip, len);
     };
     let mut xlate = key;
     xlate.daddr = target.addr;
@@ -116,16 +116,39 @@ pub fn new_flow_stage(ctx: &mut TcContext) -> i32 {
     to_guest(ctx, ifindex, ip, l4, &key, &xlate, target.bridge_ifindex, len, reason::DNAT)
 }
 
-/// New connections into a NAT subnet from outside are refused, as libvirt's
-/// FORWARD rules do; anything else is the host's.
+/// Traffic for a netd subnet that no connection or forward claims: routed
+/// and open networks take it (straight to the bridge, past netfilter), NAT
+/// and isolated ones refuse it, as libvirt's FORWARD rules do. Anything
+/// else is the host's.
 #[inline(always)]
-fn refuse_unsolicited(daddr: u32, len: u32) -> i32 {
-    if let Some(bridge) = maps::subnet_owner(daddr)
-        && maps::network(bridge).is_some_and(|n| n.mode == mode::NAT)
-    {
-        return stats::drop(reason::DROP_POLICY, len);
+fn unsolicited(ctx: &mut TcContext, ip: &Ipv4, len: u32) -> i32 {
+    let Some(bridge) = maps::subnet_owner(ip.daddr) else {
+        return TC_ACT_OK;
+    };
+    let Some(net) = maps::network(bridge) else {
+        return TC_ACT_OK;
+    };
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    match net.mode {
+        mode::ROUTE if net.uplink_ifindex != 0 && net.uplink_ifindex != ifindex => {
+            stats::drop(reason::DROP_UPLINK_RESTRICTED, len)
+        }
+        mode::ROUTE | mode::OPEN => {
+            if ip.ttl <= 1 {
+                return stats::pass(reason::SLOW_PATH, len);
+            }
+            stats::count_to_guests(bridge, len);
+            let route = forward::route(ctx, ifindex, ip, ip.saddr, ip.daddr);
+            match route {
+                Route::Forward { .. } => {
+                    stats::count(reason::REDIRECT, len);
+                    forward::redirect(ctx, ip, &route)
+                }
+                _ => stats::pass(reason::SLOW_PATH, len),
+            }
+        }
+        _ => stats::drop(reason::DROP_POLICY, len),
     }
-    TC_ACT_OK
 }
 
 #[inline(always)]
