@@ -176,7 +176,9 @@ pub fn egress(ctx: &mut TcContext) -> i32 {
         Err(FlowError::UnknownFragment) => return stats::drop(reason::DROP_FRAG_UNKNOWN, len),
     };
     let xlate = match ct::lookup(&key) {
-        Some(e) if unsafe { (*e).dir == dir::ORIGINAL } => {
+        // A masqueraded flow, or a guest's reply on a forwarded port (the
+        // kernel fragmented it, say): both leave as their entry says.
+        Some(e) if unsafe { (*e).dir == dir::ORIGINAL || (*e).nat == nat_kind::DNAT } => {
             ct::touch(e, ip.proto, l4.tcp_flags, len);
             unsafe { (*e).xlate }
         }

@@ -22,6 +22,7 @@
 //!            (no route to any guest subnet)
 //! ```
 
+pub mod bpf_fixture;
 pub mod packet;
 
 use std::collections::HashMap;

@@ -1138,10 +1138,18 @@ fn bad_input_is_refused_without_side_effects() {
         "create existing",
         &["net", "create", &def_file(&t, "base2", BASE)],
     );
-    for name in ["a/b", "..", "has space", "sixteen-bytes-xx"] {
-        refused(&t, "start bad name", &["net", "start", name]);
-        refused(&t, "stop bad name", &["net", "stop", name]);
-        refused(&t, "undefine bad name", &["net", "undefine", name]);
+    for name in ["a/b", "..", "has space", "sixteen-bytes-xx", ""] {
+        for args in [
+            &["net", "start", name][..],
+            &["net", "stop", name],
+            &["net", "undefine", name],
+            &["net", "info", name],
+            &["net", "autostart", name],
+            &["leases", name],
+        ] {
+            let line = refused(&t, "bad name", args);
+            assert!(line.contains("network name"), "{args:?}: {line}");
+        }
     }
 
     // Live host edits that would break the definition.

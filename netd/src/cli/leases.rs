@@ -13,6 +13,7 @@ pub struct Args {
 }
 
 pub fn exec(a: &Args, client: &Client) -> Result<()> {
+    crate::config::check_network_name(&a.name)?;
     let leases: Vec<Lease> = client.get(&format!("/v1/networks/{}/leases", a.name))?;
     if a.out.format == Format::Json {
         return print_json(&leases);

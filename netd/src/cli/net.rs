@@ -64,7 +64,28 @@ pub struct HostArgs {
     name: Option<String>,
 }
 
+impl Command {
+    /// The network a command names, if any.
+    fn name(&self) -> Option<&str> {
+        match self {
+            Command::Start { name }
+            | Command::Stop { name }
+            | Command::Undefine { name }
+            | Command::Autostart { name, .. }
+            | Command::Info { name, .. }
+            | Command::Dump { name, .. }
+            | Command::Update { name, .. } => Some(name),
+            Command::Define { .. } | Command::Create { .. } | Command::List { .. } => None,
+        }
+    }
+}
+
 pub fn exec(c: &Command, client: &Client) -> Result<()> {
+    // A name no network can have ("a/b", "has space") would otherwise make
+    // a broken request path and an unhelpful "daemon answered 404".
+    if let Some(name) = c.name() {
+        crate::config::check_network_name(name)?;
+    }
     match c {
         Command::Define { file } => define(client, file, false),
         Command::Create { file } => define(client, file, true),

@@ -5,7 +5,7 @@ mod validate;
 pub mod xml;
 
 pub use model::*;
-pub use validate::{check_interface_name, overlaps, parse_forward_target, validate, validate_forward};
+pub use validate::{check_interface_name, check_network_name, overlaps, parse_forward_target, validate, validate_forward};
 
 use anyhow::{Context, Result, bail};
 use std::path::Path;

@@ -26,7 +26,7 @@ pub fn check_interface_name(what: &str, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_network_name(name: &str) -> Result<()> {
+pub fn check_network_name(name: &str) -> Result<()> {
     if name.contains("..") {
         bail!("network name {name:?} must not contain '..'");
     }

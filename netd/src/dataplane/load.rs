@@ -69,6 +69,8 @@ impl Hook {
 pub struct Dataplane {
     ebpf: Ebpf,
     bpffs: PathBuf,
+    /// Where the host-local forward programs hang, once attached.
+    cgroup: Option<PathBuf>,
     // Owns the log map; dropping it would close the map under the programs.
     _logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -124,7 +126,7 @@ impl Dataplane {
                 .try_into()?;
             prog.load().with_context(|| format!("verifying {name}"))?;
         }
-        let dp = Dataplane { ebpf, bpffs: bpffs.to_path_buf(), _logger: logger };
+        let dp = Dataplane { ebpf, bpffs: bpffs.to_path_buf(), cgroup: None, _logger: logger };
         super::maps::init_settings(&dp.maps_dir())?;
         Ok(dp)
     }
@@ -191,6 +193,7 @@ impl Dataplane {
             let fd: FdLink = prog.take_link(id)?.try_into().map_err(|e| anyhow!("cgroup link: {e}"))?;
             fd.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
         }
+        self.cgroup = Some(cgroup.to_path_buf());
         Ok(())
     }
 
@@ -205,6 +208,75 @@ impl Dataplane {
         let p: &SchedClassifier = self.ebpf.program(hook.program())?.try_into().ok()?;
         p.info().ok().map(|i| i.id())
     }
+
+    /// Every link pinned under `<bpffs>/links`, as the kernel reports it.
+    pub fn attached(&self) -> Vec<AttachedLink> {
+        attached_links(&self.bpffs, self.cgroup.as_deref())
+    }
+}
+
+/// One program netd hung somewhere, read back from its pinned link.
+#[derive(Clone, Debug)]
+pub struct AttachedLink {
+    /// bridge_ingress … uplink_egress, or cgroup_connect4 and friends.
+    pub hook: String,
+    /// The interface, or the cgroup folder.
+    pub interface: String,
+    /// ingress/egress for tcx; connect4/sendmsg4/recvmsg4 for cgroup hooks.
+    pub direction: String,
+    pub program: String,
+    pub link_id: Option<u32>,
+    pub program_id: Option<u32>,
+    /// tcx only: our program's place in the interface's chain for that
+    /// direction (1 runs first) and how many programs the chain has.
+    pub tcx_position: Option<(u32, u32)>,
+}
+
+/// Reads the pinned links back: file names say where each one hangs
+/// (`IFNAME:hook`, or `cgroup:PROGRAM`), the kernel says which program runs
+/// and, for tcx, where it sits among other users' programs.
+pub fn attached_links(bpffs: &Path, cgroup: Option<&Path>) -> Vec<AttachedLink> {
+    let Ok(rd) = std::fs::read_dir(bpffs.join("links")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let info = PinnedLink::from_pin(e.path()).ok().and_then(|p| FdLink::from(p).info().ok());
+        let (link_id, program_id) = (info.as_ref().map(|i| i.id()), info.as_ref().map(|i| i.program_id()));
+        if let Some(prog) = file.strip_prefix("cgroup:") {
+            let what = prog.strip_prefix("netd_").unwrap_or(prog);
+            out.push(AttachedLink {
+                hook: format!("cgroup_{what}"),
+                interface: cgroup.map(|c| c.display().to_string()).unwrap_or_else(|| "cgroup".into()),
+                direction: what.into(),
+                program: prog.into(),
+                link_id,
+                program_id,
+                tcx_position: None,
+            });
+            continue;
+        }
+        let Some((ifname, hook)) = file.rsplit_once(':') else { continue };
+        let Some(hook) = Hook::ALL.into_iter().find(|h| h.as_str() == hook) else { continue };
+        let ifname = ifname.replace(':', ".");
+        let tcx_position = program_id.and_then(|id| {
+            let (_, progs) = SchedClassifier::query_tcx(&ifname, hook.attach_type()).ok()?;
+            let at = progs.iter().position(|p| p.id() == id)?;
+            Some((at as u32 + 1, progs.len() as u32))
+        });
+        out.push(AttachedLink {
+            hook: hook.as_str().into(),
+            interface: ifname,
+            direction: hook.direction().into(),
+            program: hook.program().into(),
+            link_id,
+            program_id,
+            tcx_position,
+        });
+    }
+    out.sort_by(|a, b| (&a.interface, &a.hook).cmp(&(&b.interface, &b.hook)));
+    out
 }
 
 /// bpffs refuses names with dots (they are reserved for its own files), and
