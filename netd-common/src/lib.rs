@@ -11,6 +11,7 @@
 pub mod maps {
     pub const NETWORKS: &str = "NETD_NETWORKS";
     pub const SUBNETS: &str = "NETD_SUBNETS";
+    pub const SUBNETS6: &str = "NETD_SUBNETS6";
     pub const UPLINKS: &str = "NETD_UPLINKS";
     pub const CONNTRACK: &str = "NETD_CT";
     pub const FRAGS: &str = "NETD_FRAGS";
@@ -21,7 +22,7 @@ pub mod maps {
     pub const FORWARDS_REV: &str = "NETD_FWD_REV";
     pub const TAILS: &str = "NETD_TAILS";
     pub const ALL: &[&str] = &[
-        NETWORKS, SUBNETS, UPLINKS, CONNTRACK, FRAGS, FORWARDS, FORWARDS_REV, STATS, NET_STATS, SETTINGS, TAILS,
+        NETWORKS, SUBNETS, SUBNETS6, UPLINKS, CONNTRACK, FRAGS, FORWARDS, FORWARDS_REV, STATS, NET_STATS, SETTINGS, TAILS,
     ];
 }
 
@@ -81,7 +82,14 @@ pub struct NetConfig {
     /// Restrict forwarding to this uplink (libvirt's `forward dev=`), 0 = any.
     pub uplink_ifindex: u32,
     pub mode: u8,
-    pub _pad: [u8; 3],
+    /// `net_flags::*`.
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+
+pub mod net_flags {
+    /// IPv6 is masqueraded (libvirt's `<nat ipv6='yes'>`) instead of routed.
+    pub const NAT66: u8 = 1;
 }
 
 /// Key of the subnets LPM trie: which network owns an address.

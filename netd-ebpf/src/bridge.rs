@@ -17,9 +17,11 @@ pub fn ingress(ctx: &mut TcContext) -> i32 {
     };
     let len = ctx.len();
     stats::count_from_guests(ifindex, len);
-    if parse::eth_proto(ctx) != Some(ETH_P_IP) {
+    match parse::eth_proto(ctx) {
+        Some(ETH_P_IP) => {}
+        Some(parse::ETH_P_IPV6) => return crate::ipv6::from_guest(ctx, net, ifindex, len),
         // ARP and everything else is the bridge's business.
-        return stats::pass(reason::PASS, len);
+        _ => return stats::pass(reason::PASS, len),
     }
     let Ok(ip) = parse::ipv4(ctx, ETH_LEN) else {
         return stats::drop(reason::DROP_MALFORMED, len);

@@ -1,8 +1,9 @@
-//! ICMP errors about masqueraded flows (fragmentation needed, time
-//! exceeded, unreachable). The quoted packet inside is the one we sent, so
-//! its source is translated back to the guest as well as the outer
-//! destination, and every checksum involved follows: the quoted IP header's,
-//! the quoted UDP/TCP one when present, and the ICMP checksum over it all.
+//! ICMP errors about masqueraded flows and forwarded connections
+//! (fragmentation needed, time exceeded, unreachable). The quoted packet
+//! inside is the one we sent, so its source is translated back to the guest
+//! as well as the outer destination, and every checksum involved follows:
+//! the quoted IP header's, the quoted UDP/TCP one when present, and the ICMP
+//! checksum over it all.
 //! Without this, PMTU discovery and traceroute break behind NAT.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
@@ -53,7 +54,11 @@ pub fn error_to_guest(ctx: &mut TcContext, ifindex: u32, ip: &Ipv4, _l4: &L4, le
     };
     let (guest, guest_port, bridge) = unsafe {
         let e = &*e;
-        if e.dir != dir::REPLY || e.nat != nat_kind::SNAT {
+        // What we sent was a masqueraded flow's original or a forwarded
+        // connection's reply; either way `xlate` leads to the guest.
+        let masq = e.dir == dir::REPLY && e.nat == nat_kind::SNAT;
+        let forwarded = e.dir == dir::ORIGINAL && e.nat == nat_kind::DNAT;
+        if !(masq || forwarded) {
             return TC_ACT_OK;
         }
         (e.xlate.daddr, e.xlate.dport, e.bridge_ifindex)

@@ -20,6 +20,8 @@ pub mod hostfwd;
 #[cfg(target_arch = "bpf")]
 pub mod icmp;
 #[cfg(target_arch = "bpf")]
+pub mod ipv6;
+#[cfg(target_arch = "bpf")]
 pub mod maps;
 #[cfg(target_arch = "bpf")]
 pub mod nat;

@@ -18,6 +18,10 @@ pub static NETWORKS: HashMap<u32, NetConfig> = HashMap::pinned(MAX_NETWORKS, 0);
 #[map(name = "NETD_SUBNETS")]
 pub static SUBNETS: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_NETWORKS, 0);
 
+/// Which network owns an IPv6 address (value: bridge ifindex).
+#[map(name = "NETD_SUBNETS6")]
+pub static SUBNETS6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(MAX_NETWORKS, 0);
+
 /// Uplinks by ifindex, with their current masquerade address.
 #[map(name = "NETD_UPLINKS")]
 pub static UPLINKS: HashMap<u32, Uplink> = HashMap::pinned(MAX_UPLINKS, 0);

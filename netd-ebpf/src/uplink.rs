@@ -15,8 +15,10 @@ use crate::{ct, icmp, maps, nat, stats};
 
 #[inline(always)]
 pub fn ingress(ctx: &mut TcContext) -> i32 {
-    if parse::eth_proto(ctx) != Some(ETH_P_IP) {
-        return TC_ACT_OK;
+    match parse::eth_proto(ctx) {
+        Some(ETH_P_IP) => {}
+        Some(parse::ETH_P_IPV6) => return crate::ipv6::to_guest(ctx, ctx.len()),
+        _ => return TC_ACT_OK,
     }
     let Ok(ip) = parse::ipv4(ctx, ETH_LEN) else {
         return TC_ACT_OK;

@@ -1,8 +1,10 @@
 //! Port forwards on crafted packets, through BPF_PROG_TEST_RUN: DNAT at the
 //! uplink (whose second stage, `netd_uplink_new_flow`, is reached by a tail
 //! call), the guest's replies translated back at the bridge, the hairpin
-//! (a guest connecting to a forwarded port on the host's address), and what
-//! a removed forward leaves behind. Each case checks the verdict, the
+//! (a guest connecting to a forwarded port on the host's address), what a
+//! removed forward leaves behind, a guest's reply that took the kernel's
+//! slow path (the uplink's egress safety net), and ICMP errors about a
+//! forwarded connection. Each case checks the verdict, the
 //! output bytes and every checksum, recomputed from scratch by
 //! `netd_tests::packet`; then a timing of the forward path, printed and
 //! never asserted.
@@ -542,6 +544,69 @@ fn forwarded_reply_through_uplink_egress() {
     let mut reassembled = ip1.l4().to_vec();
     reassembled.extend_from_slice(ip2.l4());
     verify_datagram_l4(NAT, REMOTE, IPPROTO_UDP, &reassembled).expect("reassembled UDP checksum");
+}
+
+// 7. ICMP errors about a forwarded connection reach its guest.
+
+/// A frag-needed from the router about `sent` (a guest's reply as it left,
+/// from the host's address and port), and the error as guest `n` should get
+/// it: outer destination the guest, the quote's source the guest's address
+/// and port `gport`, every checksum (outer, ICMP, quoted IP, quoted L4)
+/// recomputed.
+#[track_caller]
+fn frag_needed_reaches_guest(e: &Env, what: &str, sent: &Packet, n: u8, gport: u16) {
+    let (ty, code, rest) = (ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, [0, 0, 0x05, 0x78]);
+    let err = from_router(Packet::icmp_error(ROUTER, NAT, ty, code, rest, sent, 1000));
+    let mut quoted_as_guest = sent.clone();
+    quoted_as_guest.src = g(n);
+    quoted_as_guest.set_sport(gport);
+    let mut want = Packet::icmp_error(ROUTER, g(n), ty, code, rest, &quoted_as_guest, 1000)
+        .macs(gmac(n), BR0_MAC);
+    want.ttl = err.ttl - 1;
+    want.id = err.id;
+    let (rc, out) = e.in_up0(&err);
+    assert_eq!(rc, TC_ACT_REDIRECT, "{what}: verdict\n{}", hexdump(&out));
+    assert_frame(what, &out, &want.frame());
+    let ip = Frame(&out).ip();
+    assert_eq!(ip.dst(), g(n), "{what}: outer destination");
+    let q = ip.icmp_quoted();
+    assert_eq!((q.src(), q.sport()), (g(n), gport), "{what}: quoted source");
+    assert_eq!(q.dst(), REMOTE, "{what}: quoted destination");
+    assert!(verify_ip(ip).is_empty(), "{what}: {:?}", verify_ip(ip));
+}
+
+#[test]
+fn icmp_errors_about_forwarded_connections() {
+    netd_tests::require_root!();
+    let e = env();
+    let t = fwd(&e, IPPROTO_TCP, 8090, g(26), 80);
+    let u = fwd(&e, IPPROTO_UDP, 8090, g(26), 8000);
+    maps::add_forwards(&e.maps, &[t, u]).expect("add forwards");
+
+    // TCP: the guest's large segment (DF) is too big for a later link.
+    let syn = from_router(Packet::tcp(REMOTE, 50600, NAT, 8090, TCP_SYN));
+    dnat_ok(&e, "TCP SYN", &syn, 26, 80);
+    let mut data = from_guest(
+        26,
+        with_seq(
+            Packet::tcp(g(26), 80, REMOTE, 50600, TCP_PSH | TCP_ACK),
+            0x7300_0001,
+            0x1000_0001,
+        ),
+    );
+    if let L4::Tcp { payload, .. } = &mut data.l4 {
+        *payload = vec![0x62; 200];
+    }
+    let sent = e.snat_ok("TCP data", &data, 8090);
+    frag_needed_reaches_guest(&e, "frag-needed, TCP", &sent, 26, 80);
+
+    // UDP, same host port, another protocol.
+    let q = from_router(Packet::udp(REMOTE, 50601, NAT, 8090, b"request"));
+    dnat_ok(&e, "UDP request", &q, 26, 8000);
+    let mut a = from_guest(26, Packet::udp(g(26), 8000, REMOTE, 50601, &[0x63; 300]));
+    a.df = true;
+    let sent = e.snat_ok("UDP answer", &a, 8090);
+    frag_needed_reaches_guest(&e, "frag-needed, UDP", &sent, 26, 8000);
 }
 
 // ---------------------------------------------------------------------------

@@ -49,8 +49,20 @@ pub async fn serve(daemon: Arc<Daemon>) -> Result<()> {
     Ok(())
 }
 
+/// The Prometheus endpoint alone, over TCP (`netd daemon --metrics-addr`).
+pub async fn serve_metrics(daemon: Arc<Daemon>, listener: tokio::net::TcpListener) {
+    if let Ok(a) = listener.local_addr() {
+        tracing::info!("serving /metrics on http://{a}/metrics");
+    }
+    let app = Router::new().route("/metrics", get(metrics)).with_state(daemon);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!("metrics listener: {e}");
+    }
+}
+
 pub fn router(daemon: Arc<Daemon>) -> Router {
     Router::new()
+        .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
         .route("/v1/networks", get(list).post(define))
         .route("/v1/networks/{name}", get(info).delete(undefine))
@@ -131,6 +143,15 @@ async fn leases(State(d): Shared, Path(name): Path<String>) -> ApiResult<Vec<cra
 async fn status(State(d): Shared) -> ApiResult<StatusResponse> {
     let s = d.state.lock().await;
     Ok(Json(s.status(d.started.elapsed().as_secs()).await?))
+}
+
+async fn metrics(State(d): Shared) -> Response {
+    let snap = {
+        let s = d.state.lock().await;
+        s.metrics_snapshot(d.started.elapsed().as_secs())
+    };
+    let body = crate::daemon::metrics::render(&snap);
+    ([(axum::http::header::CONTENT_TYPE, crate::daemon::metrics::CONTENT_TYPE)], body).into_response()
 }
 
 async fn forwards_all(State(d): Shared) -> ApiResult<Vec<crate::daemon::ForwardInfo>> {

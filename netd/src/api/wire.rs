@@ -61,6 +61,9 @@ pub struct NetworkInfo {
     pub masquerade_address: Option<String>,
     pub dnsmasq_pid: Option<u32>,
     pub dnsmasq_restarts: u64,
+    /// Whether dnsmasq runs right now (None: the network has none).
+    #[serde(default)]
+    pub dnsmasq_healthy: Option<bool>,
     /// Hints for operators, e.g. the static route upstream routers need.
     pub notes: Vec<String>,
 }
@@ -72,11 +75,23 @@ pub struct DumpResponse {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProgramStatus {
+    /// The kernel's program id.
     pub id: Option<u32>,
     pub hook: String,
+    /// Interface name, or cgroup folder for the host-local forward hooks.
     pub interface: String,
     pub direction: String,
+    /// "tcx 1/2": first of two programs on that hook; "cgroup" for cgroup links.
     pub position: String,
+    #[serde(default)]
+    pub program: String,
+    #[serde(default)]
+    pub link_id: Option<u32>,
+    /// tcx: 1-based place among the hook's programs, and their number.
+    #[serde(default)]
+    pub tcx_index: Option<u32>,
+    #[serde(default)]
+    pub tcx_count: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -100,7 +115,21 @@ pub struct StatusResponse {
     pub networks: Vec<NetworkInfo>,
     pub programs: Vec<ProgramStatus>,
     pub maps: Vec<MapFill>,
+    /// Conntrack (which also holds every NAT translation), summed up.
+    #[serde(default)]
+    pub conntrack: ConntrackFill,
     pub checks: Vec<Check>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ConntrackFill {
+    /// Map entries (two per connection, one per direction).
+    pub entries: u64,
+    pub max_entries: u32,
+    pub connections: u64,
+    /// Connections masqueraded (SNAT) and port-forwarded (DNAT).
+    pub snat: u64,
+    pub dnat: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

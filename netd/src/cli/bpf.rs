@@ -12,6 +12,9 @@ pub struct MapArgs {
     /// The daemon's bpffs folder.
     #[arg(long, default_value = crate::paths::DEFAULT_BPFFS)]
     bpffs: PathBuf,
+    /// The daemon's state folder (only read, to name networks).
+    #[arg(long, default_value = crate::paths::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
     #[command(flatten)]
     out: OutputArgs,
 }
@@ -19,6 +22,21 @@ pub struct MapArgs {
 impl MapArgs {
     fn dir(&self) -> PathBuf {
         self.bpffs.join("maps")
+    }
+
+    /// Bridge ifindex -> network name, from the daemon's record of running
+    /// networks (empty when there is none).
+    fn network_names(&self) -> std::collections::HashMap<u32, String> {
+        let text = std::fs::read_to_string(self.state_dir.join("running.json")).unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        v["networks"]
+            .as_object()
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(name, r)| Some((r["bridge_ifindex"].as_u64()? as u32, name.clone())))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
@@ -41,7 +59,24 @@ pub enum Command {
 
 #[derive(clap::Subcommand)]
 pub enum ForwardsCommand {
-    List(MapArgs),
+    List(ForwardsListArgs),
+}
+
+#[derive(clap::Args)]
+pub struct ForwardsListArgs {
+    #[command(flatten)]
+    map: MapArgs,
+    /// Network (bridge name or network name).
+    #[arg(long)]
+    network: Option<String>,
+    #[arg(long)]
+    proto: Option<String>,
+    /// Host address the forward listens on.
+    #[arg(long)]
+    dst: Option<std::net::Ipv4Addr>,
+    /// Host or guest port.
+    #[arg(long)]
+    port: Option<u16>,
 }
 
 #[derive(clap::Subcommand)]
@@ -87,9 +122,6 @@ pub struct Filter {
     /// Any port of either tuple.
     #[arg(long)]
     port: Option<u16>,
-    /// The daemon's state folder (to resolve network names).
-    #[arg(long, default_value = crate::paths::DEFAULT_STATE_DIR)]
-    state_dir: PathBuf,
 }
 
 #[derive(Serialize)]
@@ -108,6 +140,7 @@ struct ReasonRow {
 
 #[derive(Serialize)]
 struct NetRow {
+    network: Option<String>,
     bridge_ifindex: u32,
     bridge: Option<String>,
     from_guests_packets: u64,
@@ -132,30 +165,44 @@ struct ForwardRow {
     proto: String,
     host: String,
     guest: String,
+    network: Option<String>,
     bridge: Option<String>,
     hits: u64,
 }
 
-fn forwards_list(a: &MapArgs) -> Result<()> {
-    let rows: Vec<ForwardRow> = maps::list_forwards(&a.dir())?
+fn forwards_list(a: &ForwardsListArgs) -> Result<()> {
+    let names = a.map.network_names();
+    let network = a.network.as_deref().map(|n| network_ifindex(n, &a.map.state_dir)).transpose()?;
+    let rows: Vec<ForwardRow> = maps::list_forwards(&a.map.dir())?
         .into_iter()
+        .filter(|(e, _)| {
+            network.is_none_or(|n| e.bridge_ifindex == n)
+                && a.proto.as_ref().is_none_or(|p| p.eq_ignore_ascii_case(&proto_name(e.proto)))
+                && a.dst.is_none_or(|d| e.host.0 == d)
+                && a.port.is_none_or(|p| e.host.1 == p || e.guest.1 == p)
+        })
         .map(|(e, hits)| ForwardRow {
             proto: proto_name(e.proto),
             host: format!("{}:{}", e.host.0, e.host.1),
             guest: format!("{}:{}", e.guest.0, e.guest.1),
+            network: names.get(&e.bridge_ifindex).cloned(),
             bridge: crate::link::ifname_of(e.bridge_ifindex),
             hits,
         })
         .collect();
-    if a.out.format == Format::Json {
+    if a.map.out.format == Format::Json {
         return print_json(&rows);
     }
-    let mut t = Table::new(&["PROTO", "HOST", "GUEST", "BRIDGE", "HITS"]);
+    let mut t = Table::new(&["PROTO", "HOST", "GUEST", "NETWORK", "BRIDGE", "HITS"]);
     for r in rows {
-        t.row(vec![r.proto, r.host, r.guest, r.bridge.unwrap_or_else(|| "-".into()), r.hits.to_string()]);
+        t.row(vec![r.proto, r.host, r.guest, dash(r.network), dash(r.bridge), r.hits.to_string()]);
     }
     t.print();
     Ok(())
+}
+
+fn dash(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "-".into())
 }
 
 /// One connection, as both listings show it.
@@ -170,8 +217,11 @@ struct Conn {
     xlate_dst: String,
     nat: String,
     state: String,
+    network: Option<String>,
     bridge: Option<String>,
     age_secs: u64,
+    /// Since the last packet either way.
+    idle_secs: u64,
     expires_in_secs: u64,
     packets: u64,
     bytes: u64,
@@ -196,9 +246,10 @@ fn endpoint(addr: u32, port: u16) -> String {
     format!("{}:{}", std::net::Ipv4Addr::from(u32::from_be(addr)), u16::from_be(port))
 }
 
-fn connections(dir: &std::path::Path) -> Result<Vec<Conn>> {
+fn connections(a: &MapArgs) -> Result<Vec<Conn>> {
     use netd_common::{ct_state, dir as ctdir, nat_kind};
-    let entries = maps::ct_entries(dir)?;
+    let entries = maps::ct_entries(&a.dir())?;
+    let names = a.network_names();
     let by_key: std::collections::HashMap<_, _> = entries.iter().cloned().collect();
     let now = maps::monotonic_ns();
     let mut out = Vec::new();
@@ -225,8 +276,10 @@ fn connections(dir: &std::path::Path) -> Result<Vec<Conn>> {
                 _ => "new",
             }
             .into(),
+            network: names.get(&e.bridge_ifindex).cloned(),
             bridge: crate::link::ifname_of(e.bridge_ifindex),
             age_secs: now.saturating_sub(e.created_ns) / 1_000_000_000,
+            idle_secs: now.saturating_sub(e.last_seen_ns.max(reply.map(|r| r.last_seen_ns).unwrap_or(0))) / 1_000_000_000,
             expires_in_secs: e.expires_ns.saturating_sub(now) / 1_000_000_000,
             packets: e.packets,
             bytes: e.bytes,
@@ -264,23 +317,20 @@ impl Filter {
             && self.port.is_none_or(|p| c.ports.contains(&p))
     }
 
-    fn apply(&self, conns: Vec<Conn>) -> Result<Vec<Conn>> {
-        let network = self
-            .network
-            .as_deref()
-            .map(|n| network_ifindex(n, &self.state_dir))
-            .transpose()?;
+    fn apply(&self, conns: Vec<Conn>, state_dir: &std::path::Path) -> Result<Vec<Conn>> {
+        let network = self.network.as_deref().map(|n| network_ifindex(n, state_dir)).transpose()?;
         Ok(conns.into_iter().filter(|c| self.keep(c, network)).collect())
     }
 }
 
 fn ct_list(a: &ListArgs) -> Result<()> {
-    let conns = a.filter.apply(connections(&a.map.dir())?)?;
+    let conns = a.filter.apply(connections(&a.map)?, &a.map.state_dir)?;
     if a.map.out.format == Format::Json {
         return print_json(&conns);
     }
     let mut t = Table::new(&[
-        "PROTO", "SRC", "DST", "XLATE SRC", "XLATE DST", "STATE", "AGE", "EXPIRES", "PKTS", "BYTES", "RPKTS", "RBYTES",
+        "PROTO", "SRC", "DST", "XLATE SRC", "XLATE DST", "NAT", "STATE", "AGE", "EXPIRES", "PKTS", "BYTES", "RPKTS",
+        "RBYTES",
     ]);
     for c in conns {
         t.row(vec![
@@ -289,6 +339,7 @@ fn ct_list(a: &ListArgs) -> Result<()> {
             c.dst,
             c.xlate_src,
             c.xlate_dst,
+            c.nat,
             c.state,
             format!("{}s", c.age_secs),
             format!("{}s", c.expires_in_secs),
@@ -311,11 +362,14 @@ struct Translation {
     /// What the world sees.
     outside: String,
     peer: String,
+    network: Option<String>,
     bridge: Option<String>,
+    age_secs: u64,
+    expires_in_secs: u64,
 }
 
 fn nat_list(a: &ListArgs) -> Result<()> {
-    let conns = a.filter.apply(connections(&a.map.dir())?)?;
+    let conns = a.filter.apply(connections(&a.map)?, &a.map.state_dir)?;
     let rows: Vec<Translation> = conns
         .into_iter()
         .filter(|c| c.nat != "none")
@@ -325,15 +379,34 @@ fn nat_list(a: &ListArgs) -> Result<()> {
             } else {
                 (c.xlate_dst, c.dst, c.src)
             };
-            Translation { kind: c.nat, proto: c.proto, inside, outside, peer, bridge: c.bridge }
+            Translation {
+                kind: c.nat,
+                proto: c.proto,
+                inside,
+                outside,
+                peer,
+                network: c.network,
+                bridge: c.bridge,
+                age_secs: c.age_secs,
+                expires_in_secs: c.expires_in_secs,
+            }
         })
         .collect();
     if a.map.out.format == Format::Json {
         return print_json(&rows);
     }
-    let mut t = Table::new(&["KIND", "PROTO", "INSIDE", "OUTSIDE", "PEER", "BRIDGE"]);
+    let mut t = Table::new(&["KIND", "PROTO", "INSIDE", "OUTSIDE", "PEER", "NETWORK", "AGE", "EXPIRES"]);
     for r in rows {
-        t.row(vec![r.kind, r.proto, r.inside, r.outside, r.peer, r.bridge.unwrap_or_else(|| "-".into())]);
+        t.row(vec![
+            r.kind,
+            r.proto,
+            r.inside,
+            r.outside,
+            r.peer,
+            dash(r.network),
+            format!("{}s", r.age_secs),
+            format!("{}s", r.expires_in_secs),
+        ]);
     }
     t.print();
     Ok(())
@@ -343,7 +416,7 @@ fn ct_flush(a: &MapArgs, network: Option<&str>) -> Result<()> {
     let dir = a.dir();
     let n = match network {
         Some(name) => {
-            let idx = network_ifindex(name, std::path::Path::new(crate::paths::DEFAULT_STATE_DIR))?;
+            let idx = network_ifindex(name, &a.state_dir)?;
             maps::ct_remove_where(&dir, |_, e| e.bridge_ifindex == idx)?
         }
         None => maps::ct_remove_where(&dir, |_, _| true)?,
@@ -375,6 +448,7 @@ fn maps_list(a: &MapArgs) -> Result<()> {
 
 fn stats(a: &MapArgs) -> Result<()> {
     let dir = a.dir();
+    let names = a.network_names();
     let s = Stats {
         reasons: maps::reason_stats(&dir)?
             .into_iter()
@@ -389,6 +463,7 @@ fn stats(a: &MapArgs) -> Result<()> {
         networks: maps::network_stats(&dir)?
             .into_iter()
             .map(|(idx, s)| NetRow {
+                network: names.get(&idx).cloned(),
                 bridge_ifindex: idx,
                 bridge: crate::link::ifname_of(idx),
                 from_guests_packets: s.from_guests.packets,
@@ -401,9 +476,18 @@ fn stats(a: &MapArgs) -> Result<()> {
     if a.out.format == Format::Json {
         return print_json(&s);
     }
-    let mut t = Table::new(&["BRIDGE", "IFINDEX", "FROM GUESTS PKTS", "BYTES", "TO GUESTS PKTS", "BYTES"]);
+    let mut t = Table::new(&[
+        "NETWORK",
+        "BRIDGE",
+        "IFINDEX",
+        "FROM GUESTS PKTS",
+        "FROM GUESTS BYTES",
+        "TO GUESTS PKTS",
+        "TO GUESTS BYTES",
+    ]);
     for n in &s.networks {
         t.row(vec![
+            dash(n.network.clone()),
             n.bridge.clone().unwrap_or_else(|| "?".into()),
             n.bridge_ifindex.to_string(),
             n.from_guests_packets.to_string(),

@@ -24,6 +24,10 @@ pub struct Args {
     /// turns host-local forwards off.
     #[arg(long)]
     cgroup: Option<PathBuf>,
+    /// Also serve Prometheus metrics at http://ADDR:PORT/metrics (off by
+    /// default; the control socket always serves GET /metrics).
+    #[arg(long, value_name = "ADDR:PORT")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Conntrack timeout of TCP connections still in the handshake (s).
     #[arg(long, default_value_t = Settings::DEFAULT.tcp_syn_timeout)]
     ct_tcp_syn_timeout: u32,
@@ -60,6 +64,7 @@ pub fn exec(a: &Args) -> anyhow::Result<()> {
             netns_cookie: 0,
         },
         cgroup: a.cgroup.clone(),
+        metrics_addr: a.metrics_addr,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

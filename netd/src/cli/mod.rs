@@ -5,6 +5,7 @@ mod bpf;
 mod daemon;
 mod forward;
 mod leases;
+mod metrics;
 mod net;
 mod output;
 mod status;
@@ -43,6 +44,8 @@ enum Command {
     Bpf(bpf::Command),
     /// Daemon, networks, programs and health checks.
     Status(status::Args),
+    /// Prometheus metrics (text format), as GET /metrics serves them.
+    Metrics(metrics::Args),
 }
 
 impl Cli {
@@ -70,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::Forward(c) => forward::exec(c, &cli.client()),
         Command::Bpf(c) => bpf::exec(c),
         Command::Status(a) => status::exec(a, &cli.client()),
+        Command::Metrics(a) => metrics::exec(a, &cli.client()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

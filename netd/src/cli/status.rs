@@ -11,6 +11,13 @@ pub struct Args {
     out: OutputArgs,
 }
 
+fn percent(entries: u64, max: u32) -> String {
+    if max == 0 {
+        return "-".into();
+    }
+    format!("{:.1}%", entries as f64 * 100.0 / f64::from(max))
+}
+
 pub fn exec(a: &Args, client: &Client) -> Result<()> {
     let s: StatusResponse = client.get("/v1/status")?;
     if a.out.format == Format::Json {
@@ -18,30 +25,49 @@ pub fn exec(a: &Args, client: &Client) -> Result<()> {
     }
     println!("netd {} up {}s", s.version, s.uptime_secs);
     println!();
-    let mut t = Table::new(&["NETWORK", "MODE", "BRIDGE", "DNSMASQ", "UPLINK", "MASQUERADE"]);
+    let mut t = Table::new(&["NETWORK", "MODE", "STATE", "BRIDGE", "DNSMASQ", "UPLINK", "MASQUERADE"]);
     for n in &s.networks {
-        let dns = match n.dnsmasq_pid {
-            Some(p) => format!("pid {p}, {} restarts", n.dnsmasq_restarts),
-            None => "-".into(),
+        let dns = match (n.dnsmasq_pid, n.dnsmasq_healthy) {
+            (Some(p), Some(true)) => format!("pid {p}, running, {} restarts", n.dnsmasq_restarts),
+            (_, Some(false)) => format!("down, {} restarts", n.dnsmasq_restarts),
+            (Some(p), None) => format!("pid {p}"),
+            (None, _) => "-".into(),
         };
-        t.row(vec![n.name.clone(), n.mode.clone(), opt(&n.bridge), dns, opt(&n.uplink), opt(&n.masquerade_address)]);
+        let (state, uplink, masq) = if n.active {
+            ("active", opt(&n.uplink), opt(&n.masquerade_address))
+        } else {
+            ("inactive", "-".into(), "-".into())
+        };
+        t.row(vec![n.name.clone(), n.mode.clone(), state.into(), opt(&n.bridge), dns, uplink, masq]);
     }
     t.print();
     println!();
-    let mut t = Table::new(&["PROGRAM ID", "HOOK", "INTERFACE", "DIRECTION", "ATTACH"]);
+    let mut t = Table::new(&["PROG ID", "HOOK", "INTERFACE", "POSITION", "LINK ID", "PROGRAM"]);
     for p in &s.programs {
-        t.row(vec![opt(&p.id), p.hook.clone(), p.interface.clone(), p.direction.clone(), p.position.clone()]);
+        t.row(vec![opt(&p.id), p.hook.clone(), p.interface.clone(), p.position.clone(), opt(&p.link_id), p.program.clone()]);
     }
     t.print();
     println!();
-    let mut t = Table::new(&["MAP", "ENTRIES", "MAX"]);
+    let c = &s.conntrack;
+    println!(
+        "conntrack: {} of {} entries ({}), {} connections: {} masqueraded, {} forwarded",
+        c.entries,
+        c.max_entries,
+        percent(c.entries, c.max_entries),
+        c.connections,
+        c.snat,
+        c.dnat
+    );
+    println!();
+    let mut t = Table::new(&["MAP", "ENTRIES", "MAX", "FILL"]);
     for m in &s.maps {
-        t.row(vec![m.name.clone(), m.entries.to_string(), m.max_entries.to_string()]);
+        t.row(vec![m.name.clone(), m.entries.to_string(), m.max_entries.to_string(), percent(m.entries, m.max_entries)]);
     }
     t.print();
     println!();
+    let w = s.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
     for c in &s.checks {
-        println!("{:<4} {:<10} {}", c.level, c.name, c.message);
+        println!("{:<4}  {:<w$}  {}", c.level, c.name, c.message);
     }
     Ok(())
 }

@@ -2,7 +2,9 @@
 //! kernel match them. All changes go through one lock, so two requests never
 //! interleave their netlink and map writes.
 
+mod doctor;
 mod forwards;
+pub mod metrics;
 mod network;
 pub mod store;
 mod teardown;
@@ -26,6 +28,8 @@ pub struct Options {
     /// Conntrack timeouts, written to the datapath at start.
     pub settings: netd_common::Settings,
     pub cgroup: Option<std::path::PathBuf>,
+    /// Also serve GET /metrics over TCP here (off when None).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub struct Daemon {
@@ -55,6 +59,12 @@ pub async fn run(opts: Options) -> Result<()> {
     tokio::spawn(uplink::watch(daemon.clone()));
     tokio::spawn(uplink::gc(daemon.clone()));
     let server = tokio::spawn(crate::api::server::serve(daemon.clone()));
+    if let Some(addr) = opts.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the metrics listener on {addr}"))?;
+        tokio::spawn(crate::api::server::serve_metrics(daemon.clone(), listener));
+    }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {

@@ -310,7 +310,8 @@ impl State {
             port_max,
             uplink_ifindex,
             mode,
-            _pad: [0; 3],
+            flags: if net.ipv6.as_ref().is_some_and(|v| v.nat) { netd_common::net_flags::NAT66 } else { 0 },
+            _pad: [0; 2],
         }))
     }
 
@@ -323,6 +324,10 @@ impl State {
         };
         let subnet = net.ipv4.as_ref().and_then(|v| v.parsed().ok());
         dataplane::maps::add_network(&self.dp.maps_dir(), run.record.bridge_ifindex, &cfg, subnet)?;
+        if let Some(prefix) = net.ipv6.as_ref().and_then(|v| v.parsed().ok()) {
+            crate::link::set_ipv6_forwarding(true)?;
+            dataplane::maps::add_subnet6(&self.dp.maps_dir(), run.record.bridge_ifindex, prefix)?;
+        }
         for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
             self.dp.attach(hook, &run.record.bridge)?;
         }
@@ -450,6 +455,9 @@ impl State {
                 t.step(&format!("detaching {}", hook.as_str()), self.dp.detach(hook, &rec.bridge));
             }
             t.step("removing port forwards", self.clear_forwards(rec.bridge_ifindex));
+            if let Some(prefix) = rec.definition.ipv6.as_ref().and_then(|v| v.parsed().ok()) {
+                t.step("removing the IPv6 prefix", dataplane::maps::remove_subnet6(&self.dp.maps_dir(), prefix));
+            }
             let subnet = rec.definition.ipv4.as_ref().and_then(|v| v.parsed().ok());
             t.step(
                 "removing the network from the datapath",
@@ -678,6 +686,7 @@ impl State {
             masquerade_address: masq,
             dnsmasq_pid: run.and_then(|r| r.dnsmasq.as_ref()).and_then(Dnsmasq::pid),
             dnsmasq_restarts: run.and_then(|r| r.dnsmasq.as_ref()).map(Dnsmasq::restarts).unwrap_or(0),
+            dnsmasq_healthy: run.and_then(|r| r.dnsmasq.as_ref()).map(Dnsmasq::healthy),
             notes,
         })
     }

@@ -1,74 +1,68 @@
-//! `netd status`: networks, attached programs, map fill, and doctor checks.
+//! `netd status`: networks, attached programs, map fill, and doctor checks
+//! (see doctor.rs).
 
-use crate::api::wire::{Check, MapFill, ProgramStatus, StatusResponse};
-use crate::dataplane::{self, Hook};
+use crate::api::wire::{ConntrackFill, MapFill, ProgramStatus, StatusResponse};
+use crate::dataplane;
 use anyhow::Result;
+use netd_common::{dir as ctdir, nat_kind};
 
 impl super::State {
     pub async fn status(&self, uptime_secs: u64) -> Result<StatusResponse> {
         let mut networks = Vec::new();
-        for name in self.running.keys() {
-            networks.push(self.info(name).await?);
+        for n in self.list(true) {
+            networks.push(self.info(&n.name).await?);
         }
-        let mut programs = Vec::new();
-        for run in self.running.values() {
-            for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
-                if dataplane::link_pin_path(&self.paths.bpffs, hook, &run.record.bridge).exists() {
-                    programs.push(ProgramStatus {
-                        id: self.dp.program_id(hook),
-                        hook: hook.as_str().into(),
-                        interface: run.record.bridge.clone(),
-                        direction: hook.direction().into(),
-                        position: "tcx".into(),
-                    });
-                }
-            }
-        }
-        let maps = dataplane::maps::fill_levels(&self.dp.maps_dir())
+        let programs = self
+            .dp
+            .attached()
+            .into_iter()
+            .map(|l| ProgramStatus {
+                id: l.program_id,
+                position: match l.tcx_position {
+                    Some((i, n)) => format!("tcx {i}/{n}"),
+                    None if l.hook.starts_with("cgroup_") => "cgroup".into(),
+                    // The interface is gone, or the kernel did not say.
+                    None => "tcx ?".into(),
+                },
+                hook: l.hook,
+                interface: l.interface,
+                direction: l.direction,
+                program: l.program,
+                link_id: l.link_id,
+                tcx_index: l.tcx_position.map(|p| p.0),
+                tcx_count: l.tcx_position.map(|p| p.1),
+            })
+            .collect();
+        let dir = self.dp.maps_dir();
+        let maps: Vec<MapFill> = dataplane::maps::fill_levels(&dir)
             .unwrap_or_default()
             .into_iter()
             .map(|(name, entries, max_entries)| MapFill { name, entries, max_entries })
             .collect();
+        let mut conntrack = ConntrackFill::default();
+        if let Some(m) = maps.iter().find(|m| m.name == netd_common::maps::CONNTRACK) {
+            conntrack.entries = m.entries;
+            conntrack.max_entries = m.max_entries;
+        }
+        for (_, e) in dataplane::maps::ct_entries(&dir).unwrap_or_default() {
+            if e.dir != ctdir::ORIGINAL {
+                continue;
+            }
+            conntrack.connections += 1;
+            match e.nat {
+                nat_kind::SNAT => conntrack.snat += 1,
+                nat_kind::DNAT => conntrack.dnat += 1,
+                _ => {}
+            }
+        }
         Ok(StatusResponse {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs,
             networks,
             programs,
             maps,
-            checks: self.doctor(),
+            conntrack,
+            checks: self.doctor().await,
         })
     }
-
-    fn doctor(&self) -> Vec<Check> {
-        let mut out = Vec::new();
-        let bpffs_ok = dataplane::is_bpffs(&self.paths.bpffs);
-        out.push(check(
-            bpffs_ok,
-            "bpffs",
-            if bpffs_ok {
-                "maps are pinned on a bpf filesystem".into()
-            } else {
-                format!("{} is not on bpffs: mount -t bpf bpf /sys/fs/bpf", self.paths.bpffs.display())
-            },
-        ));
-        for run in self.running.values() {
-            if let Some(d) = &run.dnsmasq {
-                let ok = d.healthy();
-                out.push(check(
-                    ok,
-                    "dnsmasq",
-                    if ok {
-                        format!("{}: dnsmasq running (pid {})", run.record.definition.name, d.pid().unwrap_or(0))
-                    } else {
-                        format!("{}: dnsmasq is down and being restarted; see the daemon log", run.record.definition.name)
-                    },
-                ));
-            }
-        }
-        out
-    }
-}
-
-fn check(ok: bool, name: &str, message: String) -> Check {
-    Check { level: if ok { "OK" } else { "FAIL" }.into(), name: name.into(), message }
 }

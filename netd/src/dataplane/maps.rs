@@ -62,6 +62,26 @@ pub fn remove_network(dir: &Path, bridge_ifindex: u32, subnet: Option<(Ipv4Addr,
     Ok(())
 }
 
+fn subnets6(dir: &Path) -> Result<LpmTrie<MapData, [u8; 16], u32>> {
+    Ok(LpmTrie::try_from(open(dir, names::SUBNETS6)?)?)
+}
+
+fn subnet6_key(prefix: (std::net::Ipv6Addr, u8)) -> LpmKey<[u8; 16]> {
+    let bits = u128::from(prefix.0) & (u128::MAX.checked_shl(128 - u32::from(prefix.1)).unwrap_or(0));
+    LpmKey::new(u32::from(prefix.1), bits.to_be_bytes())
+}
+
+/// Publishes which bridge owns an IPv6 prefix.
+pub fn add_subnet6(dir: &Path, bridge_ifindex: u32, prefix: (std::net::Ipv6Addr, u8)) -> Result<()> {
+    subnets6(dir)?.insert(&subnet6_key(prefix), bridge_ifindex, 0)?;
+    Ok(())
+}
+
+pub fn remove_subnet6(dir: &Path, prefix: (std::net::Ipv6Addr, u8)) -> Result<()> {
+    let _ = subnets6(dir)?.remove(&subnet6_key(prefix));
+    Ok(())
+}
+
 fn uplinks(dir: &Path) -> Result<HashMap<MapData, u32, Uplink>> {
     Ok(HashMap::try_from(open(dir, names::UPLINKS)?)?)
 }

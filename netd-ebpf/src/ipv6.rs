@@ -1,0 +1,181 @@
+//! IPv6: routed in BPF under the same policy as IPv4, so a FORWARD DROP in
+//! ip6tables does not cut guests off either. Neighbour discovery, router
+//! advertisements and link-local traffic stay with the kernel.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
+        bpf_fib_lookup,
+    },
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use netd_common::{NetConfig, mode, net_flags, reason};
+
+use crate::maps::{self, SUBNETS6};
+use crate::parse::{ETH_LEN, Malformed};
+use crate::stats;
+
+const AF_INET6: u8 = 10;
+const HOP_LIMIT_OFF: usize = 7;
+
+pub struct Ipv6 {
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub payload_len: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+}
+
+#[inline(always)]
+pub fn parse(ctx: &TcContext) -> Result<Ipv6, Malformed> {
+    let h: [u8; 40] = ctx.load(ETH_LEN).map_err(|_| Malformed)?;
+    if h[0] >> 4 != 6 {
+        return Err(Malformed);
+    }
+    let mut saddr = [0u8; 16];
+    let mut daddr = [0u8; 16];
+    saddr.copy_from_slice(&h[8..24]);
+    daddr.copy_from_slice(&h[24..40]);
+    Ok(Ipv6 { next_header: h[6], hop_limit: h[7], payload_len: u16::from_be_bytes([h[4], h[5]]), saddr, daddr })
+}
+
+/// Link-local (fe80::/10), multicast (ff00::/8) or unspecified: never routed.
+#[inline(always)]
+fn is_link_scope(a: &[u8; 16]) -> bool {
+    a[0] == 0xff || (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || a.iter().all(|b| *b == 0)
+}
+
+/// The netd network whose IPv6 prefix holds `addr`, by bridge ifindex.
+#[inline(always)]
+pub fn subnet_owner(addr: &[u8; 16]) -> Option<u32> {
+    SUBNETS6.get(Key::new(128, *addr)).copied()
+}
+
+/// IPv6 that is routed, not masqueraded, counts as route mode for policy.
+#[inline(always)]
+fn routes_v6(net: &NetConfig) -> bool {
+    match net.mode {
+        mode::ROUTE | mode::OPEN => true,
+        mode::NAT => net.flags & net_flags::NAT66 == 0,
+        _ => false,
+    }
+}
+
+enum Route6 {
+    Forward { ifindex: u32, smac: [u8; 6], dmac: [u8; 6], neigh: bool },
+    Local,
+    Stack,
+}
+
+#[inline(always)]
+fn route(ctx: &TcContext, in_ifindex: u32, ip: &Ipv6) -> Route6 {
+    let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    p.family = AF_INET6;
+    p.l4_protocol = ip.next_header;
+    p.__bindgen_anon_1.tot_len = ip.payload_len.saturating_add(40);
+    p.ifindex = in_ifindex;
+    unsafe {
+        p.__bindgen_anon_3.ipv6_src = core::mem::transmute::<[u8; 16], [u32; 4]>(ip.saddr);
+        p.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<[u8; 16], [u32; 4]>(ip.daddr);
+    }
+    let rc = unsafe { fib_lookup(ctx.skb.skb as *mut _, &mut p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Route6::Forward { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac, neigh: true },
+        BPF_FIB_LKUP_RET_NO_NEIGH => Route6::Forward { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac, neigh: false },
+        BPF_FIB_LKUP_RET_NOT_FWDED => Route6::Local,
+        _ => Route6::Stack,
+    }
+}
+
+/// Decrements the hop limit (IPv6 has no header checksum) and redirects.
+#[inline(always)]
+fn redirect(ctx: &mut TcContext, ip: &Ipv6, r: &Route6, len: u32) -> i32 {
+    let Route6::Forward { ifindex, smac, dmac, neigh } = r else {
+        return stats::pass(reason::SLOW_PATH, len);
+    };
+    if ctx.store(ETH_LEN + HOP_LIMIT_OFF, &(ip.hop_limit - 1), 0).is_err() {
+        return TC_ACT_SHOT;
+    }
+    stats::count(reason::REDIRECT, len);
+    if *neigh {
+        let mut macs = [0u8; 12];
+        macs[..6].copy_from_slice(dmac);
+        macs[6..].copy_from_slice(smac);
+        if ctx.store(0, &macs, 0).is_err() {
+            return TC_ACT_SHOT;
+        }
+        unsafe { bpf_redirect(*ifindex, 0) as i32 }
+    } else {
+        unsafe { bpf_redirect_neigh(*ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+    }
+}
+
+/// Guest -> world over IPv6, at the bridge's ingress.
+#[inline(always)]
+pub fn from_guest(ctx: &mut TcContext, net: &NetConfig, bridge: u32, len: u32) -> i32 {
+    let Ok(ip) = parse(ctx) else {
+        return stats::drop(reason::DROP_MALFORMED, len);
+    };
+    if is_link_scope(&ip.daddr) || is_link_scope(&ip.saddr) {
+        return stats::pass(reason::PASS, len);
+    }
+    if net.mode != mode::OPEN && subnet_owner(&ip.saddr) != Some(bridge) {
+        return stats::drop(reason::DROP_SPOOFED, len);
+    }
+    let theirs = subnet_owner(&ip.daddr);
+    if theirs == Some(bridge) || ip.hop_limit <= 1 {
+        // On-link, the router address itself, or expiring: the kernel's.
+        return stats::pass(reason::PASS, len);
+    }
+    let r = route(ctx, bridge, &ip);
+    let out = match r {
+        Route6::Forward { ifindex, .. } => ifindex,
+        Route6::Local => return stats::pass(reason::PASS, len),
+        Route6::Stack => return stats::pass(reason::SLOW_PATH, len),
+    };
+    if let Some(other) = theirs {
+        let open = |n: &NetConfig| n.mode == mode::ROUTE || n.mode == mode::OPEN;
+        if !(open(net) && maps::network(other).is_some_and(open)) {
+            return stats::drop(reason::DROP_POLICY, len);
+        }
+    }
+    if !routes_v6(net) {
+        // Isolated, or NAT66 (masquerade of IPv6 is not implemented yet:
+        // refuse rather than leak the guest's address).
+        return stats::drop(reason::DROP_POLICY, len);
+    }
+    if net.mode != mode::OPEN && net.uplink_ifindex != 0 && out != net.uplink_ifindex && theirs.is_none() {
+        return stats::drop(reason::DROP_UPLINK_RESTRICTED, len);
+    }
+    redirect(ctx, &ip, &r, len)
+}
+
+/// World -> guest over IPv6, at the uplink's ingress: routed prefixes are
+/// delivered straight to their bridge; the rest is the host's.
+#[inline(always)]
+pub fn to_guest(ctx: &mut TcContext, len: u32) -> i32 {
+    let Ok(ip) = parse(ctx) else {
+        return TC_ACT_OK;
+    };
+    let Some(bridge) = subnet_owner(&ip.daddr) else {
+        return TC_ACT_OK;
+    };
+    let Some(net) = maps::network(bridge) else {
+        return TC_ACT_OK;
+    };
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    if !routes_v6(net) {
+        return stats::drop(reason::DROP_POLICY, len);
+    }
+    if net.mode == mode::ROUTE && net.uplink_ifindex != 0 && net.uplink_ifindex != ifindex {
+        return stats::drop(reason::DROP_UPLINK_RESTRICTED, len);
+    }
+    if ip.hop_limit <= 1 {
+        return stats::pass(reason::SLOW_PATH, len);
+    }
+    stats::count_to_guests(bridge, len);
+    let r = route(ctx, ifindex, &ip);
+    redirect(ctx, &ip, &r, len)
+}
