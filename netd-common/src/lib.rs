@@ -14,6 +14,7 @@ pub mod maps {
     pub const SUBNETS6: &str = "NETD_SUBNETS6";
     pub const UPLINKS: &str = "NETD_UPLINKS";
     pub const CONNTRACK: &str = "NETD_CT";
+    pub const CONNTRACK6: &str = "NETD_CT6";
     pub const FRAGS: &str = "NETD_FRAGS";
     pub const FORWARDS: &str = "NETD_FORWARDS";
     pub const STATS: &str = "NETD_STATS";
@@ -22,7 +23,7 @@ pub mod maps {
     pub const FORWARDS_REV: &str = "NETD_FWD_REV";
     pub const TAILS: &str = "NETD_TAILS";
     pub const ALL: &[&str] = &[
-        NETWORKS, SUBNETS, SUBNETS6, UPLINKS, CONNTRACK, FRAGS, FORWARDS, FORWARDS_REV, STATS, NET_STATS, SETTINGS, TAILS,
+        NETWORKS, SUBNETS, SUBNETS6, UPLINKS, CONNTRACK, CONNTRACK6, FRAGS, FORWARDS, FORWARDS_REV, STATS, NET_STATS, SETTINGS, TAILS,
     ];
 }
 
@@ -36,6 +37,11 @@ pub mod progs {
     pub const BRIDGE_NEW_FLOW: &str = "netd_bridge_new_flow";
     /// Tail-called for a packet no connection knows at the uplink.
     pub const UPLINK_NEW_FLOW: &str = "netd_uplink_new_flow";
+    /// Tail-called for IPv6 from a guest of a NAT66 network.
+    pub const NAT66: &str = "netd_nat66";
+    /// Tail-called for IPv6 at a bridge's and an uplink's ingress.
+    pub const BRIDGE_IPV6: &str = "netd_bridge_ipv6";
+    pub const UPLINK_IPV6: &str = "netd_uplink_ipv6";
     pub const CONNECT4: &str = "netd_connect4";
     pub const SENDMSG4: &str = "netd_sendmsg4";
     pub const RECVMSG4: &str = "netd_recvmsg4";
@@ -47,7 +53,10 @@ pub mod progs {
 pub mod tail {
     pub const BRIDGE_NEW_FLOW: u32 = 0;
     pub const UPLINK_NEW_FLOW: u32 = 1;
-    pub const COUNT: u32 = 2;
+    pub const NAT66: u32 = 2;
+    pub const BRIDGE_IPV6: u32 = 3;
+    pub const UPLINK_IPV6: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 pub const MAX_NETWORKS: u32 = 256;
@@ -106,6 +115,9 @@ pub struct SubnetKey {
 pub struct Uplink {
     pub addr: u32,
     pub _pad: u32,
+    /// The uplink's global IPv6 address for NAT66 (wire-order words), all
+    /// zero when none.
+    pub addr6: [u32; 4],
 }
 
 /// A connection tuple exactly as it appears on the wire. For ICMP echo the
@@ -166,8 +178,8 @@ pub mod nat_kind {
 /// The entry for the other direction is keyed by `xlate.reversed()`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct CtEntry {
-    pub xlate: CtKey,
+pub struct CtEntryOf<K> {
+    pub xlate: K,
     /// CLOCK_MONOTONIC nanoseconds.
     pub created_ns: u64,
     pub last_seen_ns: u64,
@@ -184,6 +196,39 @@ pub struct CtEntry {
     /// TCP flags seen in this direction (FIN=1, SYN=2, RST=4, ACK=16).
     pub tcp_flags: u8,
     pub _pad: u32,
+}
+
+/// An IPv4 conntrack entry.
+pub type CtEntry = CtEntryOf<CtKey>;
+/// An IPv6 conntrack entry (NAT66).
+pub type CtEntry6 = CtEntryOf<CtKey6>;
+
+/// An IPv6 connection tuple, as on the wire (NAT66 only; routed IPv6 is
+/// not tracked).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CtKey6 {
+    /// Addresses as four wire-order words (as loaded from the packet): the
+    /// BPF side keeps them in four registers instead of sixteen bytes.
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl CtKey6 {
+    pub const fn reversed(&self) -> CtKey6 {
+        CtKey6 {
+            saddr: self.daddr,
+            daddr: self.saddr,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
 }
 
 /// Key for following non-first fragments of a translated datagram.
@@ -340,7 +385,9 @@ mod pod {
         SubnetKey,
         Uplink,
         CtKey,
+        CtKey6,
         CtEntry,
+        CtEntry6,
         FragKey,
         FragPorts,
         ForwardKey,

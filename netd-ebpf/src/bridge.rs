@@ -19,7 +19,10 @@ pub fn ingress(ctx: &mut TcContext) -> i32 {
     stats::count_from_guests(ifindex, len);
     match parse::eth_proto(ctx) {
         Some(ETH_P_IP) => {}
-        Some(parse::ETH_P_IPV6) => return crate::ipv6::from_guest(ctx, net, ifindex, len),
+        Some(parse::ETH_P_IPV6) => {
+            unsafe { maps::TAILS.tail_call(ctx, tail::BRIDGE_IPV6) };
+            return stats::drop(reason::DROP_POLICY, len);
+        }
         // ARP and everything else is the bridge's business.
         _ => return stats::pass(reason::PASS, len),
     }
@@ -175,8 +178,10 @@ fn masquerade(
             None => return stats::drop(reason::DROP_NO_UPLINK_ADDR, len),
         }
     };
-    let mut req = nat::SnatRequest::new(key, l4, nat_addr, net, bridge, out, len);
-    let r = nat::snat_new(&mut req);
+    let Some(req) = nat::SnatRequest::new(key, l4, nat_addr, net, bridge, out, len) else {
+        return stats::drop(reason::DROP_CT_FULL, len);
+    };
+    let r = nat::snat_new(req);
     if r != 0 {
         return stats::drop(r, len);
     }
@@ -202,11 +207,13 @@ fn hairpin(ctx: &mut TcContext, net: &NetConfig, bridge: u32, ip: &Ipv4, l4: &L4
     let Some(target) = nat::forward_target(ip.daddr, l4.dport, ip.proto) else {
         return stats::pass(reason::PASS, len);
     };
-    let mut req = nat::SnatRequest::new(key, l4, net.gateway, net, bridge, bridge, len);
+    let Some(req) = nat::SnatRequest::new(key, l4, net.gateway, net, bridge, bridge, len) else {
+        return stats::drop(reason::DROP_CT_FULL, len);
+    };
     req.kind = nat_kind::DNAT;
     req.xlate.daddr = target.addr;
     req.xlate.dport = target.port;
-    let r = nat::snat_new(&mut req);
+    let r = nat::snat_new(req);
     if r != 0 {
         return stats::drop(r, len);
     }

@@ -3,11 +3,58 @@
 //! that direction into. Both are written together, with a rollback when the
 //! second write fails, so a lookup never finds half a connection.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
-use netd_common::{CtEntry, CtKey, ct_state, dir};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::LruHashMap};
+use netd_common::{CtEntryOf, CtKey, CtKey6, ct_state, dir};
 
-use crate::maps::{CT, settings};
-use crate::parse::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::maps::{CT, CT6, SCRATCH, SCRATCH6, settings};
+use crate::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+/// A tuple conntrack can key: IPv4 or IPv6, each with its own table.
+pub trait Tuple: Copy + 'static {
+    fn reversed(&self) -> Self;
+    fn proto(&self) -> u8;
+    fn table() -> &'static LruHashMap<Self, CtEntryOf<Self>>;
+    /// A per-CPU slot to build an entry in.
+    fn scratch() -> Option<*mut CtEntryOf<Self>>;
+}
+
+impl Tuple for CtKey {
+    #[inline(always)]
+    fn reversed(&self) -> Self {
+        CtKey::reversed(self)
+    }
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    #[inline(always)]
+    fn table() -> &'static LruHashMap<Self, CtEntryOf<Self>> {
+        &CT
+    }
+    #[inline(always)]
+    fn scratch() -> Option<*mut CtEntryOf<Self>> {
+        SCRATCH.get_ptr_mut(0)
+    }
+}
+
+impl Tuple for CtKey6 {
+    #[inline(always)]
+    fn reversed(&self) -> Self {
+        CtKey6::reversed(self)
+    }
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+    #[inline(always)]
+    fn table() -> &'static LruHashMap<Self, CtEntryOf<Self>> {
+        &CT6
+    }
+    #[inline(always)]
+    fn scratch() -> Option<*mut CtEntryOf<Self>> {
+        SCRATCH6.get_ptr_mut(0)
+    }
+}
 
 #[inline(always)]
 pub fn now() -> u64 {
@@ -16,8 +63,8 @@ pub fn now() -> u64 {
 
 /// A live (unexpired) entry.
 #[inline(always)]
-pub fn lookup(key: &CtKey) -> Option<*mut CtEntry> {
-    let e = CT.get_ptr_mut(key)?;
+pub fn lookup<K: Tuple>(key: &K) -> Option<*mut CtEntryOf<K>> {
+    let e = K::table().get_ptr_mut(key)?;
     if unsafe { (*e).expires_ns } < now() {
         return None;
     }
@@ -34,7 +81,7 @@ fn timeout_ns(proto: u8, state: u8) -> u64 {
             _ => s.tcp_syn_timeout,
         },
         IPPROTO_UDP => s.udp_timeout,
-        IPPROTO_ICMP => s.icmp_timeout,
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => s.icmp_timeout,
         _ => s.udp_timeout,
     };
     u64::from(secs) * 1_000_000_000
@@ -61,7 +108,7 @@ fn next_state(state: u8, d: u8, flags: u8) -> u8 {
 /// Accounts a packet on `e` and advances the state; a state change is
 /// mirrored onto the other direction's entry so both expire together.
 #[inline(always)]
-pub fn touch(e: *mut CtEntry, proto: u8, tcp_flags: u8, bytes: u32) {
+pub fn touch<K: Tuple>(e: *mut CtEntryOf<K>, proto: u8, tcp_flags: u8, bytes: u32) {
     let t = now();
     let e = unsafe { &mut *e };
     e.packets += 1;
@@ -77,7 +124,7 @@ pub fn touch(e: *mut CtEntry, proto: u8, tcp_flags: u8, bytes: u32) {
     e.expires_ns = t + timeout_ns(proto, state);
     if state != e.state {
         e.state = state;
-        if let Some(peer) = CT.get_ptr_mut(&e.xlate.reversed()) {
+        if let Some(peer) = K::table().get_ptr_mut(&e.xlate.reversed()) {
             let peer = unsafe { &mut *peer };
             peer.state = state;
             peer.expires_ns = e.expires_ns;
@@ -108,13 +155,20 @@ pub struct Origin {
 /// Not inlined: its entry is the largest thing on the stack, and BPF gives
 /// a whole call chain 512 bytes.
 #[inline(never)]
-pub fn create(orig: &CtKey, xlate: &CtKey, o: &Origin) -> Result<(), CreateError> {
+pub fn create<K: Tuple>(orig: &K, xlate: &K, o: &Origin) -> Result<(), CreateError> {
     let (nat, bridge, uplink, tcp_flags, bytes) = (o.nat, o.bridge, o.uplink, o.tcp_flags, o.bytes);
     let t = now();
     let state = ct_state::NEW;
-    let expires = t + timeout_ns(orig.proto, state);
+    let expires = t + timeout_ns(orig.proto(), state);
     let reply_key = xlate.reversed();
-    let mut e = CtEntry {
+    let table = K::table();
+    // The entry is built in a per-CPU scratch slot, not on the stack: an
+    // IPv6 entry is 120 bytes and the stack is 512 for the whole chain.
+    let Some(e) = K::scratch() else {
+        return Err(CreateError::Full);
+    };
+    let e = unsafe { &mut *e };
+    *e = CtEntryOf {
         xlate: orig.reversed(),
         created_ns: t,
         last_seen_ns: t,
@@ -130,10 +184,10 @@ pub fn create(orig: &CtKey, xlate: &CtKey, o: &Origin) -> Result<(), CreateError
         _pad: 0,
     };
     // Claim the reply tuple first: it is the one two flows can race for.
-    if CT.insert(&reply_key, &e, u64::from(BPF_NOEXIST)).is_err() {
-        match CT.get_ptr_mut(&reply_key) {
+    if table.insert(&reply_key, &*e, u64::from(BPF_NOEXIST)).is_err() {
+        match table.get_ptr_mut(&reply_key) {
             Some(old) if unsafe { (*old).expires_ns } < t => {
-                if CT.insert(&reply_key, &e, 0).is_err() {
+                if table.insert(&reply_key, &*e, 0).is_err() {
                     return Err(CreateError::Full);
                 }
             }
@@ -145,16 +199,9 @@ pub fn create(orig: &CtKey, xlate: &CtKey, o: &Origin) -> Result<(), CreateError
     e.packets = 1;
     e.bytes = u64::from(bytes);
     e.tcp_flags = tcp_flags;
-    if CT.insert(orig, &e, 0).is_err() {
-        let _ = CT.remove(&reply_key);
+    if table.insert(orig, &*e, 0).is_err() {
+        let _ = table.remove(&reply_key);
         return Err(CreateError::Full);
     }
     Ok(())
-}
-
-/// Both entries of a connection go together.
-#[inline(always)]
-pub fn remove(key: &CtKey, e: &CtEntry) {
-    let _ = CT.remove(&e.xlate.reversed());
-    let _ = CT.remove(key);
 }

@@ -14,43 +14,51 @@ use aya_ebpf::{
 use netd_common::{NetConfig, mode, net_flags, reason};
 
 use crate::maps::{self, SUBNETS6};
+use crate::nat66;
 use crate::parse::{ETH_LEN, Malformed};
 use crate::stats;
 
 const AF_INET6: u8 = 10;
 const HOP_LIMIT_OFF: usize = 7;
 
+#[derive(Clone, Copy)]
 pub struct Ipv6 {
     pub next_header: u8,
     pub hop_limit: u8,
     pub payload_len: u16,
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
+    /// Wire-order words: four registers, where sixteen bytes would each be
+    /// spilled to a stack slot of their own.
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
 }
 
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Result<Ipv6, Malformed> {
-    let h: [u8; 40] = ctx.load(ETH_LEN).map_err(|_| Malformed)?;
+    let h: [u8; 8] = ctx.load(ETH_LEN).map_err(|_| Malformed)?;
     if h[0] >> 4 != 6 {
         return Err(Malformed);
     }
-    let mut saddr = [0u8; 16];
-    let mut daddr = [0u8; 16];
-    saddr.copy_from_slice(&h[8..24]);
-    daddr.copy_from_slice(&h[24..40]);
+    let saddr: [u32; 4] = ctx.load(ETH_LEN + 8).map_err(|_| Malformed)?;
+    let daddr: [u32; 4] = ctx.load(ETH_LEN + 24).map_err(|_| Malformed)?;
     Ok(Ipv6 { next_header: h[6], hop_limit: h[7], payload_len: u16::from_be_bytes([h[4], h[5]]), saddr, daddr })
 }
 
 /// Link-local (fe80::/10), multicast (ff00::/8) or unspecified: never routed.
 #[inline(always)]
-fn is_link_scope(a: &[u8; 16]) -> bool {
-    a[0] == 0xff || (a[0] == 0xfe && a[1] & 0xc0 == 0x80) || a.iter().all(|b| *b == 0)
+fn is_link_scope(a: &[u32; 4]) -> bool {
+    let first = a[0].to_ne_bytes();
+    first[0] == 0xff || (first[0] == 0xfe && first[1] & 0xc0 == 0x80) || (a[0] | a[1] | a[2] | a[3]) == 0
 }
 
-/// The netd network whose IPv6 prefix holds `addr`, by bridge ifindex.
+/// The netd network whose IPv6 prefix holds `addr`, by bridge ifindex, or
+/// 0. Not an Option: LLVM leaves a None's payload undefined, reads it from
+/// whatever register, and the verifier refuses uninitialised registers.
 #[inline(always)]
-pub fn subnet_owner(addr: &[u8; 16]) -> Option<u32> {
-    SUBNETS6.get(Key::new(128, *addr)).copied()
+pub fn subnet_owner(addr: &[u32; 4]) -> u32 {
+    match SUBNETS6.get(Key::new(128, *addr)) {
+        Some(v) => *v,
+        None => 0,
+    }
 }
 
 /// IPv6 that is routed, not masqueraded, counts as route mode for policy.
@@ -63,23 +71,23 @@ fn routes_v6(net: &NetConfig) -> bool {
     }
 }
 
-enum Route6 {
+pub enum Route6 {
     Forward { ifindex: u32, smac: [u8; 6], dmac: [u8; 6], neigh: bool },
     Local,
     Stack,
 }
 
-#[inline(always)]
-fn route(ctx: &TcContext, in_ifindex: u32, ip: &Ipv6) -> Route6 {
+/// Not inlined: the lookup's 64-byte parameter block stays off the stack
+/// of the callers' deeper call chains.
+#[inline(never)]
+pub fn route(ctx: &TcContext, in_ifindex: u32, ip: &Ipv6) -> Route6 {
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     p.family = AF_INET6;
     p.l4_protocol = ip.next_header;
     p.__bindgen_anon_1.tot_len = ip.payload_len.saturating_add(40);
     p.ifindex = in_ifindex;
-    unsafe {
-        p.__bindgen_anon_3.ipv6_src = core::mem::transmute::<[u8; 16], [u32; 4]>(ip.saddr);
-        p.__bindgen_anon_4.ipv6_dst = core::mem::transmute::<[u8; 16], [u32; 4]>(ip.daddr);
-    }
+    p.__bindgen_anon_3.ipv6_src = ip.saddr;
+    p.__bindgen_anon_4.ipv6_dst = ip.daddr;
     let rc = unsafe { fib_lookup(ctx.skb.skb as *mut _, &mut p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => Route6::Forward { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac, neigh: true },
@@ -91,7 +99,7 @@ fn route(ctx: &TcContext, in_ifindex: u32, ip: &Ipv6) -> Route6 {
 
 /// Decrements the hop limit (IPv6 has no header checksum) and redirects.
 #[inline(always)]
-fn redirect(ctx: &mut TcContext, ip: &Ipv6, r: &Route6, len: u32) -> i32 {
+pub fn redirect(ctx: &mut TcContext, ip: &Ipv6, r: &Route6, len: u32) -> i32 {
     let Route6::Forward { ifindex, smac, dmac, neigh } = r else {
         return stats::pass(reason::SLOW_PATH, len);
     };
@@ -112,20 +120,31 @@ fn redirect(ctx: &mut TcContext, ip: &Ipv6, r: &Route6, len: u32) -> i32 {
     }
 }
 
-/// Guest -> world over IPv6, at the bridge's ingress.
+/// Guest -> world over IPv6: a program of its own (tail call from the
+/// bridge's ingress), so IPv4's stack and IPv6's are not added up.
 #[inline(always)]
-pub fn from_guest(ctx: &mut TcContext, net: &NetConfig, bridge: u32, len: u32) -> i32 {
+pub fn from_guest_stage(ctx: &mut TcContext) -> i32 {
+    let len = ctx.len();
+    let bridge = unsafe { (*ctx.skb.skb).ifindex };
+    let Some(net) = maps::network(bridge) else {
+        return TC_ACT_OK;
+    };
+    from_guest(ctx, net, bridge, len)
+}
+
+#[inline(always)]
+fn from_guest(ctx: &mut TcContext, net: &NetConfig, bridge: u32, len: u32) -> i32 {
     let Ok(ip) = parse(ctx) else {
         return stats::drop(reason::DROP_MALFORMED, len);
     };
     if is_link_scope(&ip.daddr) || is_link_scope(&ip.saddr) {
         return stats::pass(reason::PASS, len);
     }
-    if net.mode != mode::OPEN && subnet_owner(&ip.saddr) != Some(bridge) {
+    if net.mode != mode::OPEN && subnet_owner(&ip.saddr) != bridge {
         return stats::drop(reason::DROP_SPOOFED, len);
     }
     let theirs = subnet_owner(&ip.daddr);
-    if theirs == Some(bridge) || ip.hop_limit <= 1 {
+    if theirs == bridge || ip.hop_limit <= 1 {
         // On-link, the router address itself, or expiring: the kernel's.
         return stats::pass(reason::PASS, len);
     }
@@ -135,33 +154,44 @@ pub fn from_guest(ctx: &mut TcContext, net: &NetConfig, bridge: u32, len: u32) -
         Route6::Local => return stats::pass(reason::PASS, len),
         Route6::Stack => return stats::pass(reason::SLOW_PATH, len),
     };
-    if let Some(other) = theirs {
+    if theirs != 0 {
         let open = |n: &NetConfig| n.mode == mode::ROUTE || n.mode == mode::OPEN;
-        if !(open(net) && maps::network(other).is_some_and(open)) {
+        if !(open(net) && maps::network(theirs).is_some_and(open)) {
             return stats::drop(reason::DROP_POLICY, len);
         }
     }
-    if !routes_v6(net) {
-        // Isolated, or NAT66 (masquerade of IPv6 is not implemented yet:
-        // refuse rather than leak the guest's address).
+    if net.mode == mode::NAT && !routes_v6(net) {
+        // Masquerade runs in a program of its own: its stack would not fit
+        // on top of this one.
+        unsafe { maps::TAILS.tail_call(ctx, netd_common::tail::NAT66) };
         return stats::drop(reason::DROP_POLICY, len);
     }
-    if net.mode != mode::OPEN && net.uplink_ifindex != 0 && out != net.uplink_ifindex && theirs.is_none() {
+    if !routes_v6(net) {
+        // Isolated: the host and the other guests only.
+        return stats::drop(reason::DROP_POLICY, len);
+    }
+    if net.mode != mode::OPEN && net.uplink_ifindex != 0 && out != net.uplink_ifindex && theirs == 0 {
         return stats::drop(reason::DROP_UPLINK_RESTRICTED, len);
     }
     redirect(ctx, &ip, &r, len)
 }
 
-/// World -> guest over IPv6, at the uplink's ingress: routed prefixes are
-/// delivered straight to their bridge; the rest is the host's.
+/// World -> guest over IPv6, at the uplink's ingress (tail call): NAT66
+/// replies and routed prefixes are delivered straight to their bridge; the
+/// rest is the host's.
 #[inline(always)]
-pub fn to_guest(ctx: &mut TcContext, len: u32) -> i32 {
+pub fn to_guest(ctx: &mut TcContext) -> i32 {
+    let len = ctx.len();
     let Ok(ip) = parse(ctx) else {
         return TC_ACT_OK;
     };
-    let Some(bridge) = subnet_owner(&ip.daddr) else {
+    if let Some(verdict) = nat66::reply(ctx, &ip, len) {
+        return verdict;
+    }
+    let bridge = subnet_owner(&ip.daddr);
+    if bridge == 0 {
         return TC_ACT_OK;
-    };
+    }
     let Some(net) = maps::network(bridge) else {
         return TC_ACT_OK;
     };

@@ -26,6 +26,8 @@ pub mod maps;
 #[cfg(target_arch = "bpf")]
 pub mod nat;
 #[cfg(target_arch = "bpf")]
+pub mod nat66;
+#[cfg(target_arch = "bpf")]
 pub mod parse;
 #[cfg(target_arch = "bpf")]
 pub mod reject;

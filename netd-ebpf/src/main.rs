@@ -30,6 +30,24 @@ mod entry {
         uplink::new_flow_stage(&mut ctx)
     }
 
+    /// IPv6 masquerade (tail call from bridge ingress).
+    #[classifier]
+    pub fn netd_nat66(mut ctx: TcContext) -> i32 {
+        netd_ebpf::nat66::masquerade_stage(&mut ctx)
+    }
+
+    /// IPv6 from guests (tail call from bridge ingress).
+    #[classifier]
+    pub fn netd_bridge_ipv6(mut ctx: TcContext) -> i32 {
+        netd_ebpf::ipv6::from_guest_stage(&mut ctx)
+    }
+
+    /// IPv6 towards guests (tail call from uplink ingress).
+    #[classifier]
+    pub fn netd_uplink_ipv6(mut ctx: TcContext) -> i32 {
+        netd_ebpf::ipv6::to_guest(&mut ctx)
+    }
+
     /// Bridge egress: towards guests (used by the mode-specific policy).
     #[classifier]
     pub fn netd_bridge_egress(_ctx: TcContext) -> i32 {

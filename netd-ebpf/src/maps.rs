@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray},
 };
 use netd_common::{
-    CT_MAX_ENTRIES, Counter, CtEntry, CtKey, FORWARD_MAX_ENTRIES, FRAG_MAX_ENTRIES, ForwardKey, ForwardTarget,
+    CT_MAX_ENTRIES, Counter, CtEntry, CtEntry6, CtKey, CtKey6, FORWARD_MAX_ENTRIES, FRAG_MAX_ENTRIES, ForwardKey, ForwardTarget,
     FragKey, FragPorts, MAX_NETWORKS, MAX_UPLINKS, NetConfig, NetStats, Settings, Uplink, reason,
 };
 
@@ -20,7 +20,7 @@ pub static SUBNETS: LpmTrie<u32, u32> = LpmTrie::pinned(MAX_NETWORKS, 0);
 
 /// Which network owns an IPv6 address (value: bridge ifindex).
 #[map(name = "NETD_SUBNETS6")]
-pub static SUBNETS6: LpmTrie<[u8; 16], u32> = LpmTrie::pinned(MAX_NETWORKS, 0);
+pub static SUBNETS6: LpmTrie<[u32; 4], u32> = LpmTrie::pinned(MAX_NETWORKS, 0);
 
 /// Uplinks by ifindex, with their current masquerade address.
 #[map(name = "NETD_UPLINKS")]
@@ -29,6 +29,17 @@ pub static UPLINKS: HashMap<u32, Uplink> = HashMap::pinned(MAX_UPLINKS, 0);
 /// Conntrack: each connection is keyed once per direction.
 #[map(name = "NETD_CT")]
 pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(CT_MAX_ENTRIES, 0);
+
+/// Conntrack for masqueraded IPv6 (NAT66).
+#[map(name = "NETD_CT6")]
+pub static CT6: LruHashMap<CtKey6, CtEntry6> = LruHashMap::pinned(CT_MAX_ENTRIES / 4, 0);
+
+/// Per-CPU slots where new conntrack entries are built (not pinned: they
+/// hold nothing between packets).
+#[map(name = "NETD_CT_SCRATCH")]
+pub static SCRATCH: PerCpuArray<CtEntry> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "NETD_CT6_SCRATCH")]
+pub static SCRATCH6: PerCpuArray<CtEntry6> = PerCpuArray::with_max_entries(1, 0);
 
 /// Ports of fragmented datagrams, learnt from first fragments.
 #[map(name = "NETD_FRAGS")]

@@ -4,14 +4,111 @@
 use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_get_prandom_u32, bpf_loop},
+    macros::map,
+    maps::PerCpuArray,
     programs::TcContext,
 };
-use netd_common::{CtKey, ForwardKey, NetConfig, nat_kind, reason};
+use netd_common::{CtKey, CtKey6, ForwardKey, NetConfig, nat_kind, reason};
 
 use crate::csum::{self, CsumError, L4Csum};
-use crate::ct::{self, CreateError};
+use crate::ct::{self, CreateError, Tuple};
 use crate::maps::FORWARDS;
-use crate::parse::{ICMP_ECHO, ICMP_ECHOREPLY, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4, L4};
+use crate::parse::{
+    ICMP_ECHO, ICMP_ECHOREPLY, ICMPV6_ECHO_REQUEST, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP, IPPROTO_ICMPV6,
+    IPPROTO_TCP, IPPROTO_UDP, Ipv4, L4,
+};
+
+/// A tuple the masquerade can rewrite: its source address and port.
+pub trait Masquerade: Tuple {
+    type Addr: Copy;
+    fn set_source(&mut self, addr: Self::Addr);
+    /// `set_source` through a volatile store, for state the port search
+    /// reads from its slot behind the compiler's back.
+    ///
+    /// # Safety
+    /// `this` must be valid for writes.
+    unsafe fn store_source(this: *mut Self, addr: Self::Addr);
+    fn sport(&self) -> u16;
+    fn set_sport(&mut self, port: u16);
+    /// Whether a port forward owns this source port on `addr`.
+    fn port_forwarded(addr: Self::Addr, port: u16, proto: u8) -> bool;
+    /// Echo requests carry an id the NAT can choose, like a port.
+    fn is_echo_request(icmp_type: u8, proto: u8) -> bool;
+    /// The per-CPU slot the port search works in.
+    fn request() -> Option<*mut SnatRequest<Self>>;
+}
+
+impl Masquerade for CtKey {
+    type Addr = u32;
+    #[inline(always)]
+    fn set_source(&mut self, addr: u32) {
+        self.saddr = addr;
+    }
+    #[inline(always)]
+    unsafe fn store_source(this: *mut Self, addr: u32) {
+        unsafe { core::ptr::write_volatile(&raw mut (*this).saddr, addr) }
+    }
+    #[inline(always)]
+    fn sport(&self) -> u16 {
+        self.sport
+    }
+    #[inline(always)]
+    fn set_sport(&mut self, port: u16) {
+        self.sport = port;
+    }
+    #[inline(always)]
+    fn port_forwarded(addr: u32, port: u16, proto: u8) -> bool {
+        forward_owns(addr, port, proto)
+    }
+    #[inline(always)]
+    fn is_echo_request(icmp_type: u8, proto: u8) -> bool {
+        proto == IPPROTO_ICMP && icmp_type == ICMP_ECHO
+    }
+    #[inline(always)]
+    fn request() -> Option<*mut SnatRequest<Self>> {
+        REQUEST.get_ptr_mut(0)
+    }
+}
+
+impl Masquerade for CtKey6 {
+    type Addr = [u32; 4];
+    #[inline(always)]
+    fn set_source(&mut self, addr: [u32; 4]) {
+        self.saddr = addr;
+    }
+    #[inline(always)]
+    unsafe fn store_source(this: *mut Self, addr: [u32; 4]) {
+        unsafe { core::ptr::write_volatile(&raw mut (*this).saddr, addr) }
+    }
+    #[inline(always)]
+    fn sport(&self) -> u16 {
+        self.sport
+    }
+    #[inline(always)]
+    fn set_sport(&mut self, port: u16) {
+        self.sport = port;
+    }
+    /// Port forwards are IPv4 only.
+    #[inline(always)]
+    fn port_forwarded(_: [u32; 4], _: u16, _: u8) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn is_echo_request(icmp_type: u8, proto: u8) -> bool {
+        proto == IPPROTO_ICMPV6 && icmp_type == ICMPV6_ECHO_REQUEST
+    }
+    #[inline(always)]
+    fn request() -> Option<*mut SnatRequest<Self>> {
+        REQUEST6.get_ptr_mut(0)
+    }
+}
+
+/// The port search works in per-CPU slots rather than on the stack: BPF
+/// gives the whole call chain 512 bytes, and an IPv6 request is 130.
+#[map(name = "NETD_SNAT_REQ")]
+static REQUEST: PerCpuArray<SnatRequest<CtKey>> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "NETD_SNAT_REQ6")]
+static REQUEST6: PerCpuArray<SnatRequest<CtKey6>> = PerCpuArray::with_max_entries(1, 0);
 
 /// Ports tried after the preferred one before a flow is refused.
 const PORT_TRIES: u32 = 32;
@@ -19,11 +116,11 @@ const PORT_TRIES: u32 = 32;
 /// A masquerade request: everything the port search needs, passed by
 /// pointer because BPF functions take at most five arguments.
 #[derive(Clone, Copy)]
-pub struct SnatRequest {
-    pub orig: CtKey,
+pub struct SnatRequest<K: Masquerade = CtKey> {
+    pub orig: K,
     /// Filled in on success: the tuple the flow leaves with.
-    pub xlate: CtKey,
-    pub nat_addr: u32,
+    pub xlate: K,
+    pub nat_addr: K::Addr,
     pub port_min: u16,
     pub port_max: u16,
     pub bridge: u32,
@@ -40,10 +137,20 @@ pub struct SnatRequest {
     result: u32,
 }
 
-impl SnatRequest {
+impl<K: Masquerade> SnatRequest<K> {
+    /// A request in this CPU's slot, ready for `snat_new`.
     #[inline(always)]
-    pub fn new(orig: &CtKey, l4: &L4, nat_addr: u32, net: &NetConfig, bridge: u32, uplink: u32, bytes: u32) -> Self {
-        SnatRequest {
+    pub fn new(
+        orig: &K,
+        l4: &L4,
+        nat_addr: K::Addr,
+        net: &NetConfig,
+        bridge: u32,
+        uplink: u32,
+        bytes: u32,
+    ) -> Option<&'static mut Self> {
+        let slot = unsafe { &mut *K::request()? };
+        *slot = SnatRequest {
             orig: *orig,
             xlate: *orig,
             nat_addr,
@@ -57,17 +164,15 @@ impl SnatRequest {
             kind: nat_kind::SNAT,
             port: 0,
             result: 0,
-        }
+        };
+        Some(slot)
     }
 
     /// Whether the tuple has a port (or echo id) the NAT can choose.
     #[inline(always)]
     fn has_port(&self) -> bool {
-        match self.orig.proto {
-            IPPROTO_TCP | IPPROTO_UDP => true,
-            IPPROTO_ICMP => self.icmp_type == ICMP_ECHO,
-            _ => false,
-        }
+        let proto = self.orig.proto();
+        proto == IPPROTO_TCP || proto == IPPROTO_UDP || K::is_echo_request(self.icmp_type, proto)
     }
 
     #[inline(always)]
@@ -109,8 +214,9 @@ pub fn forward_target(addr: u32, port: u16, proto: u8) -> Option<netd_common::Fo
 /// The search runs under `bpf_loop`, so the verifier checks one attempt
 /// once instead of every iteration on every path.
 #[inline(never)]
-pub fn snat_new(req: &mut SnatRequest) -> u32 {
-    req.xlate.saddr = req.nat_addr;
+pub fn snat_new<K: Masquerade>(req: &mut SnatRequest<K>) -> u32 {
+    let nat_addr = req.nat_addr;
+    req.xlate.set_source(nat_addr);
     if !req.has_port() {
         return match req.create() {
             Ok(()) => 0,
@@ -124,30 +230,38 @@ pub fn snat_new(req: &mut SnatRequest) -> u32 {
         return reason::DROP_PORTS_EXHAUSTED;
     }
     let span = hi - lo + 1;
-    let wanted = u32::from(u16::from_be(req.orig.sport));
+    let wanted = u32::from(u16::from_be(req.orig.sport()));
     let port = if wanted >= lo && wanted <= hi {
         wanted
     } else {
         lo + unsafe { bpf_get_prandom_u32() }.checked_rem(span).unwrap_or(0)
     };
-    // The search state lives in the caller's request: the stack is 512
-    // bytes for the whole call chain, so no copies down here.
-    req.port = port;
-    req.result = reason::DROP_PORTS_EXHAUSTED;
+    // The attempts run in `try_port`, which reaches the request through
+    // its per-CPU slot, not through `req`: the compiler cannot see that
+    // bpf_loop changes it, so the state goes through volatile accesses.
+    let slot: *mut SnatRequest<K> = req;
+    unsafe {
+        K::store_source(&raw mut (*slot).xlate, nat_addr);
+        core::ptr::write_volatile(&mut (*slot).port, port);
+        core::ptr::write_volatile(&mut (*slot).result, reason::DROP_PORTS_EXHAUSTED);
+    }
     let tries = if span < PORT_TRIES { span } else { PORT_TRIES };
     unsafe {
-        bpf_loop(tries, try_port as *mut c_void, req as *mut SnatRequest as *mut c_void, 0);
+        bpf_loop(tries, try_port::<K> as *mut c_void, core::ptr::null_mut(), 0);
+        core::ptr::read_volatile(&(*slot).result)
     }
-    req.result
 }
 
 /// One attempt of the port search: claim `port` or move to the next one.
 /// Returns 1 to stop the loop.
-extern "C" fn try_port(_index: u64, ctx: *mut c_void) -> i64 {
-    let s = unsafe { &mut *(ctx as *mut SnatRequest) };
+extern "C" fn try_port<K: Masquerade>(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(s) = K::request() else {
+        return 1;
+    };
+    let s = unsafe { &mut *s };
     let p = (s.port as u16).to_be();
-    if !forward_owns(s.nat_addr, p, s.orig.proto) {
-        s.xlate.sport = p;
+    if !K::port_forwarded(s.nat_addr, p, s.orig.proto()) {
+        s.xlate.set_sport(p);
         match s.create() {
             Ok(()) => {
                 s.result = 0;

@@ -17,7 +17,11 @@ use crate::{ct, icmp, maps, nat, stats};
 pub fn ingress(ctx: &mut TcContext) -> i32 {
     match parse::eth_proto(ctx) {
         Some(ETH_P_IP) => {}
-        Some(parse::ETH_P_IPV6) => return crate::ipv6::to_guest(ctx, ctx.len()),
+        Some(parse::ETH_P_IPV6) => {
+            unsafe { maps::TAILS.tail_call(ctx, tail::UPLINK_IPV6) };
+            // Without the second stage, IPv6 is simply the host's.
+            return TC_ACT_OK;
+        }
         _ => return TC_ACT_OK,
     }
     let Ok(ip) = parse::ipv4(ctx, ETH_LEN) else {
@@ -197,8 +201,10 @@ pub fn egress(ctx: &mut TcContext) -> i32 {
                     None => return stats::drop(reason::DROP_NO_UPLINK_ADDR, len),
                 }
             };
-            let mut req = nat::SnatRequest::new(&key, &l4, nat_addr, net, bridge, ifindex, len);
-            let r = nat::snat_new(&mut req);
+            let Some(req) = nat::SnatRequest::new(&key, &l4, nat_addr, net, bridge, ifindex, len) else {
+                return stats::drop(reason::DROP_CT_FULL, len);
+            };
+            let r = nat::snat_new(req);
             if r != 0 {
                 return stats::drop(r, len);
             }

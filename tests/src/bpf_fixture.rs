@@ -308,7 +308,7 @@ impl Env {
         let sn1 = Ipv4Addr::new(192, 168, 123, 0);
         maps::add_network(&maps, br0, &net(sn0, GW0, 1024, 65535), Some((sn0, 24)))?;
         maps::add_network(&maps, br1, &net(sn1, GW1, 2000, 2000), Some((sn1, 24)))?;
-        maps::set_uplink(&maps, up0, Some(NAT))?;
+        maps::set_uplink(&maps, up0, Some(NAT), None)?;
 
         *CLEANUP.lock().unwrap_or_else(PoisonError::into_inner) = Some(cleanup);
         Ok(Env {

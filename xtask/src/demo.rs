@@ -50,8 +50,11 @@ fn show(t: &Topology, args: &[&str]) -> Result<()> {
 }
 
 fn show_bpf(t: &Topology, args: &[&str]) -> Result<()> {
-    println!("$ netd bpf {} --bpffs {}", args.join(" "), t.bpffs().display());
-    let out = t.netd_bpf(args);
+    let state = t.state_dir().display().to_string();
+    println!("$ netd bpf {} --bpffs {} --state-dir {state}", args.join(" "), t.bpffs().display());
+    let mut a = args.to_vec();
+    a.extend(["--state-dir", &state]);
+    let out = t.netd_bpf(&a);
     print!("{}", out.stdout);
     if !out.success() {
         bail!("netd bpf {} failed: {}", args.join(" "), out.stderr.trim());
@@ -132,5 +135,22 @@ fn scenario(t: &mut Topology) -> Result<()> {
     show_bpf(t, &["stats"])?;
     println!();
     show_bpf(t, &["ct", "list"])?;
+    println!();
+    show_bpf(t, &["nat", "list"])?;
+    println!();
+    show_bpf(t, &["maps"])?;
+
+    step("status with doctor checks, and a few Prometheus metrics");
+    show(t, &["status"])?;
+    println!();
+    println!("$ netd metrics | grep -E '^netd_(network_packets|nat_translations|drops|dhcp_leases|forward)'");
+    let metrics = t.netd(&["metrics"]);
+    if !metrics.success() {
+        bail!("netd metrics failed: {}", metrics.stderr.trim());
+    }
+    let wanted = ["netd_network_packets", "netd_nat_translations", "netd_drops", "netd_dhcp_leases", "netd_forward"];
+    for l in metrics.stdout.lines().filter(|l| wanted.iter().any(|w| l.starts_with(w))) {
+        println!("{l}");
+    }
     Ok(())
 }

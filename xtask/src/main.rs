@@ -3,7 +3,10 @@
 //!   cargo xtask setup   Debian packages, nightly rust-src, bpf-linker, bpffs
 //!   cargo xtask test    setup, then every test
 //!   cargo xtask demo    setup, then the sandbox demo
+//!   cargo xtask bench   setup, then netd against libvirt's iptables rules and
+//!                       nftables (`--quick`: a one-minute smoke run)
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -16,8 +19,11 @@ fn main() {
         Some("setup") => setup::run(),
         Some("test") => setup::run().and_then(|()| test(&args[1..])),
         Some("demo") => setup::run().and_then(|()| demo::run()),
+        Some("bench") => setup::run().and_then(|()| bench::run(&args[1..])),
+        // Internal: the traffic tools the benchmark runs inside its namespaces.
+        Some("bench-helper") => bench::helper(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask setup|test|demo");
+            eprintln!("usage: cargo xtask setup|test|demo|bench [--quick]");
             std::process::exit(2);
         }
     };

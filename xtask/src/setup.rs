@@ -14,6 +14,8 @@ const PACKAGES: &[&str] = &[
     "iptables",
     "nftables",
     "tcpdump",
+    // DHCPv6 client for the IPv6 tests (udhcpc speaks only DHCPv4).
+    "isc-dhcp-client",
 ];
 
 pub fn run() -> Result<()> {

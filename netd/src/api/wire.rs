@@ -104,6 +104,9 @@ pub struct Check {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MapFill {
     pub name: String,
+    /// The kernel's map type (arrays are always full).
+    #[serde(default)]
+    pub kind: String,
     pub entries: u64,
     pub max_entries: u32,
 }

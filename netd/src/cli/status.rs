@@ -25,7 +25,15 @@ pub fn exec(a: &Args, client: &Client) -> Result<()> {
     }
     println!("netd {} up {}s", s.version, s.uptime_secs);
     println!();
-    let mut t = Table::new(&["NETWORK", "MODE", "STATE", "BRIDGE", "DNSMASQ", "UPLINK", "MASQUERADE"]);
+    let mut t = Table::new(&[
+        "NETWORK",
+        "MODE",
+        "STATE",
+        "BRIDGE",
+        "DNSMASQ",
+        "UPLINK",
+        "MASQUERADE",
+    ]);
     for n in &s.networks {
         let dns = match (n.dnsmasq_pid, n.dnsmasq_healthy) {
             (Some(p), Some(true)) => format!("pid {p}, running, {} restarts", n.dnsmasq_restarts),
@@ -38,13 +46,35 @@ pub fn exec(a: &Args, client: &Client) -> Result<()> {
         } else {
             ("inactive", "-".into(), "-".into())
         };
-        t.row(vec![n.name.clone(), n.mode.clone(), state.into(), opt(&n.bridge), dns, uplink, masq]);
+        t.row(vec![
+            n.name.clone(),
+            n.mode.clone(),
+            state.into(),
+            opt(&n.bridge),
+            dns,
+            uplink,
+            masq,
+        ]);
     }
     t.print();
     println!();
-    let mut t = Table::new(&["PROG ID", "HOOK", "INTERFACE", "POSITION", "LINK ID", "PROGRAM"]);
+    let mut t = Table::new(&[
+        "PROG ID",
+        "HOOK",
+        "INTERFACE",
+        "POSITION",
+        "LINK ID",
+        "PROGRAM",
+    ]);
     for p in &s.programs {
-        t.row(vec![opt(&p.id), p.hook.clone(), p.interface.clone(), p.position.clone(), opt(&p.link_id), p.program.clone()]);
+        t.row(vec![
+            opt(&p.id),
+            p.hook.clone(),
+            p.interface.clone(),
+            p.position.clone(),
+            opt(&p.link_id),
+            p.program.clone(),
+        ]);
     }
     t.print();
     println!();
@@ -59,9 +89,21 @@ pub fn exec(a: &Args, client: &Client) -> Result<()> {
         c.dnat
     );
     println!();
-    let mut t = Table::new(&["MAP", "ENTRIES", "MAX", "FILL"]);
+    let mut t = Table::new(&["MAP", "TYPE", "ENTRIES", "MAX", "FILL"]);
     for m in &s.maps {
-        t.row(vec![m.name.clone(), m.entries.to_string(), m.max_entries.to_string(), percent(m.entries, m.max_entries)]);
+        // Arrays have every slot, always: a fill level says nothing there.
+        let fill = if m.kind.contains("Array") {
+            "-".into()
+        } else {
+            percent(m.entries, m.max_entries)
+        };
+        t.row(vec![
+            m.name.clone(),
+            m.kind.clone(),
+            m.entries.to_string(),
+            m.max_entries.to_string(),
+            fill,
+        ]);
     }
     t.print();
     println!();

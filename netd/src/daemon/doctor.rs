@@ -15,7 +15,11 @@ pub const WARN: &str = "WARN";
 pub const FAIL: &str = "FAIL";
 
 fn check(level: &str, name: &str, message: String) -> Check {
-    Check { level: level.into(), name: name.into(), message }
+    Check {
+        level: level.into(),
+        name: name.into(),
+        message,
+    }
 }
 
 // ---- the checks -------------------------------------------------------------
@@ -25,15 +29,27 @@ impl super::State {
         let mut out = Vec::new();
         let bpffs_ok = dataplane::is_bpffs(&self.paths.bpffs);
         out.push(if bpffs_ok {
-            check(OK, "bpffs", format!("{} is on a bpf filesystem, so maps and links outlive the daemon.", self.paths.bpffs.display()))
+            check(
+                OK,
+                "bpffs",
+                format!(
+                    "{} is on a bpf filesystem, so maps and links outlive the daemon.",
+                    self.paths.bpffs.display()
+                ),
+            )
         } else {
             check(
                 FAIL,
                 "bpffs",
-                format!("{} is not on bpffs: mount it with `mount -t bpf bpf /sys/fs/bpf`.", self.paths.bpffs.display()),
+                format!(
+                    "{} is not on bpffs: mount it with `mount -t bpf bpf /sys/fs/bpf`.",
+                    self.paths.bpffs.display()
+                ),
             )
         });
-        out.push(tcx_check(self.dp.attached().iter().any(|l| l.tcx_position.is_some())));
+        out.push(tcx_check(
+            self.dp.attached().iter().any(|l| l.tcx_position.is_some()),
+        ));
 
         let fw = Firewall::read().await;
         for run in self.running.values() {
@@ -64,13 +80,23 @@ impl super::State {
             }
         }
         if self.running.values().any(|r| r.dnsmasq.is_some()) {
-            let ours: Vec<u32> = self.running.values().filter_map(|r| r.dnsmasq.as_ref()?.pid()).collect();
+            let ours: Vec<u32> = self
+                .running
+                .values()
+                .filter_map(|r| r.dnsmasq.as_ref()?.pid())
+                .collect();
             let bridges: Vec<(String, Option<std::net::Ipv4Addr>)> = self
                 .running
                 .values()
                 .filter(|r| r.dnsmasq.is_some())
                 .map(|r| {
-                    let gw = r.record.definition.ipv4.as_ref().and_then(|v| v.parsed().ok()).map(|(a, _)| a);
+                    let gw = r
+                        .record
+                        .definition
+                        .ipv4
+                        .as_ref()
+                        .and_then(|v| v.parsed().ok())
+                        .map(|(a, _)| a);
                     (r.record.bridge.clone(), gw)
                 })
                 .collect();
@@ -86,7 +112,9 @@ impl super::State {
         let nat: Vec<_> = self
             .running
             .values()
-            .filter(|r| r.record.definition.mode == crate::config::Mode::Nat && r.record.bridge_ifindex != 0)
+            .filter(|r| {
+                r.record.definition.mode == crate::config::Mode::Nat && r.record.bridge_ifindex != 0
+            })
             .collect();
         if nat.is_empty() {
             return Vec::new();
@@ -107,8 +135,18 @@ impl super::State {
                     *per_proto.entry(e.xlate.proto).or_default() += 1;
                 }
             }
-            let (proto, used) = per_proto.into_iter().max_by_key(|(_, n)| *n).unwrap_or((0, 0));
-            out.push(port_check(&run.record.definition.name, proto, used, lo, hi, size));
+            let (proto, used) = per_proto
+                .into_iter()
+                .max_by_key(|(_, n)| *n)
+                .unwrap_or((0, 0));
+            out.push(port_check(
+                &run.record.definition.name,
+                proto,
+                used,
+                lo,
+                hi,
+                size,
+            ));
         }
         out
     }
@@ -130,7 +168,13 @@ fn port_check(net: &str, proto: u8, used: u64, lo: u16, hi: u16, size: u64) -> C
             ),
         )
     } else {
-        check(OK, "nat-ports", format!("{net}: {used} of {size} masquerade ports ({lo}-{hi}) in use at most per protocol."))
+        check(
+            OK,
+            "nat-ports",
+            format!(
+                "{net}: {used} of {size} masquerade ports ({lo}-{hi}) in use at most per protocol."
+            ),
+        )
     }
 }
 
@@ -141,10 +185,28 @@ fn tcx_check(attached_with_tcx: bool) -> Check {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let release = release.trim();
     match kernel_version(release) {
-        _ if attached_with_tcx => check(OK, "tcx", format!("kernel {release} has tcx, and netd's programs are attached with it.")),
-        Some(v) if v >= (6, 6) => check(OK, "tcx", format!("kernel {release} supports tcx (6.6 or later).")),
-        Some(_) => check(FAIL, "tcx", format!("kernel {release} predates tcx (6.6): run netd on Linux 6.6 or later.")),
-        None => check(WARN, "tcx", format!("cannot tell whether kernel {release:?} has tcx; netd needs Linux 6.6 or later.")),
+        _ if attached_with_tcx => check(
+            OK,
+            "tcx",
+            format!("kernel {release} has tcx, and netd's programs are attached with it."),
+        ),
+        Some(v) if v >= (6, 6) => check(
+            OK,
+            "tcx",
+            format!("kernel {release} supports tcx (6.6 or later)."),
+        ),
+        Some(_) => check(
+            FAIL,
+            "tcx",
+            format!("kernel {release} predates tcx (6.6): run netd on Linux 6.6 or later."),
+        ),
+        None => check(
+            WARN,
+            "tcx",
+            format!(
+                "cannot tell whether kernel {release:?} has tcx; netd needs Linux 6.6 or later."
+            ),
+        ),
     }
 }
 
@@ -159,23 +221,35 @@ pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
 
 fn br_netfilter_check(dir: &Path) -> Check {
     if !dir.join("bridge-nf-call-iptables").exists() {
-        return check(OK, "br-netfilter", "br_netfilter is not loaded, so iptables never sees bridged traffic.".into());
+        return check(
+            OK,
+            "br-netfilter",
+            "br_netfilter is not loaded, so iptables never sees bridged traffic.".into(),
+        );
     }
-    let on: Vec<&str> = ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"]
-        .into_iter()
-        .filter(|k| std::fs::read_to_string(dir.join(k)).is_ok_and(|v| v.trim() == "1"))
-        .collect();
+    let on: Vec<&str> = [
+        "bridge-nf-call-iptables",
+        "bridge-nf-call-ip6tables",
+        "bridge-nf-call-arptables",
+    ]
+    .into_iter()
+    .filter(|k| std::fs::read_to_string(dir.join(k)).is_ok_and(|v| v.trim() == "1"))
+    .collect();
     if on.is_empty() {
         return check(OK, "br-netfilter", "br_netfilter is loaded but bridge-nf-call-* are 0, so bridged traffic skips netfilter.".into());
     }
     let keys: Vec<String> = on.iter().map(|k| format!("net.bridge.{k}")).collect();
+    let (verb, them) = if keys.len() == 1 {
+        ("is", "it")
+    } else {
+        ("are", "them")
+    };
     check(
         WARN,
         "br-netfilter",
         format!(
-            "{} = 1 overrides netd's per-bridge nf_call_*=0 (the kernel ORs them), so traffic between guests of one network passes the host's FORWARD rules; set {} = 0 unless something here needs it.",
-            keys.join(", "),
-            if keys.len() == 1 { "it" } else { "them" }
+            "{} {verb} 1, which overrides netd's per-bridge nf_call_*=0 (the kernel ORs the two), so traffic between guests of one network goes through the host's netfilter FORWARD rules; set {them} to 0 unless something on this host needs {them}.",
+            keys.join(", ")
         ),
     )
 }
@@ -229,7 +303,9 @@ fn owners(inodes: &HashSet<u64>) -> HashMap<u64, u32> {
         return out;
     };
     for e in rd.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
         for i in socket_inodes(pid) {
             if inodes.contains(&i) {
                 out.insert(i, pid);
@@ -252,7 +328,14 @@ fn dhcp_server_check(ours: &[u32], bridges: &[(String, Option<std::net::Ipv4Addr
         .collect();
     let names: Vec<&str> = bridges.iter().map(|(b, _)| b.as_str()).collect();
     if foreign.is_empty() {
-        return check(OK, "dhcp-server", format!("only netd's dnsmasq listens on UDP 67 for {}.", names.join(", ")));
+        return check(
+            OK,
+            "dhcp-server",
+            format!(
+                "only netd's dnsmasq listens on UDP 67 for {}.",
+                names.join(", ")
+            ),
+        );
     }
     let who = owners(&foreign.iter().map(|s| s.inode).collect());
     let mut level = WARN;
@@ -299,9 +382,14 @@ pub enum Verdict {
     Accept,
     /// A rule drops or rejects it. `sure` is false when a rule we could not
     /// evaluate (addresses, sets, marks…) might have accepted it first.
-    DropRule { rule: String, sure: bool },
+    DropRule {
+        rule: String,
+        sure: bool,
+    },
     /// Nothing accepts it and the chain's policy is DROP.
-    DropPolicy { chain: String },
+    DropPolicy {
+        chain: String,
+    },
 }
 
 /// What `iptables-save` and `nft -j list ruleset` said, read once per status.
@@ -336,16 +424,29 @@ impl Firewall {
             Verdict::DropPolicy { .. } => 1,
             Verdict::Accept => 0,
         };
-        verdicts.into_iter().max_by_key(rank).unwrap_or(Verdict::Accept)
+        verdicts
+            .into_iter()
+            .max_by_key(rank)
+            .unwrap_or(Verdict::Accept)
     }
 
     fn input_check(&self, bridge: &str, services: &[(&str, u16)]) -> Check {
         if self.iptables.is_none() && self.nft.is_none() {
-            return check(OK, "host-input", format!("{bridge}: neither iptables-save nor nft is available, so no host rule was checked."));
+            return check(
+                OK,
+                "host-input",
+                format!(
+                    "{bridge}: neither iptables-save nor nft is available, so no host rule was checked."
+                ),
+            );
         }
         let mut worst: Option<(u8, Check)> = None;
         for (what, port) in services {
-            let p = Probe { bridge, proto: "udp", port: *port };
+            let p = Probe {
+                bridge,
+                proto: "udp",
+                port: *port,
+            };
             let (rank, c) = match self.input(&p) {
                 Verdict::Accept => continue,
                 Verdict::DropRule { rule, sure: true } => (
@@ -385,22 +486,41 @@ impl Firewall {
         }
         let names: Vec<&str> = services.iter().map(|(w, _)| *w).collect();
         worst.map(|(_, c)| c).unwrap_or_else(|| {
-            check(OK, "host-input", format!("{bridge}: host INPUT rules let {} from guests through.", names.join(" and ")))
+            check(
+                OK,
+                "host-input",
+                format!(
+                    "{bridge}: host INPUT rules let {} from guests through.",
+                    names.join(" and ")
+                ),
+            )
         })
     }
 
     fn forward_check(&self) -> Check {
         let mut chains = Vec::new();
-        if self.iptables.as_ref().is_some_and(|i| i.policy("FORWARD") == Some("DROP")) {
+        if self
+            .iptables
+            .as_ref()
+            .is_some_and(|i| i.policy("FORWARD") == Some("DROP"))
+        {
             chains.push("iptables FORWARD".to_string());
         }
         if let Some(n) = &self.nft {
             // iptables-nft's own chain shows in both views.
             let dup = !chains.is_empty();
-            chains.extend(nft_drop_chains(n, "forward").into_iter().filter(|c| !(dup && c == "nft ip filter FORWARD")));
+            chains.extend(
+                nft_drop_chains(n, "forward")
+                    .into_iter()
+                    .filter(|c| !(dup && c == "nft ip filter FORWARD")),
+            );
         }
         if chains.is_empty() {
-            return check(OK, "forward-policy", "no FORWARD drop policy on the host.".into());
+            return check(
+                OK,
+                "forward-policy",
+                "no FORWARD drop policy on the host.".into(),
+            );
         }
         check(
             WARN,
@@ -421,13 +541,21 @@ async fn run_quiet(argv: &[&str]) -> Option<String> {
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    let out = tokio::time::timeout(Duration::from_secs(5), fut).await.ok()?.ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .ok()?
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// An interface pattern: iptables ends wildcards with '+', nft with '*'.
 fn iface_matches(pattern: &str, name: &str) -> bool {
-    match pattern.strip_suffix('+').or_else(|| pattern.strip_suffix('*')) {
+    match pattern
+        .strip_suffix('+')
+        .or_else(|| pattern.strip_suffix('*'))
+    {
         Some(prefix) => name.starts_with(prefix),
         None => pattern == name,
     }
@@ -446,8 +574,16 @@ fn proto_matches(value: &str, proto: &str) -> bool {
 fn port_in(spec: &str, port: u16) -> bool {
     spec.split(',').any(|one| match one.split_once([':', '-']) {
         Some((a, b)) => {
-            let a = if a.is_empty() { 0 } else { a.parse().unwrap_or(u16::MAX) };
-            let b = if b.is_empty() { u16::MAX } else { b.parse().unwrap_or(0) };
+            let a = if a.is_empty() {
+                0
+            } else {
+                a.parse().unwrap_or(u16::MAX)
+            };
+            let b = if b.is_empty() {
+                u16::MAX
+            } else {
+                b.parse().unwrap_or(0)
+            };
             (a..=b).contains(&port)
         }
         None => one.parse() == Ok(port),
@@ -492,9 +628,8 @@ fn target_of(name: &str) -> Target {
         "DROP" | "REJECT" => Target::Drop,
         "RETURN" => Target::Return,
         // Built-in non-terminal targets.
-        "LOG" | "NFLOG" | "ULOG" | "MARK" | "CONNMARK" | "CT" | "TRACE" | "AUDIT" | "CLASSIFY" | "TCPMSS" | "NOTRACK" => {
-            Target::Continue
-        }
+        "LOG" | "NFLOG" | "ULOG" | "MARK" | "CONNMARK" | "CT" | "TRACE" | "AUDIT" | "CLASSIFY"
+        | "TCPMSS" | "NOTRACK" => Target::Continue,
         _ => Target::Jump(name.to_string()),
     }
 }
@@ -513,7 +648,12 @@ fn walk(
         }
         match (m, target) {
             (Match::Yes, Target::Accept) => return Some(Verdict::Accept),
-            (Match::Yes, Target::Drop) => return Some(Verdict::DropRule { rule: text, sure: *sure }),
+            (Match::Yes, Target::Drop) => {
+                return Some(Verdict::DropRule {
+                    rule: text,
+                    sure: *sure,
+                });
+            }
             (Match::Yes, Target::Return) => return None,
             (Match::Yes, Target::Goto(c)) => return sub(&c, sure, depth + 1),
             (Match::Yes, Target::Jump(c)) => {
@@ -523,7 +663,9 @@ fn walk(
             }
             // A rule we cannot evaluate might accept (or divert) the probe:
             // from here on a drop is only a "may".
-            (Match::Maybe, Target::Accept | Target::Return | Target::Jump(_) | Target::Goto(_)) => *sure = false,
+            (Match::Maybe, Target::Accept | Target::Return | Target::Jump(_) | Target::Goto(_)) => {
+                *sure = false
+            }
             _ => {}
         }
     }
@@ -555,7 +697,10 @@ impl Iptables {
             } else if let Some(rest) = line.strip_prefix("-A ") {
                 let words = shell_words(rest);
                 if let Some((chain, args)) = words.split_first() {
-                    t.rules.entry(chain.clone()).or_default().push(args.to_vec());
+                    t.rules
+                        .entry(chain.clone())
+                        .or_default()
+                        .push(args.to_vec());
                 }
             }
         }
@@ -563,14 +708,19 @@ impl Iptables {
     }
 
     fn policy(&self, chain: &str) -> Option<&str> {
-        self.policies.get(chain).map(String::as_str).filter(|p| *p != "-")
+        self.policies
+            .get(chain)
+            .map(String::as_str)
+            .filter(|p| *p != "-")
     }
 
     pub fn input(&self, p: &Probe) -> Verdict {
         let mut sure = true;
         match self.chain("INPUT", p, &mut sure, 0) {
             Some(v) => v,
-            None if self.policy("INPUT") == Some("DROP") => Verdict::DropPolicy { chain: "iptables INPUT".into() },
+            None if self.policy("INPUT") == Some("DROP") => Verdict::DropPolicy {
+                chain: "iptables INPUT".into(),
+            },
             None => Verdict::Accept,
         }
     }
@@ -660,7 +810,10 @@ fn ipt_rule(args: &[String], p: &Probe) -> (Match, Target) {
                 // Addresses, sets, marks, limits…: cannot tell from here.
                 m = m.and(Match::Maybe);
                 // Skip its values.
-                while args.get(i + 1).is_some_and(|n| !n.starts_with('-') && n != "!") {
+                while args
+                    .get(i + 1)
+                    .is_some_and(|n| !n.starts_with('-') && n != "!")
+                {
                     i += 1;
                 }
                 i += 1;
@@ -690,7 +843,10 @@ struct NftChain<'a> {
 }
 
 fn nft_items(v: &Value) -> &[Value] {
-    v["nftables"].as_array().map(Vec::as_slice).unwrap_or_default()
+    v["nftables"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
 }
 
 fn nft_chains(v: &Value) -> Vec<NftChain<'_>> {
@@ -746,7 +902,9 @@ pub fn nft_input(v: &Value, p: &Probe) -> Verdict {
             Some(Verdict::Accept) => continue,
             Some(d) => return d,
             None if c.policy == "drop" => {
-                return Verdict::DropPolicy { chain: format!("nft {} {} {}", c.family, c.table, c.name) };
+                return Verdict::DropPolicy {
+                    chain: format!("nft {} {} {}", c.family, c.table, c.name),
+                };
             }
             None => {}
         }
@@ -754,30 +912,56 @@ pub fn nft_input(v: &Value, p: &Probe) -> Verdict {
     Verdict::Accept
 }
 
-fn nft_chain(v: &Value, family: &str, table: &str, name: &str, p: &Probe, sure: &mut bool, depth: u32) -> Option<Verdict> {
+fn nft_chain(
+    v: &Value,
+    family: &str,
+    table: &str,
+    name: &str,
+    p: &Probe,
+    sure: &mut bool,
+    depth: u32,
+) -> Option<Verdict> {
     if depth > 16 {
         return None;
     }
     let rules = nft_rules(v, family, table, name);
     let it = rules.into_iter().map(|r| {
         let (m, t) = nft_rule(r, p);
-        (format!("nft {family} {table} {name} handle {}", r["handle"]), m, t)
+        (
+            format!("nft {family} {table} {name} handle {}", r["handle"]),
+            m,
+            t,
+        )
     });
-    walk(it, sure, depth, &|c, s, d| nft_chain(v, family, table, c, p, s, d))
+    walk(it, sure, depth, &|c, s, d| {
+        nft_chain(v, family, table, c, p, s, d)
+    })
 }
 
 fn nft_rule(r: &Value, p: &Probe) -> (Match, Target) {
     let mut m = Match::Yes;
     for e in r["expr"].as_array().map(Vec::as_slice).unwrap_or_default() {
         let Some(obj) = e.as_object() else { continue };
-        let Some((k, body)) = obj.iter().next() else { continue };
+        let Some((k, body)) = obj.iter().next() else {
+            continue;
+        };
         match k.as_str() {
             "match" => m = m.and(nft_match(body, p)),
             "accept" => return (m, Target::Accept),
             "drop" | "reject" => return (m, Target::Drop),
             "return" => return (m, Target::Return),
-            "jump" => return (m, Target::Jump(body["target"].as_str().unwrap_or_default().into())),
-            "goto" => return (m, Target::Goto(body["target"].as_str().unwrap_or_default().into())),
+            "jump" => {
+                return (
+                    m,
+                    Target::Jump(body["target"].as_str().unwrap_or_default().into()),
+                );
+            }
+            "goto" => {
+                return (
+                    m,
+                    Target::Goto(body["target"].as_str().unwrap_or_default().into()),
+                );
+            }
             // iptables-nft's compat matches: opaque here.
             "xt" => m = m.and(Match::Maybe),
             // counter, log, limit, mangle, …: statements that let it go on.
@@ -820,7 +1004,10 @@ fn nft_match(body: &Value, p: &Probe) -> Match {
         };
     }
     if let Some(pl) = left.get("payload") {
-        let (proto, field) = (pl["protocol"].as_str().unwrap_or(""), pl["field"].as_str().unwrap_or(""));
+        let (proto, field) = (
+            pl["protocol"].as_str().unwrap_or(""),
+            pl["field"].as_str().unwrap_or(""),
+        );
         return match (proto, field) {
             ("ip", "protocol") => any(&|v| proto_matches(&as_text(v), p.proto)),
             ("udp" | "tcp" | "th", "dport") => {
@@ -832,7 +1019,10 @@ fn nft_match(body: &Value, p: &Probe) -> Match {
                     Value::Number(n) => n.as_u64() == Some(u64::from(p.port)),
                     Value::Object(o) if o.contains_key("range") => {
                         let r = &o["range"];
-                        let (a, b) = (r[0].as_u64().unwrap_or(u64::MAX), r[1].as_u64().unwrap_or(0));
+                        let (a, b) = (
+                            r[0].as_u64().unwrap_or(u64::MAX),
+                            r[1].as_u64().unwrap_or(0),
+                        );
                         (a..=b).contains(&u64::from(p.port))
                     }
                     Value::String(s) => port_in(s, p.port),
@@ -852,8 +1042,16 @@ fn nft_match(body: &Value, p: &Probe) -> Match {
 mod tests {
     use super::*;
 
-    const DHCP: Probe = Probe { bridge: "virbr0", proto: "udp", port: 67 };
-    const DNS: Probe = Probe { bridge: "virbr0", proto: "udp", port: 53 };
+    const DHCP: Probe = Probe {
+        bridge: "virbr0",
+        proto: "udp",
+        port: 67,
+    };
+    const DNS: Probe = Probe {
+        bridge: "virbr0",
+        proto: "udp",
+        port: 53,
+    };
 
     fn save(rules: &str, input_policy: &str) -> Iptables {
         Iptables::parse(&format!(
@@ -863,10 +1061,16 @@ mod tests {
 
     #[test]
     fn iptables_drop_on_the_bridge_is_found() {
-        let t = save("-A INPUT -i virbr0 -p udp -m udp --dport 67 -j DROP", "ACCEPT");
+        let t = save(
+            "-A INPUT -i virbr0 -p udp -m udp --dport 67 -j DROP",
+            "ACCEPT",
+        );
         assert_eq!(
             t.input(&DHCP),
-            Verdict::DropRule { rule: "-A INPUT -i virbr0 -p udp -m udp --dport 67 -j DROP".into(), sure: true }
+            Verdict::DropRule {
+                rule: "-A INPUT -i virbr0 -p udp -m udp --dport 67 -j DROP".into(),
+                sure: true
+            }
         );
         assert_eq!(t.input(&DNS), Verdict::Accept);
         // Another interface, a negated one, or another port: no harm.
@@ -885,25 +1089,57 @@ mod tests {
             "-A INPUT -p udp -m multiport --dports 53,67 -j DROP",
             "-A INPUT -j DROP",
         ] {
-            assert!(matches!(save(r, "ACCEPT").input(&DHCP), Verdict::DropRule { sure: true, .. }), "{r}");
+            assert!(
+                matches!(
+                    save(r, "ACCEPT").input(&DHCP),
+                    Verdict::DropRule { sure: true, .. }
+                ),
+                "{r}"
+            );
         }
     }
 
     #[test]
     fn iptables_order_chains_and_policy() {
         // Accepted before the drop.
-        let t = save("-A INPUT -i virbr0 -p udp --dport 67 -j ACCEPT\n-A INPUT -j DROP", "ACCEPT");
+        let t = save(
+            "-A INPUT -i virbr0 -p udp --dport 67 -j ACCEPT\n-A INPUT -j DROP",
+            "ACCEPT",
+        );
         assert_eq!(t.input(&DHCP), Verdict::Accept);
-        assert!(matches!(t.input(&DNS), Verdict::DropRule { sure: true, .. }));
+        assert!(matches!(
+            t.input(&DNS),
+            Verdict::DropRule { sure: true, .. }
+        ));
         // Established-only accepts do not help a new DHCP request.
-        let t = save("-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT", "DROP");
-        assert_eq!(t.input(&DHCP), Verdict::DropPolicy { chain: "iptables INPUT".into() });
+        let t = save(
+            "-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+            "DROP",
+        );
+        assert_eq!(
+            t.input(&DHCP),
+            Verdict::DropPolicy {
+                chain: "iptables INPUT".into()
+            }
+        );
         // A user chain, and a rule we cannot judge before a drop.
         let t = save("-A INPUT -j fw\n-A fw -p udp --dport 67 -j DROP", "ACCEPT");
-        assert!(matches!(t.input(&DHCP), Verdict::DropRule { sure: true, .. }));
-        let t = save("-A INPUT -s 10.0.0.0/8 -j ACCEPT\n-A INPUT -j DROP", "ACCEPT");
-        assert!(matches!(t.input(&DHCP), Verdict::DropRule { sure: false, .. }));
-        let t = save("-A INPUT -m comment --comment \"allow dhcp\" -i virbr0 -p udp --dport 67 -j ACCEPT", "DROP");
+        assert!(matches!(
+            t.input(&DHCP),
+            Verdict::DropRule { sure: true, .. }
+        ));
+        let t = save(
+            "-A INPUT -s 10.0.0.0/8 -j ACCEPT\n-A INPUT -j DROP",
+            "ACCEPT",
+        );
+        assert!(matches!(
+            t.input(&DHCP),
+            Verdict::DropRule { sure: false, .. }
+        ));
+        let t = save(
+            "-A INPUT -m comment --comment \"allow dhcp\" -i virbr0 -p udp --dport 67 -j ACCEPT",
+            "DROP",
+        );
         assert_eq!(t.input(&DHCP), Verdict::Accept);
         assert_eq!(t.policy("FORWARD"), Some("DROP"));
     }
@@ -923,9 +1159,24 @@ mod tests {
             {"drop": null}
         ]));
         let v = nft(serde_json::json!([chain("accept"), drop67]));
-        assert_eq!(nft_input(&v, &DHCP), Verdict::DropRule { rule: "nft inet fw input handle 4".into(), sure: true });
+        assert_eq!(
+            nft_input(&v, &DHCP),
+            Verdict::DropRule {
+                rule: "nft inet fw input handle 4".into(),
+                sure: true
+            }
+        );
         assert!(matches!(nft_input(&v, &DNS), Verdict::DropRule { .. }));
-        assert_eq!(nft_input(&v, &Probe { bridge: "eth0", ..DHCP }), Verdict::Accept);
+        assert_eq!(
+            nft_input(
+                &v,
+                &Probe {
+                    bridge: "eth0",
+                    ..DHCP
+                }
+            ),
+            Verdict::Accept
+        );
 
         let est = rule(serde_json::json!([
             {"match": {"op": "in", "left": {"ct": {"key": "state"}}, "right": ["established", "related"]}},
@@ -941,7 +1192,10 @@ mod tests {
         let v = nft(serde_json::json!([chain("drop"), ok]));
         assert_eq!(nft_input(&v, &DHCP), Verdict::Accept);
         let fwd = serde_json::json!({"chain": {"family": "ip", "table": "filter", "name": "FORWARD", "hook": "forward", "prio": 0, "policy": "drop"}});
-        assert_eq!(nft_drop_chains(&nft(serde_json::json!([fwd])), "forward"), vec!["nft ip filter FORWARD".to_string()]);
+        assert_eq!(
+            nft_drop_chains(&nft(serde_json::json!([fwd])), "forward"),
+            vec!["nft ip filter FORWARD".to_string()]
+        );
     }
 
     #[test]
@@ -950,15 +1204,34 @@ mod tests {
           1: 00000000:0043 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 12345 2 0000000000000000 0\n\
           2: 017AA8C0:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 777 2 0000000000000000 0\n";
         let s = parse_proc_udp(text);
-        assert_eq!(s[0], UdpSocket { addr: std::net::Ipv4Addr::UNSPECIFIED, port: 67, inode: 12345 });
-        assert_eq!(s[1], UdpSocket { addr: std::net::Ipv4Addr::new(192, 168, 122, 1), port: 53, inode: 777 });
+        assert_eq!(
+            s[0],
+            UdpSocket {
+                addr: std::net::Ipv4Addr::UNSPECIFIED,
+                port: 67,
+                inode: 12345
+            }
+        );
+        assert_eq!(
+            s[1],
+            UdpSocket {
+                addr: std::net::Ipv4Addr::new(192, 168, 122, 1),
+                port: 53,
+                inode: 777
+            }
+        );
     }
 
     #[test]
     fn kernel_versions_and_ports() {
         assert_eq!(kernel_version("6.18.44-fc-v669"), Some((6, 18)));
         assert_eq!(kernel_version("5.15.0-91-generic"), Some((5, 15)));
-        assert!(port_in("60:70", 67) && port_in("67", 67) && !port_in("1:66", 67) && port_in("53,67", 67));
+        assert!(
+            port_in("60:70", 67)
+                && port_in("67", 67)
+                && !port_in("1:66", 67)
+                && port_in("53,67", 67)
+        );
         assert_eq!(port_check("n", 17, 950, 1000, 1999, 1000).level, WARN);
         assert_eq!(port_check("n", 17, 900, 1000, 1999, 1000).level, OK);
     }

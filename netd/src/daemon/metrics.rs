@@ -56,7 +56,11 @@ struct Family<'a> {
 
 impl<'a> Family<'a> {
     fn new(out: &'a mut String, name: &'static str, kind: &str, help: &str) -> Family<'a> {
-        let _ = writeln!(out, "# HELP {name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
+        let _ = writeln!(
+            out,
+            "# HELP {name} {}",
+            help.replace('\\', "\\\\").replace('\n', "\\n")
+        );
         let _ = writeln!(out, "# TYPE {name} {kind}");
         Family { out, name }
     }
@@ -79,90 +83,210 @@ impl<'a> Family<'a> {
 
 /// Label values escape backslash, double quote and newline.
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
     let o = &mut out;
 
-    Family::new(o, "netd_build_info", "gauge", "Always 1; the version label says which netd runs.")
-        .sample(&[("version", &s.version)], 1);
-    Family::new(o, "netd_uptime_seconds", "gauge", "Seconds since the daemon started.").sample(&[], s.uptime_secs);
+    Family::new(
+        o,
+        "netd_build_info",
+        "gauge",
+        "Always 1; the version label says which netd runs.",
+    )
+    .sample(&[("version", &s.version)], 1);
+    Family::new(
+        o,
+        "netd_uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+    )
+    .sample(&[], s.uptime_secs);
 
-    let mut f = Family::new(o, "netd_network_packets_total", "counter", "Packets of a network by direction, counted by the datapath (from_guests at bridge ingress, to_guests translated back to guests).");
+    let mut f = Family::new(
+        o,
+        "netd_network_packets_total",
+        "counter",
+        "Packets of a network by direction, counted by the datapath (from_guests at bridge ingress, to_guests translated back to guests).",
+    );
     for n in &s.networks {
-        f.sample(&[("network", &n.name), ("direction", "from_guests")], n.from_guests.0);
-        f.sample(&[("network", &n.name), ("direction", "to_guests")], n.to_guests.0);
+        f.sample(
+            &[("network", &n.name), ("direction", "from_guests")],
+            n.from_guests.0,
+        );
+        f.sample(
+            &[("network", &n.name), ("direction", "to_guests")],
+            n.to_guests.0,
+        );
     }
-    let mut f = Family::new(o, "netd_network_bytes_total", "counter", "Bytes of a network by direction, counted by the datapath.");
+    let mut f = Family::new(
+        o,
+        "netd_network_bytes_total",
+        "counter",
+        "Bytes of a network by direction, counted by the datapath.",
+    );
     for n in &s.networks {
-        f.sample(&[("network", &n.name), ("direction", "from_guests")], n.from_guests.1);
-        f.sample(&[("network", &n.name), ("direction", "to_guests")], n.to_guests.1);
+        f.sample(
+            &[("network", &n.name), ("direction", "from_guests")],
+            n.from_guests.1,
+        );
+        f.sample(
+            &[("network", &n.name), ("direction", "to_guests")],
+            n.to_guests.1,
+        );
     }
 
-    let ct_new = s.reasons.iter().find(|r| r.0 == reason::NAMES[reason::CT_NEW as usize]).map(|r| r.1).unwrap_or(0);
-    Family::new(o, "netd_nat_translations_total", "counter", "NAT translations created (new masqueraded or port-forwarded connections).")
-        .sample(&[], ct_new);
+    let ct_new = s
+        .reasons
+        .iter()
+        .find(|r| r.0 == reason::NAMES[reason::CT_NEW as usize])
+        .map(|r| r.1)
+        .unwrap_or(0);
+    Family::new(
+        o,
+        "netd_nat_translations_total",
+        "counter",
+        "NAT translations created (new masqueraded or port-forwarded connections).",
+    )
+    .sample(&[], ct_new);
 
-    let is_drop = |name: &str| reason::NAMES.iter().position(|n| *n == name).is_some_and(|i| reason::is_drop(i as u32));
-    let mut f = Family::new(o, "netd_drops_total", "counter", "Packets the datapath dropped, by reason.");
+    let is_drop = |name: &str| {
+        reason::NAMES
+            .iter()
+            .position(|n| *n == name)
+            .is_some_and(|i| reason::is_drop(i as u32))
+    };
+    let mut f = Family::new(
+        o,
+        "netd_drops_total",
+        "counter",
+        "Packets the datapath dropped, by reason.",
+    );
     for (name, packets, _) in s.reasons.iter().filter(|r| is_drop(&r.0)) {
-        f.sample(&[("reason", name.strip_prefix("drop_").unwrap_or(name))], *packets);
+        f.sample(
+            &[("reason", name.strip_prefix("drop_").unwrap_or(name))],
+            *packets,
+        );
     }
-    let mut f = Family::new(o, "netd_dropped_bytes_total", "counter", "Bytes the datapath dropped, by reason.");
+    let mut f = Family::new(
+        o,
+        "netd_dropped_bytes_total",
+        "counter",
+        "Bytes the datapath dropped, by reason.",
+    );
     for (name, _, bytes) in s.reasons.iter().filter(|r| is_drop(&r.0)) {
-        f.sample(&[("reason", name.strip_prefix("drop_").unwrap_or(name))], *bytes);
+        f.sample(
+            &[("reason", name.strip_prefix("drop_").unwrap_or(name))],
+            *bytes,
+        );
     }
-    let mut f = Family::new(o, "netd_datapath_packets_total", "counter", "Packets the datapath handled without dropping, by what it did (a packet can count under several).");
+    let mut f = Family::new(
+        o,
+        "netd_datapath_packets_total",
+        "counter",
+        "Packets the datapath handled without dropping, by what it did (a packet can count under several).",
+    );
     for (name, packets, _) in s.reasons.iter().filter(|r| !is_drop(&r.0)) {
         f.sample(&[("reason", name)], *packets);
     }
 
-    let mut f = Family::new(o, "netd_conntrack_entries", "gauge", "Conntrack map entries by network and protocol (two per connection, one per direction).");
+    let mut f = Family::new(
+        o,
+        "netd_conntrack_entries",
+        "gauge",
+        "Conntrack map entries by network and protocol (two per connection, one per direction).",
+    );
     for ((net, proto), n) in &s.conntrack {
         f.sample(&[("network", net), ("proto", proto)], *n);
     }
 
-    let mut f = Family::new(o, "netd_dhcp_leases", "gauge", "DHCP leases in use (unexpired) per network.");
+    let mut f = Family::new(
+        o,
+        "netd_dhcp_leases",
+        "gauge",
+        "DHCP leases in use (unexpired) per network.",
+    );
     for n in &s.networks {
         if let Some(l) = n.leases {
             f.sample(&[("network", &n.name)], l);
         }
     }
 
-    let mut per_net: BTreeMap<&str, u64> = s.networks.iter().map(|n| (n.name.as_str(), 0)).collect();
+    let mut per_net: BTreeMap<&str, u64> =
+        s.networks.iter().map(|n| (n.name.as_str(), 0)).collect();
     for fw in &s.forwards {
         *per_net.entry(&fw.network).or_default() += 1;
     }
-    let mut f = Family::new(o, "netd_forwards", "gauge", "Port forwards installed in the datapath (one per protocol, host address and port).");
+    let mut f = Family::new(
+        o,
+        "netd_forwards",
+        "gauge",
+        "Port forwards installed in the datapath (one per protocol, host address and port).",
+    );
     for (net, n) in &per_net {
         f.sample(&[("network", net)], *n);
     }
-    let mut f = Family::new(o, "netd_forward_hits_total", "counter", "Connections a port forward opened.");
+    let mut f = Family::new(
+        o,
+        "netd_forward_hits_total",
+        "counter",
+        "Connections a port forward opened.",
+    );
     for fw in &s.forwards {
         let port = fw.port.to_string();
-        f.sample(&[("network", &fw.network), ("proto", &fw.proto), ("address", &fw.address), ("port", &port)], fw.hits);
+        f.sample(
+            &[
+                ("network", &fw.network),
+                ("proto", &fw.proto),
+                ("address", &fw.address),
+                ("port", &port),
+            ],
+            fw.hits,
+        );
     }
 
-    let mut f = Family::new(o, "netd_dnsmasq_restarts_total", "counter", "Times a network's dnsmasq was restarted after exiting on its own.");
+    let mut f = Family::new(
+        o,
+        "netd_dnsmasq_restarts_total",
+        "counter",
+        "Times a network's dnsmasq was restarted after exiting on its own.",
+    );
     for n in &s.networks {
         if let Some(d) = &n.dnsmasq {
             f.sample(&[("network", &n.name)], d.restarts);
         }
     }
-    let mut f = Family::new(o, "netd_dnsmasq_up", "gauge", "1 while a network's dnsmasq is running.");
+    let mut f = Family::new(
+        o,
+        "netd_dnsmasq_up",
+        "gauge",
+        "1 while a network's dnsmasq is running.",
+    );
     for n in &s.networks {
         if let Some(d) = &n.dnsmasq {
             f.sample(&[("network", &n.name)], u64::from(d.up));
         }
     }
 
-    let mut f = Family::new(o, "netd_map_entries", "gauge", "Entries in each pinned BPF map (arrays count as full).");
+    let mut f = Family::new(
+        o,
+        "netd_map_entries",
+        "gauge",
+        "Entries in each pinned BPF map (arrays count as full).",
+    );
     for (name, entries, _) in &s.maps {
         f.sample(&[("map", name)], *entries);
     }
-    let mut f = Family::new(o, "netd_map_max_entries", "gauge", "Capacity of each pinned BPF map.");
+    let mut f = Family::new(
+        o,
+        "netd_map_max_entries",
+        "gauge",
+        "Capacity of each pinned BPF map.",
+    );
     for (name, _, max) in &s.maps {
         f.sample(&[("map", name)], u64::from(*max));
     }
@@ -184,21 +308,43 @@ impl super::State {
         let dir = self.dp.maps_dir();
         // Bridge ifindex -> network name; a bridge no running network claims
         // keeps its ifindex as the name.
-        let names: BTreeMap<u32, String> =
-            self.running.iter().map(|(n, r)| (r.record.bridge_ifindex, n.clone())).collect();
-        let name_of = |idx: u32| names.get(&idx).cloned().unwrap_or_else(|| format!("ifindex{idx}"));
+        let names: BTreeMap<u32, String> = self
+            .running
+            .iter()
+            .map(|(n, r)| (r.record.bridge_ifindex, n.clone()))
+            .collect();
+        let name_of = |idx: u32| {
+            names
+                .get(&idx)
+                .cloned()
+                .unwrap_or_else(|| format!("ifindex{idx}"))
+        };
 
-        let stats: BTreeMap<u32, netd_common::NetStats> = maps::network_stats(&dir).unwrap_or_default().into_iter().collect();
+        let stats: BTreeMap<u32, netd_common::NetStats> = maps::network_stats(&dir)
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let mut networks = Vec::new();
         for (name, run) in &self.running {
-            let s = stats.get(&run.record.bridge_ifindex).copied().unwrap_or_default();
-            let has_dhcp = run.record.definition.ipv4.as_ref().is_some_and(|v| v.dhcp.is_some());
+            let s = stats
+                .get(&run.record.bridge_ifindex)
+                .copied()
+                .unwrap_or_default();
+            let has_dhcp = run
+                .record
+                .definition
+                .ipv4
+                .as_ref()
+                .is_some_and(|v| v.dhcp.is_some());
             networks.push(NetworkMetrics {
                 name: name.clone(),
                 from_guests: (s.from_guests.packets, s.from_guests.bytes),
                 to_guests: (s.to_guests.packets, s.to_guests.bytes),
                 leases: has_dhcp.then(|| self.leases(name).map(|l| l.len() as u64).unwrap_or(0)),
-                dnsmasq: run.dnsmasq.as_ref().map(|d| DnsmasqMetrics { up: d.healthy(), restarts: d.restarts() }),
+                dnsmasq: run.dnsmasq.as_ref().map(|d| DnsmasqMetrics {
+                    up: d.healthy(),
+                    restarts: d.restarts(),
+                }),
             });
         }
 
@@ -209,7 +355,9 @@ impl super::State {
             .collect();
         let mut conntrack = BTreeMap::new();
         for (k, e) in maps::ct_entries(&dir).unwrap_or_default() {
-            *conntrack.entry((name_of(e.bridge_ifindex), proto_name(k.proto))).or_default() += 1;
+            *conntrack
+                .entry((name_of(e.bridge_ifindex), proto_name(k.proto)))
+                .or_default() += 1;
         }
         let forwards = maps::list_forwards(&dir)
             .unwrap_or_default()
@@ -247,10 +395,19 @@ mod tests {
                 from_guests: (10, 1000),
                 to_guests: (8, 800),
                 leases: Some(2),
-                dnsmasq: Some(DnsmasqMetrics { up: true, restarts: 1 }),
+                dnsmasq: Some(DnsmasqMetrics {
+                    up: true,
+                    restarts: 1,
+                }),
             }],
-            reasons: reason::NAMES.iter().enumerate().map(|(i, n)| (n.to_string(), i as u64, 100 * i as u64)).collect(),
-            conntrack: [(("default".to_string(), "tcp".to_string()), 4)].into_iter().collect(),
+            reasons: reason::NAMES
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.to_string(), i as u64, 100 * i as u64))
+                .collect(),
+            conntrack: [(("default".to_string(), "tcp".to_string()), 4)]
+                .into_iter()
+                .collect(),
             forwards: vec![ForwardMetrics {
                 network: "default".into(),
                 proto: "tcp".into(),
@@ -279,7 +436,10 @@ mod tests {
             "netd_dnsmasq_restarts_total{network=\"default\"} 1",
             "netd_map_max_entries{map=\"NETD_CT\"} 262144",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
         }
         // No drop reason among the non-drops, and the other way round.
         assert!(!text.contains("netd_datapath_packets_total{reason=\"drop_"));
@@ -302,9 +462,16 @@ mod tests {
                 }
                 _ => {
                     let name = l.split(['{', ' ']).next().unwrap();
-                    assert!(helped.contains(name) && typed.contains_key(name), "{name} lacks HELP or TYPE");
+                    assert!(
+                        helped.contains(name) && typed.contains_key(name),
+                        "{name} lacks HELP or TYPE"
+                    );
                     let is_counter = typed[name] == "counter";
-                    assert_eq!(is_counter, name.ends_with("_total"), "{name}: counters, and only they, end in _total");
+                    assert_eq!(
+                        is_counter,
+                        name.ends_with("_total"),
+                        "{name}: counters, and only they, end in _total"
+                    );
                 }
             }
         }

@@ -366,7 +366,8 @@ impl State {
             }
         }
         let addr = self.nl.primary_ipv4(index).await?;
-        dataplane::maps::set_uplink(&self.dp.maps_dir(), index, addr)?;
+        let addr6 = self.global_ipv6(index).await;
+        dataplane::maps::set_uplink(&self.dp.maps_dir(), index, addr, addr6)?;
         Ok(())
     }
 

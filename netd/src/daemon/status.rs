@@ -34,10 +34,15 @@ impl super::State {
             })
             .collect();
         let dir = self.dp.maps_dir();
-        let maps: Vec<MapFill> = dataplane::maps::fill_levels(&dir)
+        let maps: Vec<MapFill> = dataplane::maps::describe(&dir)
             .unwrap_or_default()
             .into_iter()
-            .map(|(name, entries, max_entries)| MapFill { name, entries, max_entries })
+            .map(|m| MapFill {
+                name: m.name,
+                kind: m.kind,
+                entries: m.entries,
+                max_entries: m.max_entries,
+            })
             .collect();
         let mut conntrack = ConntrackFill::default();
         if let Some(m) = maps.iter().find(|m| m.name == netd_common::maps::CONNTRACK) {

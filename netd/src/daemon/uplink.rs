@@ -42,13 +42,14 @@ impl super::State {
         let dir = self.dp.maps_dir();
         let old = maps::uplink_addr(&dir, *index).ok().flatten();
         let new = self.nl.primary_ipv4(*index).await.ok().flatten();
+        let new6 = self.global_ipv6(*index).await;
+        if let Err(e) = maps::set_uplink(&dir, *index, new, new6) {
+            tracing::warn!("updating uplink {name}: {e:#}");
+        }
         if old == new {
             return;
         }
         tracing::info!("uplink {name}: address {old:?} -> {new:?}");
-        if let Err(e) = maps::set_uplink(&dir, *index, new) {
-            tracing::warn!("updating uplink {name}: {e:#}");
-        }
         // Forwards without an address follow the uplink's.
         let users: Vec<String> = self
             .running
@@ -74,6 +75,15 @@ impl super::State {
 }
 
 impl super::State {
+    /// An uplink's first global IPv6 address, the NAT66 source.
+    pub(super) async fn global_ipv6(&self, index: u32) -> Option<std::net::Ipv6Addr> {
+        let addrs = self.nl.addresses(Some(index)).await.ok()?;
+        addrs.into_iter().find_map(|a| match a.addr {
+            std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) != 0xfe80 && !v6.is_loopback() => Some(v6),
+            _ => None,
+        })
+    }
+
     /// Networks without a configured uplink masquerade on whatever holds the
     /// default route; when that moves, their uplink moves with it.
     async fn follow_default_route(&mut self) {

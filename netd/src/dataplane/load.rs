@@ -275,7 +275,12 @@ pub fn attached_links(bpffs: &Path, cgroup: Option<&Path>) -> Vec<AttachedLink> 
             tcx_position,
         });
     }
-    out.sort_by(|a, b| (&a.interface, &a.hook).cmp(&(&b.interface, &b.hook)));
+    // tcx hooks in packet order (bridges first), then the cgroup hooks.
+    let rank = |l: &AttachedLink| {
+        let hook = Hook::ALL.iter().position(|h| h.as_str() == l.hook).unwrap_or(Hook::ALL.len());
+        (l.tcx_position.is_none() && l.hook.starts_with("cgroup_"), hook / 2, l.interface.clone(), hook)
+    };
+    out.sort_by_key(rank);
     out
 }
 
@@ -323,9 +328,12 @@ impl Dataplane {
     }
 }
 
-const TAIL_PROGS: [(u32, &str); 2] = [
+const TAIL_PROGS: [(u32, &str); 5] = [
     (netd_common::tail::BRIDGE_NEW_FLOW, progs::BRIDGE_NEW_FLOW),
     (netd_common::tail::UPLINK_NEW_FLOW, progs::UPLINK_NEW_FLOW),
+    (netd_common::tail::NAT66, progs::NAT66),
+    (netd_common::tail::BRIDGE_IPV6, progs::BRIDGE_IPV6),
+    (netd_common::tail::UPLINK_IPV6, progs::UPLINK_IPV6),
 ];
 
 const SOCK_ADDR_PROGS: [&str; 3] = [progs::CONNECT4, progs::SENDMSG4, progs::RECVMSG4];

@@ -62,6 +62,12 @@ pub fn remove_network(dir: &Path, bridge_ifindex: u32, subnet: Option<(Ipv4Addr,
     Ok(())
 }
 
+/// An IPv6 address as the datapath holds it: four words in wire order.
+pub fn words6(a: std::net::Ipv6Addr) -> [u32; 4] {
+    let o = a.octets();
+    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+}
+
 fn subnets6(dir: &Path) -> Result<LpmTrie<MapData, [u8; 16], u32>> {
     Ok(LpmTrie::try_from(open(dir, names::SUBNETS6)?)?)
 }
@@ -86,9 +92,13 @@ fn uplinks(dir: &Path) -> Result<HashMap<MapData, u32, Uplink>> {
     Ok(HashMap::try_from(open(dir, names::UPLINKS)?)?)
 }
 
-/// Records an uplink's masquerade address (None: it has none right now).
-pub fn set_uplink(dir: &Path, ifindex: u32, addr: Option<Ipv4Addr>) -> Result<()> {
-    let v = Uplink { addr: addr.map(|a| u32::from(a).to_be()).unwrap_or(0), _pad: 0 };
+/// Records an uplink's masquerade addresses (None: it has none right now).
+pub fn set_uplink(dir: &Path, ifindex: u32, addr: Option<Ipv4Addr>, addr6: Option<std::net::Ipv6Addr>) -> Result<()> {
+    let v = Uplink {
+        addr: addr.map(|a| u32::from(a).to_be()).unwrap_or(0),
+        _pad: 0,
+        addr6: addr6.map(words6).unwrap_or([0; 4]),
+    };
     uplinks(dir)?.insert(ifindex, v, 0)?;
     Ok(())
 }

@@ -1,0 +1,583 @@
+//! `cargo xtask bench [--quick]`: netd side by side with libvirt's iptables
+//! rules and an equivalent nftables ruleset, in one run, on one machine.
+//!
+//! Three beds (see [`bed`]) are built at the start and live for the whole
+//! run, each in namespaces of its own; every measure is taken on the three
+//! in turn, run after run, so that the noise of a shared machine spreads
+//! over all of them alike. Results go to target/bench/: bench.md (the
+//! table and the machine), bench.json (every sample), bench.svg (the chart).
+//!
+//! `--quick` takes one short sample of everything (about a minute): CI
+//! runs it as a smoke test that the benchmark works, and asserts no figure.
+
+mod bed;
+pub mod helper;
+mod measure;
+mod report;
+mod rules;
+mod testrun;
+
+use anyhow::{Context, Result, bail};
+use bed::{Bed, CP_BASE, Kind, SCALE_BASE};
+use report::{Better, Results};
+use rules::{Fwd, Proto};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use helper::run as helper;
+
+struct Opts {
+    quick: bool,
+    runs: usize,
+    tcp_secs: u32,
+    udp_secs: f64,
+    conn_secs: f64,
+    rr_secs: f64,
+    scale_secs: f64,
+    levels: Vec<usize>,
+    /// Forwards installed by the control-plane measure.
+    cp_forwards: usize,
+    /// netd API, one request per forward: how many, and the time allowed.
+    api_forwards: usize,
+    api_cap: Duration,
+    testrun_iters: u32,
+    testrun_repeat: u32,
+    out: PathBuf,
+    /// A netd binary to use as it is (default: build one).
+    netd: Option<PathBuf>,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> Result<Opts> {
+        let quick = args.iter().any(|a| a == "--quick");
+        let mut o = if quick {
+            Opts {
+                quick,
+                runs: 1,
+                tcp_secs: 1,
+                udp_secs: 1.0,
+                conn_secs: 1.0,
+                rr_secs: 1.0,
+                scale_secs: 1.0,
+                levels: vec![1, 1_000, 10_000],
+                cp_forwards: 10_000,
+                api_forwards: 1_000,
+                api_cap: Duration::from_secs(20),
+                testrun_iters: 1_000,
+                testrun_repeat: 20_000,
+                out: crate::workspace_root().join("target/bench"),
+                netd: None,
+            }
+        } else {
+            Opts {
+                quick,
+                runs: 3,
+                tcp_secs: 5,
+                udp_secs: 3.0,
+                conn_secs: 3.0,
+                rr_secs: 3.0,
+                scale_secs: 2.0,
+                levels: vec![1, 1_000, 10_000],
+                cp_forwards: 10_000,
+                api_forwards: 10_000,
+                api_cap: Duration::from_secs(240),
+                testrun_iters: 5_000,
+                testrun_repeat: 200_000,
+                out: crate::workspace_root().join("target/bench"),
+                netd: None,
+            }
+        };
+        let mut it = args.iter();
+        while let Some(a) = it.next() {
+            match a.as_str() {
+                "--quick" => {}
+                "--runs" => o.runs = it.next().context("--runs N")?.parse()?,
+                "--out" => o.out = PathBuf::from(it.next().context("--out DIR")?),
+                "--netd" => o.netd = Some(PathBuf::from(it.next().context("--netd PATH")?)),
+                _ => bail!("usage: cargo xtask bench [--quick] [--runs N] [--out DIR] [--netd PATH]"),
+            }
+        }
+        if o.runs == 0 {
+            bail!("--runs must be at least 1");
+        }
+        Ok(o)
+    }
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let o = Opts::parse(args)?;
+    if !netd_tests::is_root() {
+        bail!("the benchmark builds network namespaces: run it as root");
+    }
+    // The daemon's speed matters to the control-plane figures: a release
+    // build for the real run. --quick reuses the debug build the tests use.
+    let netd_bin = if let Some(p) = &o.netd {
+        std::fs::canonicalize(p).with_context(|| format!("--netd {}", p.display()))?
+    } else if o.quick {
+        crate::cargo(&["build", "-p", "netd"])?;
+        crate::netd_bin()
+    } else {
+        crate::cargo(&["build", "--release", "-p", "netd"])?;
+        crate::workspace_root().join("target/release/netd")
+    };
+    let helper = std::env::current_exe()?;
+    let started = Instant::now();
+    let mut machine = machine();
+    machine["netd_build"] = match &o.netd {
+        Some(p) => format!("given: {}", p.display()),
+        None if o.quick => "debug".into(),
+        None => "release".into(),
+    }
+    .into();
+    eprintln!("bench: {}", machine["summary"].as_str().unwrap_or(""));
+
+    let mut r = Results::default();
+    declare(&mut r, &o);
+    {
+        let mut beds = Vec::new();
+        for k in Kind::ALL {
+            eprintln!("bench: building the {} bed", k.name());
+            beds.push(Bed::new(k, &netd_bin, &helper).with_context(|| format!("building the {} bed", k.name()))?);
+        }
+        for b in &beds {
+            measure::check(b).with_context(|| format!("{}: sanity check", b.kind.name()))?;
+        }
+        datapath(&mut r, &o, &mut beds);
+        scaling(&mut r, &o, &mut beds);
+        control_plane(&mut r, &o, &mut beds);
+        // The beds (namespaces, daemons, rules) go here, whatever happened.
+    }
+    machine["load_after"] = loadavg().into();
+    machine["elapsed_secs"] = started.elapsed().as_secs_f64().into();
+    write_outputs(&r, &o, &machine)?;
+    if !r.errors.is_empty() {
+        bail!("{} measure(s) failed: {}", r.errors.len(), r.errors.join("; "));
+    }
+    Ok(())
+}
+
+fn declare(r: &mut Results, o: &Opts) {
+    r.def("tcp_out", "TCP bulk guest→upstream (NAT)", "Gbit/s", Better::Higher);
+    r.def("tcp_in", "TCP bulk upstream→guest (forward)", "Gbit/s", Better::Higher);
+    r.def("udp_out", "UDP 64 B guest→upstream (NAT), received", "pkt/s", Better::Higher);
+    r.def("conn_nat", "New TCP connections guest→upstream (NAT)", "conn/s", Better::Higher);
+    r.def("conn_fwd", "New TCP connections upstream→guest (forward)", "conn/s", Better::Higher);
+    r.def("rr_p50", "TCP request-response 64 B (NAT), p50", "µs", Better::Lower);
+    r.def("rr_p99", "TCP request-response 64 B (NAT), p99", "µs", Better::Lower);
+    r.def("cpu_sys", "CPU system time per million packets (UDP NAT)", "ms", Better::Lower);
+    r.def("cpu_softirq", "CPU irq+softirq time per million packets (UDP NAT)", "ms", Better::Lower);
+    for &n in &o.levels {
+        r.def(&format!("fwd_udp_{n}"), &format!("UDP 64 B through the last of {n} forwards"), "pkt/s", Better::Higher);
+    }
+    r.def("fwd_udp_flatness", "Forward path, last-forward rate at 10,000 / at 1", "ratio", Better::Higher);
+    for &n in &o.levels {
+        r.def(&format!("tr_new_{n}"), &format!("test_run uplink ingress, new flow, {n} forwards"), "ns", Better::Lower);
+    }
+    for &n in &o.levels {
+        r.def(&format!("tr_est_{n}"), &format!("test_run uplink ingress, established, {n} forwards"), "ns", Better::Lower);
+    }
+    r.def("install", &format!("Install {} forwards", o.cp_forwards), "s", Better::Lower);
+    r.def("install_bulk", &format!("netd: define + start a network with {} forwards", o.cp_forwards), "s", Better::Lower);
+    r.def("change_one", &format!("Change one forward with {} installed", o.cp_forwards), "ms", Better::Lower);
+    r.def("rss", "netd daemon RSS (10,000 forwards defined)", "MiB", Better::Lower);
+    r.def("bpf_mem", "netd BPF maps, kernel memory (memlock)", "MiB", Better::Lower);
+    r.note("cpu_sys", "machine-wide /proc/stat deltas over the UDP NAT run, divided by packets received: includes the generator's and receiver's system calls and anything else running");
+    r.note(
+        "install",
+        "libvirt: iptables-restore of the whole rule set (DNAT + FORWARD rule per forward); nftables: nft -f adding the elements to the map; netd: one HTTP API request per forward",
+    );
+    r.note("change_one", "libvirt: iptables -R of the DNAT and the FORWARD rule; nftables: nft -f delete + add element; netd: API DELETE + POST");
+}
+
+/// Runs `f` on every bed, `runs` times, beds interleaved.
+fn each<F>(r: &mut Results, o: &Opts, beds: &mut [Bed], what: &str, mut f: F)
+where
+    F: FnMut(&mut Results, &mut Bed) -> Result<String>,
+{
+    for run in 0..o.runs {
+        for b in beds.iter_mut() {
+            match f(r, b) {
+                Ok(s) => eprintln!("bench: {what} [{}] run {}: {s}", b.kind.name(), run + 1),
+                Err(e) => r.error(format!("{what} [{}]: {e:#}", b.kind.name())),
+            }
+        }
+    }
+}
+
+fn datapath(r: &mut Results, o: &Opts, beds: &mut [Bed]) {
+    each(r, o, beds, "TCP bulk out", |r, b| {
+        let g = measure::tcp_out(b, o.tcp_secs)?;
+        r.push("tcp_out", b.kind, g);
+        Ok(format!("{g:.2} Gbit/s"))
+    });
+    each(r, o, beds, "TCP bulk in via forward", |r, b| {
+        let g = measure::tcp_in(b, o.tcp_secs)?;
+        r.push("tcp_in", b.kind, g);
+        Ok(format!("{g:.2} Gbit/s"))
+    });
+    each(r, o, beds, "UDP 64 B out", |r, b| {
+        let s = measure::udp_out(b, o.udp_secs)?;
+        r.push("udp_out", b.kind, s.pps);
+        r.push("cpu_sys", b.kind, s.sys_per_mpkt * 1e3);
+        r.push("cpu_softirq", b.kind, s.softirq_per_mpkt * 1e3);
+        r.detail("udp_out", b.kind, json!({ "sent": s.sent, "received": s.received, "pps": s.pps }));
+        Ok(format!("{:.0} pps ({} of {} arrived)", s.pps, s.received, s.sent))
+    });
+    each(r, o, beds, "connections via NAT", |r, b| {
+        let s = measure::conn_nat(b, o.conn_secs)?;
+        r.push("conn_nat", b.kind, s.rate);
+        r.detail("conn_nat", b.kind, json!({ "ok": s.ok, "fail": s.fail }));
+        Ok(format!("{:.0}/s ({} failed)", s.rate, s.fail))
+    });
+    each(r, o, beds, "connections via forward", |r, b| {
+        let s = measure::conn_fwd(b, o.conn_secs)?;
+        r.push("conn_fwd", b.kind, s.rate);
+        r.detail("conn_fwd", b.kind, json!({ "ok": s.ok, "fail": s.fail }));
+        Ok(format!("{:.0}/s ({} failed)", s.rate, s.fail))
+    });
+    each(r, o, beds, "TCP request-response", |r, b| {
+        let (p50, p99) = measure::latency(b, o.rr_secs)?;
+        r.push("rr_p50", b.kind, p50);
+        r.push("rr_p99", b.kind, p99);
+        Ok(format!("p50 {p50:.1} µs, p99 {p99:.1} µs"))
+    });
+}
+
+fn scaling(r: &mut Results, o: &Opts, beds: &mut [Bed]) {
+    for &n in &o.levels {
+        let mut ready = vec![true; beds.len()];
+        for (i, b) in beds.iter_mut().enumerate() {
+            let t = Instant::now();
+            if let Err(e) = b.set_scale(n) {
+                r.error(format!("installing {n} forwards [{}]: {e:#}", b.kind.name()));
+                ready[i] = false;
+            } else {
+                eprintln!("bench: {} forwards installed [{}] in {:.2}s", n, b.kind.name(), t.elapsed().as_secs_f64());
+            }
+        }
+        let port = SCALE_BASE + n as u16 - 1;
+        let id = format!("fwd_udp_{n}");
+        for run in 0..o.runs {
+            for (i, b) in beds.iter_mut().enumerate() {
+                if !ready[i] {
+                    continue;
+                }
+                match measure::udp_fwd(b, port, o.scale_secs) {
+                    Ok(s) => {
+                        r.push(&id, b.kind, s.pps);
+                        r.detail(&id, b.kind, json!({ "sent": s.sent, "received": s.received, "pps": s.pps }));
+                        eprintln!("bench: UDP via forward {n} [{}] run {}: {:.0} pps", b.kind.name(), run + 1, s.pps);
+                    }
+                    Err(e) => r.error(format!("UDP through forward {n} [{}]: {e:#}", b.kind.name())),
+                }
+            }
+        }
+    }
+    let (first, last) = (o.levels[0], *o.levels.last().unwrap_or(&1));
+    for k in Kind::ALL {
+        if let (Some(a), Some(z)) = (r.get(&format!("fwd_udp_{first}"), k), r.get(&format!("fwd_udp_{last}"), k)) {
+            r.push("fwd_udp_flatness", k, z.median / a.median);
+        }
+    }
+    if let Some(b) = beds.iter().find(|b| b.kind == Kind::Netd) {
+        match testrun::measure(b, &o.levels, o.runs, o.testrun_iters, o.testrun_repeat) {
+            Ok(samples) => {
+                for s in samples {
+                    r.push(&format!("tr_new_{}", s.forwards), Kind::Netd, s.new_flow_ns);
+                    r.push(&format!("tr_est_{}", s.forwards), Kind::Netd, s.established_ns);
+                    eprintln!(
+                        "bench: test_run {} forwards: new flow {:.0} ns, established {:.0} ns",
+                        s.forwards, s.new_flow_ns, s.established_ns
+                    );
+                    if s.not_redirected > 0 {
+                        r.error(format!("test_run: {} of the new flows were not redirected", s.not_redirected));
+                    }
+                    r.detail("test_run", Kind::Netd, serde_json::to_value(&s).unwrap_or_default());
+                }
+            }
+            Err(e) => r.error(format!("test_run: {e:#}")),
+        }
+    }
+}
+
+fn control_plane(r: &mut Results, o: &Opts, beds: &mut [Bed]) {
+    for b in beds.iter_mut() {
+        let k = b.kind;
+        let res = match k {
+            Kind::Libvirt => cp_iptables(r, o, b),
+            Kind::Nftables => cp_nft(r, o, b),
+            Kind::Netd => cp_netd(r, o, b),
+        };
+        if let Err(e) = res {
+            r.error(format!("control plane [{}]: {e:#}", k.name()));
+        }
+    }
+}
+
+fn cp_iptables(r: &mut Results, o: &Opts, b: &mut Bed) -> Result<()> {
+    let mut all = bed::base_forwards();
+    let nbase = all.len();
+    all.extend(bed::scale_forwards(o.cp_forwards, SCALE_BASE));
+    let full = b.t.write_file("cp-full.rules", &rules::iptables(netd_tests::HOST_IP, &all));
+    let full = full.to_string_lossy().into_owned();
+    for run in 0..o.runs {
+        b.set_scale(0)?;
+        let s = b.timed(&["iptables-restore", &full])?;
+        b.scale = o.cp_forwards;
+        r.push("install", b.kind, s);
+        eprintln!("bench: install {} [libvirt] run {}: {s:.3}s", o.cp_forwards, run + 1);
+    }
+    let last = nbase + o.cp_forwards - 1;
+    for run in 0..o.runs {
+        let old = all[last];
+        let new = Fwd::new(Proto::Udp, old.port, 40000 + run as u16);
+        let s = b.timed(&["sh", "-c", &rules::iptables_change(netd_tests::HOST_IP, last, &new)])?;
+        r.push("change_one", b.kind, s * 1e3);
+        eprintln!("bench: change one [libvirt] run {}: {:.1} ms", run + 1, s * 1e3);
+    }
+    b.set_scale(0)
+}
+
+fn cp_nft(r: &mut Results, o: &Opts, b: &mut Bed) -> Result<()> {
+    let fwds = bed::scale_forwards(o.cp_forwards, SCALE_BASE);
+    let add = b.t.write_file("cp-add.nft", &rules::nft_add(&fwds)).to_string_lossy().into_owned();
+    for run in 0..o.runs {
+        b.set_scale(0)?;
+        let s = b.timed(&["nft", "-f", &add])?;
+        b.scale = o.cp_forwards;
+        r.push("install", b.kind, s);
+        eprintln!("bench: install {} [nftables] run {}: {s:.3}s", o.cp_forwards, run + 1);
+    }
+    let mut cur = *fwds.last().context("no forwards")?;
+    for run in 0..o.runs {
+        let new = Fwd::new(Proto::Udp, cur.port, 40000 + run as u16);
+        let f = b.t.write_file("cp-change.nft", &rules::nft_change(&cur, &new)).to_string_lossy().into_owned();
+        let s = b.timed(&["nft", "-f", &f])?;
+        cur = new;
+        r.push("change_one", b.kind, s * 1e3);
+        eprintln!("bench: change one [nftables] run {}: {:.1} ms", run + 1, s * 1e3);
+    }
+    b.set_scale(0)
+}
+
+/// netd's control plane works on a second network (virbr1,
+/// 192.168.123.0/24, forwards on ports 30000+), so the bench network and
+/// its guest stay as they are.
+fn cp_netd(r: &mut Results, o: &Opts, b: &mut Bed) -> Result<()> {
+    b.set_scale(0)?;
+    let guest = std::net::Ipv4Addr::new(192, 168, 123, 10);
+    let fwds = bed::scale_forwards(o.cp_forwards, CP_BASE);
+    let c = b.client();
+    let define = |name: &str, fwds: &[Fwd]| -> Result<()> {
+        let text = rules::netd_definition(name, "virbr1", "192.168.123.1/24", fwds, guest);
+        c.post::<_, serde_json::Value>("/v1/networks", &json!({ "text": text, "xml": false, "transient": false }))?;
+        c.post_empty::<serde_json::Value>(&format!("/v1/networks/{name}/start"))?;
+        Ok(())
+    };
+    let remove = |name: &str| -> Result<()> {
+        c.post_empty::<serde_json::Value>(&format!("/v1/networks/{name}/stop"))?;
+        c.delete::<serde_json::Value>(&format!("/v1/networks/{name}"))?;
+        Ok(())
+    };
+    // Bulk: the whole definition in one request, then start.
+    for run in 0..o.runs {
+        let t = Instant::now();
+        define("cpbulk", &fwds)?;
+        let s = t.elapsed().as_secs_f64();
+        let installed = forwards_in_map(b)?;
+        remove("cpbulk")?;
+        if installed < o.cp_forwards {
+            bail!("define + start installed {installed} of {} forwards", o.cp_forwards);
+        }
+        r.push("install_bulk", b.kind, s);
+        eprintln!("bench: define+start with {} forwards [netd] run {}: {s:.3}s", o.cp_forwards, run + 1);
+    }
+    // One API request per forward: the live path. Once: it is the slow one.
+    define("cp", &[])?;
+    let to = |f: &Fwd| format!("{guest}:{}", f.to_port);
+    let t = Instant::now();
+    let mut done = 0;
+    let mut lap = Instant::now();
+    for f in fwds.iter().take(o.api_forwards) {
+        b.api_add("cp", "udp", &f.port.to_string(), &to(f))?;
+        done += 1;
+        if t.elapsed() > o.api_cap {
+            break;
+        }
+        if lap.elapsed() > Duration::from_secs(10) {
+            eprintln!("bench: netd API: {done} forwards after {:.0}s", t.elapsed().as_secs_f64());
+            lap = Instant::now();
+        }
+    }
+    let s = t.elapsed().as_secs_f64();
+    r.detail("install", b.kind, json!({ "requests": done, "secs": s, "per_request_ms": s * 1e3 / done as f64 }));
+    if done == o.cp_forwards {
+        r.push("install", b.kind, s);
+        eprintln!("bench: install {} [netd API] : {s:.3}s", o.cp_forwards);
+    } else {
+        let est = s * o.cp_forwards as f64 / done as f64;
+        r.note(
+            "install",
+            &format!(
+                "libvirt: iptables-restore of the whole rule set (DNAT + FORWARD rule per forward); nftables: nft -f adding the elements to the map; netd: one HTTP API request per forward — netd managed {done} requests in {s:.1}s (cap {:?}); the figure is that rate extrapolated to {}",
+                o.api_cap, o.cp_forwards
+            ),
+        );
+        r.push("install", b.kind, est);
+        eprintln!("bench: install [netd API]: {done} forwards in {s:.1}s (extrapolated {est:.1}s for {})", o.cp_forwards);
+    }
+    memory(r, b);
+    if let Some(last) = fwds.get(done.saturating_sub(1)) {
+        let mut cur = *last;
+        for run in 0..o.runs {
+            let new = Fwd::new(Proto::Udp, cur.port, 40000 + run as u16);
+            let t = Instant::now();
+            b.api_delete("cp", "udp", &cur.port.to_string())?;
+            b.api_add("cp", "udp", &new.port.to_string(), &to(&new))?;
+            let s = t.elapsed().as_secs_f64();
+            cur = new;
+            r.push("change_one", b.kind, s * 1e3);
+            eprintln!("bench: change one [netd] run {}: {:.1} ms (with {done} installed)", run + 1, s * 1e3);
+        }
+    }
+    remove("cp")
+}
+
+fn forwards_in_map(b: &Bed) -> Result<usize> {
+    let dir = b.t.bpffs().join("maps");
+    Ok(netd::dataplane::maps::list_forwards(&dir)?.len())
+}
+
+/// The daemon's RSS and the kernel memory of the BPF maps it holds open
+/// (`memlock:` of each distinct map in /proc/PID/fdinfo).
+fn memory(r: &mut Results, b: &mut Bed) {
+    let Some(pid) = b.t.daemon_pid() else {
+        r.error("memory: the netd daemon is not running".into());
+        return;
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    r.push("rss", b.kind, rss_kb / 1024.0);
+    let mut maps = std::collections::BTreeMap::new();
+    if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for e in rd.flatten() {
+            let is_map = std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf-map");
+            if !is_map {
+                continue;
+            }
+            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy()))
+                .unwrap_or_default();
+            let field = |k: &str| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            };
+            maps.insert(field("map_id:"), field("memlock:"));
+        }
+    }
+    let total: u64 = maps.values().sum();
+    r.push("bpf_mem", b.kind, total as f64 / (1024.0 * 1024.0));
+    r.detail("bpf_mem", b.kind, json!({ "maps": maps.len(), "memlock_bytes": total, "rss_kib": rss_kb }));
+    eprintln!("bench: netd RSS {:.1} MiB, {} BPF maps {:.1} MiB", rss_kb / 1024.0, maps.len(), total as f64 / 1048576.0);
+}
+
+fn first_line(cmd: &str, args: &[&str]) -> String {
+    std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let s = if o.stdout.is_empty() { o.stderr } else { o.stdout };
+            String::from_utf8_lossy(&s).lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_default()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+fn machine() -> serde_json::Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|v| v.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let commit = first_line("git", &["-C", &crate::workspace_root().to_string_lossy(), "rev-parse", "--short", "HEAD"]);
+    let dirty = !first_line("git", &["-C", &crate::workspace_root().to_string_lossy(), "status", "--porcelain"]).is_empty();
+    let summary = format!("{nproc} × {model}, {} GiB, Linux {kernel}", mem_kb / (1024 * 1024));
+    json!({
+        "date": report::today(),
+        "summary": summary,
+        "nproc": nproc,
+        "cpu": model,
+        "kernel": kernel,
+        "mem_gib": mem_kb as f64 / (1024.0 * 1024.0),
+        "iptables": first_line("iptables", &["-V"]),
+        "nft": first_line("nft", &["-v"]),
+        "iperf3": first_line("iperf3", &["-v"]),
+        "netd_commit": format!("{commit}{}", if dirty { " (with uncommitted changes)" } else { "" }),
+        "load_before": loadavg(),
+    })
+}
+
+fn write_outputs(r: &Results, o: &Opts, machine: &serde_json::Value) -> Result<()> {
+    std::fs::create_dir_all(&o.out)?;
+    let mode = if o.quick { "quick (1 short run each; figures are a smoke test only)" } else { "full" };
+    let m = |k: &str| machine[k].as_str().unwrap_or("").to_string();
+    let mut md = String::new();
+    md.push_str("# netd benchmark\n\n");
+    md.push_str(&format!(
+        "- date: {}\n- machine: {}\n- {}; {}; {}\n- netd {} ({} build), mode: {mode}, runs per measure: {}\n- load average before/after: {} / {}\n- command: `cargo xtask bench{}`\n\n",
+        m("date"),
+        m("summary"),
+        m("iptables"),
+        m("nft"),
+        m("iperf3"),
+        m("netd_commit"),
+        m("netd_build"),
+        o.runs,
+        m("load_before"),
+        m("load_after"),
+        if o.quick { " --quick" } else { "" },
+    ));
+    md.push_str("Cells: median (min–max) of the runs. Ratios: netd's median over the baseline's; whether more is better is in the second column.\n\n");
+    md.push_str(&report::table(r));
+    if !r.errors.is_empty() {
+        md.push_str("\nFailed measures:\n");
+        for e in &r.errors {
+            md.push_str(&format!("- {e}\n"));
+        }
+    }
+    std::fs::write(o.out.join("bench.md"), &md)?;
+    let json = json!({
+        "machine": machine,
+        "mode": if o.quick { "quick" } else { "full" },
+        "runs": o.runs,
+        "durations_secs": { "tcp": o.tcp_secs, "udp": o.udp_secs, "conn": o.conn_secs, "rr": o.rr_secs, "scaling_udp": o.scale_secs },
+        "levels": o.levels,
+        "results": r,
+    });
+    std::fs::write(o.out.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
+    let title = format!("netd vs libvirt (iptables) vs nftables — {} — {}", m("date"), m("summary"));
+    std::fs::write(o.out.join("bench.svg"), report::svg(r, &o.levels, &title)?)?;
+    println!("{md}");
+    println!("bench: wrote {}/bench.md, bench.json, bench.svg", o.out.display());
+    Ok(())
+}
