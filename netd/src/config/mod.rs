@@ -41,3 +41,20 @@ pub fn from_toml(text: &str) -> Result<Network> {
 pub fn to_toml(net: &Network) -> String {
     toml::to_string_pretty(net).expect("a network always serialises")
 }
+
+#[cfg(test)]
+mod examples {
+    /// Every file under examples/ is a valid definition, so the
+    /// documentation can't drift from the parser.
+    #[test]
+    fn every_example_parses() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut n = 0;
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            super::load_file(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+            n += 1;
+        }
+        assert!(n >= 6, "only {n} examples");
+    }
+}

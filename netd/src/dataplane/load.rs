@@ -278,7 +278,7 @@ pub fn attached_links(bpffs: &Path, cgroup: Option<&Path>) -> Vec<AttachedLink> 
     // tcx hooks in packet order (bridges first), then the cgroup hooks.
     let rank = |l: &AttachedLink| {
         let hook = Hook::ALL.iter().position(|h| h.as_str() == l.hook).unwrap_or(Hook::ALL.len());
-        (l.tcx_position.is_none() && l.hook.starts_with("cgroup_"), hook / 2, l.interface.clone(), hook)
+        (l.hook.starts_with("cgroup_"), hook / 2, l.interface.clone(), hook, l.hook.clone())
     };
     out.sort_by_key(rank);
     out
