@@ -23,7 +23,19 @@ pub mod maps {
     pub const FORWARDS_REV: &str = "NETD_FWD_REV";
     pub const TAILS: &str = "NETD_TAILS";
     pub const ALL: &[&str] = &[
-        NETWORKS, SUBNETS, SUBNETS6, UPLINKS, CONNTRACK, CONNTRACK6, FRAGS, FORWARDS, FORWARDS_REV, STATS, NET_STATS, SETTINGS, TAILS,
+        NETWORKS,
+        SUBNETS,
+        SUBNETS6,
+        UPLINKS,
+        CONNTRACK,
+        CONNTRACK6,
+        FRAGS,
+        FORWARDS,
+        FORWARDS_REV,
+        STATS,
+        NET_STATS,
+        SETTINGS,
+        TAILS,
     ];
 }
 
@@ -418,7 +430,14 @@ mod tests {
 
     #[test]
     fn reversed_swaps_ends() {
-        let k = CtKey { saddr: 1, daddr: 2, sport: 3, dport: 4, proto: 6, _pad: [0; 3] };
+        let k = CtKey {
+            saddr: 1,
+            daddr: 2,
+            sport: 3,
+            dport: 4,
+            proto: 6,
+            _pad: [0; 3],
+        };
         assert_eq!(k.reversed().reversed(), k);
         assert_eq!(k.reversed().saddr, 2);
         assert_eq!(k.reversed().sport, 4);

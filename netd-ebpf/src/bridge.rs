@@ -91,8 +91,21 @@ fn is_broadcast(daddr: u32) -> bool {
 /// A packet of a known connection: an SNAT original, or a guest's reply on
 /// a forwarded port.
 #[inline(always)]
-fn tracked(ctx: &mut TcContext, ifindex: u32, ip: &Ipv4, l4: &L4, key: &CtKey, e: *mut netd_common::CtEntry, len: u32) -> i32 {
-    let (xlate, is_snat) = unsafe { ((*e).xlate, (*e).nat == nat_kind::SNAT && (*e).dir == dir::ORIGINAL) };
+fn tracked(
+    ctx: &mut TcContext,
+    ifindex: u32,
+    ip: &Ipv4,
+    l4: &L4,
+    key: &CtKey,
+    e: *mut netd_common::CtEntry,
+    len: u32,
+) -> i32 {
+    let (xlate, is_snat) = unsafe {
+        (
+            (*e).xlate,
+            (*e).nat == nat_kind::SNAT && (*e).dir == dir::ORIGINAL,
+        )
+    };
     ct::touch(e, ip.proto, l4.tcp_flags, len);
     if ip.ttl <= 1 {
         return stats::pass(reason::SLOW_PATH, len);
@@ -106,7 +119,14 @@ fn tracked(ctx: &mut TcContext, ifindex: u32, ip: &Ipv4, l4: &L4, key: &CtKey, e
     if nat::rewrite(ctx, ip, l4, key, &xlate).is_err() {
         return stats::drop(reason::DROP_MALFORMED, len);
     }
-    stats::count(if is_snat { reason::SNAT } else { reason::REVERSE_NAT }, len);
+    stats::count(
+        if is_snat {
+            reason::SNAT
+        } else {
+            reason::REVERSE_NAT
+        },
+        len,
+    );
     match route {
         Route::Forward { .. } => {
             stats::count(reason::REDIRECT, len);
@@ -117,7 +137,15 @@ fn tracked(ctx: &mut TcContext, ifindex: u32, ip: &Ipv4, l4: &L4, key: &CtKey, e
 }
 
 #[inline(always)]
-fn new_flow(ctx: &mut TcContext, net: &NetConfig, ifindex: u32, ip: &Ipv4, l4: &L4, key: &CtKey, len: u32) -> i32 {
+fn new_flow(
+    ctx: &mut TcContext,
+    net: &NetConfig,
+    ifindex: u32,
+    ip: &Ipv4,
+    l4: &L4,
+    key: &CtKey,
+    len: u32,
+) -> i32 {
     let route = forward::route(ctx, ifindex, ip, ip.saddr, ip.daddr);
     let out = match route {
         Route::Forward { ifindex, .. } => ifindex,
@@ -138,7 +166,11 @@ fn new_flow(ctx: &mut TcContext, net: &NetConfig, ifindex: u32, ip: &Ipv4, l4: &
     }
     match net.mode {
         mode::NAT => masquerade(ctx, net, ifindex, out, ip, l4, key, &route, len),
-        mode::ROUTE if net.uplink_ifindex != 0 && out != net.uplink_ifindex && maps::subnet_owner(ip.daddr).is_none() => {
+        mode::ROUTE
+            if net.uplink_ifindex != 0
+                && out != net.uplink_ifindex
+                && maps::subnet_owner(ip.daddr).is_none() =>
+        {
             stats::drop(reason::DROP_UPLINK_RESTRICTED, len)
         }
         mode::ROUTE | mode::OPEN => {
@@ -200,7 +232,15 @@ fn masquerade(
 /// gateway, so the target's replies come back through here instead of
 /// going straight to the guest, which would not know them.
 #[inline(always)]
-fn hairpin(ctx: &mut TcContext, net: &NetConfig, bridge: u32, ip: &Ipv4, l4: &L4, key: &CtKey, len: u32) -> i32 {
+fn hairpin(
+    ctx: &mut TcContext,
+    net: &NetConfig,
+    bridge: u32,
+    ip: &Ipv4,
+    l4: &L4,
+    key: &CtKey,
+    len: u32,
+) -> i32 {
     if ip.is_later_fragment() || !matches!(ip.proto, parse::IPPROTO_TCP | parse::IPPROTO_UDP) {
         return stats::pass(reason::PASS, len);
     }

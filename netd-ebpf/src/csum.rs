@@ -38,7 +38,14 @@ impl L4Csum {
 /// Rewrites an IPv4 address at `addr_off`, fixing the IP header checksum of
 /// the header at `ip_off` and the pseudo-header part of the L4 checksum.
 #[inline(always)]
-pub fn set_addr(ctx: &mut TcContext, ip_off: usize, addr_off: usize, old: u32, new: u32, l4: L4Csum) -> Result<(), CsumError> {
+pub fn set_addr(
+    ctx: &mut TcContext,
+    ip_off: usize,
+    addr_off: usize,
+    old: u32,
+    new: u32,
+    l4: L4Csum,
+) -> Result<(), CsumError> {
     if old == new {
         return Ok(());
     }
@@ -54,7 +61,13 @@ pub fn set_addr(ctx: &mut TcContext, ip_off: usize, addr_off: usize, old: u32, n
 
 /// Rewrites a 16-bit field covered by the L4 checksum (a port, an echo id).
 #[inline(always)]
-pub fn set_port(ctx: &mut TcContext, off: usize, old: u16, new: u16, l4: L4Csum) -> Result<(), CsumError> {
+pub fn set_port(
+    ctx: &mut TcContext,
+    off: usize,
+    old: u16,
+    new: u16,
+    l4: L4Csum,
+) -> Result<(), CsumError> {
     if old == new {
         return Ok(());
     }
@@ -69,7 +82,13 @@ pub fn set_port(ctx: &mut TcContext, off: usize, old: u16, new: u16, l4: L4Csum)
 /// Folds a change of any 16/32-bit word into a checksum field that covers
 /// it as plain data (the ICMP checksum over a quoted packet).
 #[inline(always)]
-pub fn fold_into(ctx: &mut TcContext, csum_off: usize, old: u32, new: u32, size: u64) -> Result<(), CsumError> {
+pub fn fold_into(
+    ctx: &mut TcContext,
+    csum_off: usize,
+    old: u32,
+    new: u32,
+    size: u64,
+) -> Result<(), CsumError> {
     if old == new {
         return Ok(());
     }
@@ -84,9 +103,15 @@ pub fn dec_ttl(ctx: &mut TcContext, ip_off: usize, ttl: u8) -> Result<(), CsumEr
     let proto: u8 = ctx.load(ip_off + 9).map_err(|_| CsumError)?;
     let old = u16::from_be_bytes([ttl, proto]);
     let new = u16::from_be_bytes([ttl - 1, proto]);
-    ctx.store(ip_off + crate::parse::IP_TTL_OFF, &(ttl - 1), 0).map_err(|_| CsumError)?;
-    ctx.l3_csum_replace(ip_off + IP_CSUM_OFF, u64::from(old.to_be()), u64::from(new.to_be()), 2)
-        .map_err(|_| CsumError)
+    ctx.store(ip_off + crate::parse::IP_TTL_OFF, &(ttl - 1), 0)
+        .map_err(|_| CsumError)?;
+    ctx.l3_csum_replace(
+        ip_off + IP_CSUM_OFF,
+        u64::from(old.to_be()),
+        u64::from(new.to_be()),
+        2,
+    )
+    .map_err(|_| CsumError)
 }
 
 /// RFC 1624 incremental update of a 16-bit one's-complement checksum for a

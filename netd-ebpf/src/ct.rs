@@ -7,7 +7,9 @@ use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::LruHashMa
 use netd_common::{CtEntryOf, CtKey, CtKey6, ct_state, dir};
 
 use crate::maps::{CT, CT6, SCRATCH, SCRATCH6, settings};
-use crate::parse::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::parse::{
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
 
 /// A tuple conntrack can key: IPv4 or IPv6, each with its own table.
 pub trait Tuple: Copy + 'static {
@@ -97,7 +99,8 @@ fn next_state(state: u8, d: u8, flags: u8) -> u8 {
     if state == ct_state::NEW && d == dir::REPLY && flags & TCP_ACK != 0 {
         return ct_state::ESTABLISHED;
     }
-    if state == ct_state::NEW && d == dir::ORIGINAL && flags & TCP_SYN == 0 && flags & TCP_ACK != 0 {
+    if state == ct_state::NEW && d == dir::ORIGINAL && flags & TCP_SYN == 0 && flags & TCP_ACK != 0
+    {
         // An ACK from the initiator after the handshake we missed (for
         // example a flow picked up after a conntrack flush).
         return ct_state::ESTABLISHED;
@@ -184,7 +187,10 @@ pub fn create<K: Tuple>(orig: &K, xlate: &K, o: &Origin) -> Result<(), CreateErr
         _pad: 0,
     };
     // Claim the reply tuple first: it is the one two flows can race for.
-    if table.insert(&reply_key, &*e, u64::from(BPF_NOEXIST)).is_err() {
+    if table
+        .insert(&reply_key, &*e, u64::from(BPF_NOEXIST))
+        .is_err()
+    {
         match table.get_ptr_mut(&reply_key) {
             Some(old) if unsafe { (*old).expires_ns } < t => {
                 if table.insert(&reply_key, &*e, 0).is_err() {

@@ -3,8 +3,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS,
-        TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
+        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
@@ -16,7 +16,12 @@ const AF_INET: u8 = 2;
 
 pub enum Route {
     /// Forward out of `ifindex`; MACs are known unless `neigh` is false.
-    Forward { ifindex: u32, smac: [u8; 6], dmac: [u8; 6], neigh: bool },
+    Forward {
+        ifindex: u32,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+        neigh: bool,
+    },
     /// Addressed to the host itself.
     Local,
     /// Anything the kernel should handle: no route, MTU exceeded (it sends
@@ -44,8 +49,18 @@ pub fn route(ctx: &TcContext, in_ifindex: u32, ip: &Ipv4, saddr: u32, daddr: u32
         )
     };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Route::Forward { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac, neigh: true },
-        BPF_FIB_LKUP_RET_NO_NEIGH => Route::Forward { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac, neigh: false },
+        BPF_FIB_LKUP_RET_SUCCESS => Route::Forward {
+            ifindex: p.ifindex,
+            smac: p.smac,
+            dmac: p.dmac,
+            neigh: true,
+        },
+        BPF_FIB_LKUP_RET_NO_NEIGH => Route::Forward {
+            ifindex: p.ifindex,
+            smac: p.smac,
+            dmac: p.dmac,
+            neigh: false,
+        },
         BPF_FIB_LKUP_RET_NOT_FWDED => Route::Local,
         BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::Stack,
         _ => Route::Stack,
@@ -57,7 +72,13 @@ pub fn route(ctx: &TcContext, in_ifindex: u32, ip: &Ipv4, saddr: u32, daddr: u32
 /// sends the time-exceeded).
 #[inline(always)]
 pub fn redirect(ctx: &mut TcContext, ip: &Ipv4, route: &Route) -> i32 {
-    let Route::Forward { ifindex, smac, dmac, neigh } = route else {
+    let Route::Forward {
+        ifindex,
+        smac,
+        dmac,
+        neigh,
+    } = route
+    else {
         return TC_ACT_OK;
     };
     if csum::dec_ttl(ctx, ip.off, ip.ttl).is_err() {

@@ -12,12 +12,23 @@ const FRAG_TTL_NS: u64 = 30_000_000_000;
 
 #[inline(always)]
 fn key(ip: &Ipv4) -> FragKey {
-    FragKey { saddr: ip.saddr, daddr: ip.daddr, id: ip.id, proto: ip.proto, _pad: 0 }
+    FragKey {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        id: ip.id,
+        proto: ip.proto,
+        _pad: 0,
+    }
 }
 
 #[inline(always)]
 pub fn remember(ip: &Ipv4, sport: u16, dport: u16) {
-    let v = FragPorts { sport, dport, _pad: 0, expires_ns: now() + FRAG_TTL_NS };
+    let v = FragPorts {
+        sport,
+        dport,
+        _pad: 0,
+        expires_ns: now() + FRAG_TTL_NS,
+    };
     let _ = FRAGS.insert(&key(ip), &v, 0);
 }
 
@@ -28,5 +39,12 @@ pub fn tuple(ip: &Ipv4) -> Option<CtKey> {
     if p.expires_ns < now() {
         return None;
     }
-    Some(CtKey { saddr: ip.saddr, daddr: ip.daddr, sport: p.sport, dport: p.dport, proto: ip.proto, _pad: [0; 3] })
+    Some(CtKey {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        sport: p.sport,
+        dport: p.dport,
+        proto: ip.proto,
+        _pad: [0; 3],
+    })
 }

@@ -44,7 +44,12 @@ pub fn from_guest(ctx: &SockAddrContext) -> i32 {
         return PROCEED;
     }
     let sa = unsafe { &mut *ctx.sock_addr };
-    let k = ForwardKey { addr: sa.user_ip4, port: sa.user_port as u16, proto: sa.protocol as u8, _pad: 0 };
+    let k = ForwardKey {
+        addr: sa.user_ip4,
+        port: sa.user_port as u16,
+        proto: sa.protocol as u8,
+        _pad: 0,
+    };
     if let Some(host) = unsafe { FORWARDS_REV.get(&k) } {
         sa.user_ip4 = host.addr;
         sa.user_port = u32::from(host.port);

@@ -35,7 +35,11 @@ pub fn error_to_guest(ctx: &mut TcContext, ifindex: u32, ip: &Ipv4, _l4: &L4, le
             let Ok(p) = ctx.load::<[u8; 4]>(q_l4) else {
                 return TC_ACT_OK;
             };
-            (u16::from_ne_bytes([p[0], p[1]]), u16::from_ne_bytes([p[2], p[3]]), q_l4)
+            (
+                u16::from_ne_bytes([p[0], p[1]]),
+                u16::from_ne_bytes([p[2], p[3]]),
+                q_l4,
+            )
         }
         IPPROTO_ICMP => {
             let Ok(p) = ctx.load::<[u8; 6]>(q_l4) else {
@@ -48,7 +52,14 @@ pub fn error_to_guest(ctx: &mut TcContext, ifindex: u32, ip: &Ipv4, _l4: &L4, le
         }
         _ => (0, 0, 0),
     };
-    let quoted = CtKey { saddr: q_saddr, daddr: q_daddr, sport, dport, proto: q_proto, _pad: [0; 3] };
+    let quoted = CtKey {
+        saddr: q_saddr,
+        daddr: q_daddr,
+        sport,
+        dport,
+        proto: q_proto,
+        _pad: [0; 3],
+    };
     let Some(e) = ct::lookup(&quoted.reversed()) else {
         return TC_ACT_OK;
     };
@@ -63,7 +74,11 @@ pub fn error_to_guest(ctx: &mut TcContext, ifindex: u32, ip: &Ipv4, _l4: &L4, le
         }
         (e.xlate.daddr, e.xlate.dport, e.bridge_ifindex)
     };
-    if rewrite(ctx, ip, icmp_csum, q, q_l4, q_proto, q_saddr, guest, port_off, sport, guest_port).is_err() {
+    if rewrite(
+        ctx, ip, icmp_csum, q, q_l4, q_proto, q_saddr, guest, port_off, sport, guest_port,
+    )
+    .is_err()
+    {
         return stats::drop(reason::DROP_MALFORMED, len);
     }
     stats::count(reason::REVERSE_NAT, len);
@@ -93,7 +108,11 @@ fn rewrite(
     old_port: u16,
     new_port: u16,
 ) -> Result<(), csum::CsumError> {
-    let no_l4 = L4Csum { off: 0, proto: IPPROTO_ICMP, pseudo: false };
+    let no_l4 = L4Csum {
+        off: 0,
+        proto: IPPROTO_ICMP,
+        pseudo: false,
+    };
     // Outer destination: the ICMP checksum has no pseudo-header.
     csum::set_addr(ctx, ip.off, ip.off + IP_DADDR_OFF, ip.daddr, guest, no_l4)?;
 
@@ -109,14 +128,19 @@ fn rewrite(
         && let Ok(old) = ctx.load::<u16>(q_csum_off)
         && !(q_proto == IPPROTO_UDP && old == 0)
     {
-        let mut new = if q_proto == IPPROTO_ICMP { old } else { csum::update32(old, q_saddr, guest) };
+        let mut new = if q_proto == IPPROTO_ICMP {
+            old
+        } else {
+            csum::update32(old, q_saddr, guest)
+        };
         new = csum::update16(new, old_port, new_port);
         if q_proto == IPPROTO_UDP && new == 0 {
             // A UDP checksum that computes to zero is sent as 0xffff: 0
             // would mean "none" (what BPF_F_MARK_MANGLED_0 does elsewhere).
             new = 0xffff;
         }
-        ctx.store(q_csum_off, &new, 0).map_err(|_| csum::CsumError)?;
+        ctx.store(q_csum_off, &new, 0)
+            .map_err(|_| csum::CsumError)?;
         csum::fold_into(ctx, icmp_csum, u32::from(old), u32::from(new), 2)?;
     }
 
@@ -124,12 +148,20 @@ fn rewrite(
     let old_q_csum: u16 = ctx.load(q + 10).map_err(|_| csum::CsumError)?;
     let new_q_csum = csum::update32(old_q_csum, q_saddr, guest);
     ctx.store(q + 12, &guest, 0).map_err(|_| csum::CsumError)?;
-    ctx.store(q + 10, &new_q_csum, 0).map_err(|_| csum::CsumError)?;
+    ctx.store(q + 10, &new_q_csum, 0)
+        .map_err(|_| csum::CsumError)?;
     csum::fold_into(ctx, icmp_csum, q_saddr, guest, 4)?;
-    csum::fold_into(ctx, icmp_csum, u32::from(old_q_csum), u32::from(new_q_csum), 2)?;
+    csum::fold_into(
+        ctx,
+        icmp_csum,
+        u32::from(old_q_csum),
+        u32::from(new_q_csum),
+        2,
+    )?;
 
     if port_off != 0 && old_port != new_port {
-        ctx.store(port_off, &new_port, 0).map_err(|_| csum::CsumError)?;
+        ctx.store(port_off, &new_port, 0)
+            .map_err(|_| csum::CsumError)?;
         csum::fold_into(ctx, icmp_csum, u32::from(old_port), u32::from(new_port), 2)?;
     }
     Ok(())

@@ -4,8 +4,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT,
-        bpf_fib_lookup,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK,
+        TC_ACT_SHOT, bpf_fib_lookup,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     maps::lpm_trie::Key,
@@ -40,14 +40,22 @@ pub fn parse(ctx: &TcContext) -> Result<Ipv6, Malformed> {
     }
     let saddr: [u32; 4] = ctx.load(ETH_LEN + 8).map_err(|_| Malformed)?;
     let daddr: [u32; 4] = ctx.load(ETH_LEN + 24).map_err(|_| Malformed)?;
-    Ok(Ipv6 { next_header: h[6], hop_limit: h[7], payload_len: u16::from_be_bytes([h[4], h[5]]), saddr, daddr })
+    Ok(Ipv6 {
+        next_header: h[6],
+        hop_limit: h[7],
+        payload_len: u16::from_be_bytes([h[4], h[5]]),
+        saddr,
+        daddr,
+    })
 }
 
 /// Link-local (fe80::/10), multicast (ff00::/8) or unspecified: never routed.
 #[inline(always)]
 fn is_link_scope(a: &[u32; 4]) -> bool {
     let first = a[0].to_ne_bytes();
-    first[0] == 0xff || (first[0] == 0xfe && first[1] & 0xc0 == 0x80) || (a[0] | a[1] | a[2] | a[3]) == 0
+    first[0] == 0xff
+        || (first[0] == 0xfe && first[1] & 0xc0 == 0x80)
+        || (a[0] | a[1] | a[2] | a[3]) == 0
 }
 
 /// The netd network whose IPv6 prefix holds `addr`, by bridge ifindex, or
@@ -72,7 +80,12 @@ fn routes_v6(net: &NetConfig) -> bool {
 }
 
 pub enum Route6 {
-    Forward { ifindex: u32, smac: [u8; 6], dmac: [u8; 6], neigh: bool },
+    Forward {
+        ifindex: u32,
+        smac: [u8; 6],
+        dmac: [u8; 6],
+        neigh: bool,
+    },
     Local,
     Stack,
 }
@@ -88,10 +101,27 @@ pub fn route(ctx: &TcContext, in_ifindex: u32, ip: &Ipv6) -> Route6 {
     p.ifindex = in_ifindex;
     p.__bindgen_anon_3.ipv6_src = ip.saddr;
     p.__bindgen_anon_4.ipv6_dst = ip.daddr;
-    let rc = unsafe { fib_lookup(ctx.skb.skb as *mut _, &mut p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Route6::Forward { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac, neigh: true },
-        BPF_FIB_LKUP_RET_NO_NEIGH => Route6::Forward { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac, neigh: false },
+        BPF_FIB_LKUP_RET_SUCCESS => Route6::Forward {
+            ifindex: p.ifindex,
+            smac: p.smac,
+            dmac: p.dmac,
+            neigh: true,
+        },
+        BPF_FIB_LKUP_RET_NO_NEIGH => Route6::Forward {
+            ifindex: p.ifindex,
+            smac: p.smac,
+            dmac: p.dmac,
+            neigh: false,
+        },
         BPF_FIB_LKUP_RET_NOT_FWDED => Route6::Local,
         _ => Route6::Stack,
     }
@@ -100,10 +130,19 @@ pub fn route(ctx: &TcContext, in_ifindex: u32, ip: &Ipv6) -> Route6 {
 /// Decrements the hop limit (IPv6 has no header checksum) and redirects.
 #[inline(always)]
 pub fn redirect(ctx: &mut TcContext, ip: &Ipv6, r: &Route6, len: u32) -> i32 {
-    let Route6::Forward { ifindex, smac, dmac, neigh } = r else {
+    let Route6::Forward {
+        ifindex,
+        smac,
+        dmac,
+        neigh,
+    } = r
+    else {
         return stats::pass(reason::SLOW_PATH, len);
     };
-    if ctx.store(ETH_LEN + HOP_LIMIT_OFF, &(ip.hop_limit - 1), 0).is_err() {
+    if ctx
+        .store(ETH_LEN + HOP_LIMIT_OFF, &(ip.hop_limit - 1), 0)
+        .is_err()
+    {
         return TC_ACT_SHOT;
     }
     stats::count(reason::REDIRECT, len);
@@ -170,7 +209,8 @@ fn from_guest(ctx: &mut TcContext, net: &NetConfig, bridge: u32, len: u32) -> i3
         // Isolated: the host and the other guests only.
         return stats::drop(reason::DROP_POLICY, len);
     }
-    if net.mode != mode::OPEN && net.uplink_ifindex != 0 && out != net.uplink_ifindex && theirs == 0 {
+    if net.mode != mode::OPEN && net.uplink_ifindex != 0 && out != net.uplink_ifindex && theirs == 0
+    {
         return stats::drop(reason::DROP_UPLINK_RESTRICTED, len);
     }
     redirect(ctx, &ip, &r, len)

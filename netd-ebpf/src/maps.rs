@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray},
 };
 use netd_common::{
-    CT_MAX_ENTRIES, Counter, CtEntry, CtEntry6, CtKey, CtKey6, FORWARD_MAX_ENTRIES, FRAG_MAX_ENTRIES, ForwardKey, ForwardTarget,
-    FragKey, FragPorts, MAX_NETWORKS, MAX_UPLINKS, NetConfig, NetStats, Settings, Uplink, reason,
+    CT_MAX_ENTRIES, Counter, CtEntry, CtEntry6, CtKey, CtKey6, FORWARD_MAX_ENTRIES,
+    FRAG_MAX_ENTRIES, ForwardKey, ForwardTarget, FragKey, FragPorts, MAX_NETWORKS, MAX_UPLINKS,
+    NetConfig, NetStats, Settings, Uplink, reason,
 };
 
 /// Networks by bridge ifindex.
@@ -91,7 +92,9 @@ pub fn subnet_owner(addr: u32) -> Option<u32> {
 
 #[inline(always)]
 pub fn uplink_addr(ifindex: u32) -> Option<u32> {
-    unsafe { UPLINKS.get(&ifindex) }.map(|u| u.addr).filter(|a| *a != 0)
+    unsafe { UPLINKS.get(&ifindex) }
+        .map(|u| u.addr)
+        .filter(|a| *a != 0)
 }
 
 #[inline(always)]

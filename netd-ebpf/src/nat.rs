@@ -14,8 +14,8 @@ use crate::csum::{self, CsumError, L4Csum};
 use crate::ct::{self, CreateError, Tuple};
 use crate::maps::FORWARDS;
 use crate::parse::{
-    ICMP_ECHO, ICMP_ECHOREPLY, ICMPV6_ECHO_REQUEST, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP, IPPROTO_ICMPV6,
-    IPPROTO_TCP, IPPROTO_UDP, Ipv4, L4,
+    ICMP_ECHO, ICMP_ECHOREPLY, ICMPV6_ECHO_REQUEST, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4, L4,
 };
 
 /// A tuple the masquerade can rewrite: its source address and port.
@@ -191,14 +191,24 @@ impl<K: Masquerade> SnatRequest<K> {
 /// Masquerade must never take a port a forward owns on that address.
 #[inline(always)]
 fn forward_owns(addr: u32, port: u16, proto: u8) -> bool {
-    let k = ForwardKey { addr, port, proto, _pad: 0 };
+    let k = ForwardKey {
+        addr,
+        port,
+        proto,
+        _pad: 0,
+    };
     unsafe { FORWARDS.get(&k) }.is_some()
 }
 
 /// The forward for (proto, host addr, host port), counting the hit.
 #[inline(always)]
 pub fn forward_target(addr: u32, port: u16, proto: u8) -> Option<netd_common::ForwardTarget> {
-    let k = ForwardKey { addr, port, proto, _pad: 0 };
+    let k = ForwardKey {
+        addr,
+        port,
+        proto,
+        _pad: 0,
+    };
     let t = FORWARDS.get_ptr_mut(&k)?;
     unsafe {
         (*t).hits += 1;
@@ -234,7 +244,9 @@ pub fn snat_new<K: Masquerade>(req: &mut SnatRequest<K>) -> u32 {
     let port = if wanted >= lo && wanted <= hi {
         wanted
     } else {
-        lo + unsafe { bpf_get_prandom_u32() }.checked_rem(span).unwrap_or(0)
+        lo + unsafe { bpf_get_prandom_u32() }
+            .checked_rem(span)
+            .unwrap_or(0)
     };
     // The attempts run in `try_port`, which reaches the request through
     // its per-CPU slot, not through `req`: the compiler cannot see that
@@ -247,7 +259,12 @@ pub fn snat_new<K: Masquerade>(req: &mut SnatRequest<K>) -> u32 {
     }
     let tries = if span < PORT_TRIES { span } else { PORT_TRIES };
     unsafe {
-        bpf_loop(tries, try_port::<K> as *mut c_void, core::ptr::null_mut(), 0);
+        bpf_loop(
+            tries,
+            try_port::<K> as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        );
         core::ptr::read_volatile(&(*slot).result)
     }
 }
@@ -274,14 +291,24 @@ extern "C" fn try_port<K: Masquerade>(_index: u64, _ctx: *mut c_void) -> i64 {
             Err(CreateError::Taken) => {}
         }
     }
-    s.port = if s.port >= u32::from(s.port_max) { u32::from(s.port_min) } else { s.port + 1 };
+    s.port = if s.port >= u32::from(s.port_max) {
+        u32::from(s.port_min)
+    } else {
+        s.port + 1
+    };
     0
 }
 
 /// Rewrites the packet from tuple `cur` to tuple `new`, fixing the IP and
 /// L4 checksums. Later fragments carry no L4 header: only addresses change.
 #[inline(always)]
-pub fn rewrite(ctx: &mut TcContext, ip: &Ipv4, l4: &L4, cur: &CtKey, new: &CtKey) -> Result<(), CsumError> {
+pub fn rewrite(
+    ctx: &mut TcContext,
+    ip: &Ipv4,
+    l4: &L4,
+    cur: &CtKey,
+    new: &CtKey,
+) -> Result<(), CsumError> {
     let has_l4 = !ip.is_later_fragment();
     let lc = L4Csum {
         off: if has_l4 { l4.csum_off } else { 0 },
@@ -299,8 +326,12 @@ pub fn rewrite(ctx: &mut TcContext, ip: &Ipv4, l4: &L4, cur: &CtKey, new: &CtKey
             csum::set_port(ctx, off, cur.sport, new.sport, lc)?;
             csum::set_port(ctx, off + 2, cur.dport, new.dport, lc)?;
         }
-        IPPROTO_ICMP if l4.icmp_type == ICMP_ECHO => csum::set_port(ctx, off + 4, cur.sport, new.sport, lc)?,
-        IPPROTO_ICMP if l4.icmp_type == ICMP_ECHOREPLY => csum::set_port(ctx, off + 4, cur.dport, new.dport, lc)?,
+        IPPROTO_ICMP if l4.icmp_type == ICMP_ECHO => {
+            csum::set_port(ctx, off + 4, cur.sport, new.sport, lc)?
+        }
+        IPPROTO_ICMP if l4.icmp_type == ICMP_ECHOREPLY => {
+            csum::set_port(ctx, off + 4, cur.dport, new.dport, lc)?
+        }
         _ => {}
     }
     Ok(())

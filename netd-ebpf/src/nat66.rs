@@ -13,7 +13,9 @@ use crate::ct;
 use crate::ipv6::{self, Ipv6, Route6};
 use crate::maps::UPLINKS;
 use crate::nat::{self, SnatRequest};
-use crate::parse::{ETH_LEN, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4};
+use crate::parse::{
+    ETH_LEN, ICMPV6_ECHO_REPLY, ICMPV6_ECHO_REQUEST, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, L4,
+};
 use crate::stats;
 
 const L4_OFF: usize = ETH_LEN + 40;
@@ -27,11 +29,19 @@ fn l4(ctx: &TcContext, ip: &Ipv6) -> Option<L4> {
     match ip.next_header {
         IPPROTO_TCP | IPPROTO_UDP => {
             let h: [u8; 4] = ctx.load(L4_OFF).ok()?;
-            let csum_off = if ip.next_header == IPPROTO_TCP { L4_OFF + 16 } else { L4_OFF + 6 };
+            let csum_off = if ip.next_header == IPPROTO_TCP {
+                L4_OFF + 16
+            } else {
+                L4_OFF + 6
+            };
             Some(L4 {
                 sport: u16::from_ne_bytes([h[0], h[1]]),
                 dport: u16::from_ne_bytes([h[2], h[3]]),
-                tcp_flags: if ip.next_header == IPPROTO_TCP { ctx.load::<u8>(L4_OFF + 13).ok()? } else { 0 },
+                tcp_flags: if ip.next_header == IPPROTO_TCP {
+                    ctx.load::<u8>(L4_OFF + 13).ok()?
+                } else {
+                    0
+                },
                 icmp_type: 0,
                 csum_off,
             })
@@ -44,7 +54,13 @@ fn l4(ctx: &TcContext, ip: &Ipv6) -> Option<L4> {
                 ICMPV6_ECHO_REPLY => (0, id),
                 _ => (0, 0),
             };
-            Some(L4 { sport, dport, tcp_flags: 0, icmp_type: h[0], csum_off: L4_OFF + 2 })
+            Some(L4 {
+                sport,
+                dport,
+                tcp_flags: 0,
+                icmp_type: h[0],
+                csum_off: L4_OFF + 2,
+            })
         }
         _ => Some(L4::default()),
     }
@@ -52,13 +68,27 @@ fn l4(ctx: &TcContext, ip: &Ipv6) -> Option<L4> {
 
 #[inline(always)]
 fn key(ip: &Ipv6, l4: &L4) -> CtKey6 {
-    CtKey6 { saddr: ip.saddr, daddr: ip.daddr, sport: l4.sport, dport: l4.dport, proto: ip.next_header, _pad: [0; 3] }
+    CtKey6 {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        sport: l4.sport,
+        dport: l4.dport,
+        proto: ip.next_header,
+        _pad: [0; 3],
+    }
 }
 
 /// Replaces a 128-bit address and folds the change into the L4 checksum
 /// (TCP, UDP and ICMPv6 all cover the pseudo-header).
 #[inline(always)]
-fn set_addr(ctx: &mut TcContext, off: usize, old: &[u32; 4], new: &[u32; 4], l4: &L4, proto: u8) -> Result<(), ()> {
+fn set_addr(
+    ctx: &mut TcContext,
+    off: usize,
+    old: &[u32; 4],
+    new: &[u32; 4],
+    l4: &L4,
+    proto: u8,
+) -> Result<(), ()> {
     if old == new {
         return Ok(());
     }
@@ -71,19 +101,32 @@ fn set_addr(ctx: &mut TcContext, off: usize, old: &[u32; 4], new: &[u32; 4], l4:
         if proto == IPPROTO_UDP {
             flags |= u64::from(BPF_F_MARK_MANGLED_0);
         }
-        ctx.l4_csum_replace(l4.csum_off, 0, diff as u64, flags).map_err(|_| ())?;
+        ctx.l4_csum_replace(l4.csum_off, 0, diff as u64, flags)
+            .map_err(|_| ())?;
     }
     Ok(())
 }
 
 #[inline(always)]
-fn set_port(ctx: &mut TcContext, off: usize, old: u16, new: u16, l4: &L4, proto: u8) -> Result<(), ()> {
+fn set_port(
+    ctx: &mut TcContext,
+    off: usize,
+    old: u16,
+    new: u16,
+    l4: &L4,
+    proto: u8,
+) -> Result<(), ()> {
     if old == new {
         return Ok(());
     }
     ctx.store(off, &new, 0).map_err(|_| ())?;
-    let flags = if proto == IPPROTO_UDP { 2 | u64::from(BPF_F_MARK_MANGLED_0) } else { 2 };
-    ctx.l4_csum_replace(l4.csum_off, u64::from(old), u64::from(new), flags).map_err(|_| ())
+    let flags = if proto == IPPROTO_UDP {
+        2 | u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        2
+    };
+    ctx.l4_csum_replace(l4.csum_off, u64::from(old), u64::from(new), flags)
+        .map_err(|_| ())
 }
 
 /// Not inlined, to keep its buffers off the port search's stack.
@@ -97,8 +140,12 @@ fn rewrite(ctx: &mut TcContext, l4: &L4, cur: &CtKey6, new: &CtKey6) -> Result<(
             set_port(ctx, L4_OFF, cur.sport, new.sport, l4, proto)?;
             set_port(ctx, L4_OFF + 2, cur.dport, new.dport, l4, proto)?;
         }
-        IPPROTO_ICMPV6 if l4.icmp_type == ICMPV6_ECHO_REQUEST => set_port(ctx, L4_OFF + 4, cur.sport, new.sport, l4, proto)?,
-        IPPROTO_ICMPV6 if l4.icmp_type == ICMPV6_ECHO_REPLY => set_port(ctx, L4_OFF + 4, cur.dport, new.dport, l4, proto)?,
+        IPPROTO_ICMPV6 if l4.icmp_type == ICMPV6_ECHO_REQUEST => {
+            set_port(ctx, L4_OFF + 4, cur.sport, new.sport, l4, proto)?
+        }
+        IPPROTO_ICMPV6 if l4.icmp_type == ICMPV6_ECHO_REPLY => {
+            set_port(ctx, L4_OFF + 4, cur.dport, new.dport, l4, proto)?
+        }
         _ => {}
     }
     Ok(())
@@ -125,7 +172,15 @@ pub fn masquerade_stage(ctx: &mut TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn masquerade(ctx: &mut TcContext, net: &NetConfig, bridge: u32, out: u32, ip: &Ipv6, r: &Route6, len: u32) -> i32 {
+fn masquerade(
+    ctx: &mut TcContext,
+    net: &NetConfig,
+    bridge: u32,
+    out: u32,
+    ip: &Ipv6,
+    r: &Route6,
+    len: u32,
+) -> i32 {
     let Some(l4) = l4(ctx, ip) else {
         return stats::drop(reason::DROP_MALFORMED, len);
     };
@@ -136,7 +191,9 @@ fn masquerade(ctx: &mut TcContext, net: &NetConfig, bridge: u32, out: u32, ip: &
             unsafe { (*e).xlate }
         }
         None => {
-            let Some(nat_addr) = unsafe { UPLINKS.get(&out) }.map(|u| u.addr6).filter(|a| (a[0] | a[1] | a[2] | a[3]) != 0)
+            let Some(nat_addr) = unsafe { UPLINKS.get(&out) }
+                .map(|u| u.addr6)
+                .filter(|a| (a[0] | a[1] | a[2] | a[3]) != 0)
             else {
                 return stats::drop(reason::DROP_NO_UPLINK_ADDR, len);
             };
@@ -182,7 +239,10 @@ pub fn reply(ctx: &mut TcContext, ip: &Ipv6, len: u32) -> Option<i32> {
     }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // Route on the translated destination.
-    let mut routed = Ipv6 { daddr: xlate.daddr, ..*ip };
+    let mut routed = Ipv6 {
+        daddr: xlate.daddr,
+        ..*ip
+    };
     routed.saddr = xlate.saddr;
     let r = ipv6::route(ctx, ifindex, &routed);
     Some(ipv6::redirect(ctx, ip, &r, len))

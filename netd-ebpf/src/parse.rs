@@ -76,7 +76,10 @@ pub fn ipv4(ctx: &TcContext, off: usize) -> Result<Ipv4, Malformed> {
     }
     let hdr_len = usize::from(h[0] & 0x0f) * 4;
     let tot_len = u16::from_be_bytes([h[2], h[3]]);
-    if hdr_len < 20 || usize::from(tot_len) < hdr_len || usize::from(tot_len) + off > ctx.len() as usize {
+    if hdr_len < 20
+        || usize::from(tot_len) < hdr_len
+        || usize::from(tot_len) + off > ctx.len() as usize
+    {
         return Err(Malformed);
     }
     let frag = u16::from_be_bytes([h[6], h[7]]);
@@ -144,7 +147,13 @@ pub fn l4(ctx: &TcContext, ip: &Ipv4) -> Result<L4, Malformed> {
                 ICMP_ECHOREPLY => (0, id),
                 _ => (0, 0),
             };
-            Ok(L4 { sport, dport, tcp_flags: 0, icmp_type: h[0], csum_off: off + 2 })
+            Ok(L4 {
+                sport,
+                dport,
+                tcp_flags: 0,
+                icmp_type: h[0],
+                csum_off: off + 2,
+            })
         }
         _ => Ok(L4::default()),
     }

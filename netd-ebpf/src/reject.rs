@@ -4,7 +4,7 @@
 //! rate-limited per CPU, like the kernel's own ICMP errors.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, __sk_buff},
+    bindings::{__sk_buff, TC_ACT_SHOT},
     helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
@@ -50,7 +50,13 @@ fn fold(sum: i64) -> u16 {
 /// sends it back out of the bridge it came from. Not inlined: its buffers
 /// would otherwise add to the stack of the masquerade path.
 #[inline(never)]
-pub fn port_unreachable(ctx: &mut TcContext, ifindex: u32, ip: &Ipv4, gateway: u32, len: u32) -> i32 {
+pub fn port_unreachable(
+    ctx: &mut TcContext,
+    ifindex: u32,
+    ip: &Ipv4,
+    gateway: u32,
+    len: u32,
+) -> i32 {
     // Options would shift the quote; such packets (rare) are just dropped.
     if ip.hdr_len != 20 || ip.is_later_fragment() || !within_budget() {
         return stats::drop(reason::DROP_POLICY, len);
@@ -72,10 +78,36 @@ pub fn port_unreachable(ctx: &mut TcContext, ifindex: u32, ip: &Ipv4, gateway: u
     let g = gateway.to_ne_bytes();
     let d = ip.saddr.to_ne_bytes();
     let mut hdr: [u8; 20] = [
-        0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0, 0, 64, 1, 0, 0, g[0], g[1], g[2], g[3], d[0], d[1], d[2],
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        0,
+        0,
+        0,
+        64,
+        1,
+        0,
+        0,
+        g[0],
+        g[1],
+        g[2],
+        g[3],
+        d[0],
+        d[1],
+        d[2],
         d[3],
     ];
-    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, hdr.as_mut_ptr() as *mut u32, 20, 0) };
+    let sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            hdr.as_mut_ptr() as *mut u32,
+            20,
+            0,
+        )
+    };
     let c = fold(sum).to_ne_bytes();
     hdr[10] = c[0];
     hdr[11] = c[1];
@@ -84,12 +116,23 @@ pub fn port_unreachable(ctx: &mut TcContext, ifindex: u32, ip: &Ipv4, gateway: u
     icmp[0] = 3; // destination unreachable
     icmp[1] = 3; // port unreachable
     icmp[8..].copy_from_slice(&quote);
-    let sum = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, icmp.as_mut_ptr() as *mut u32, ICMP_LEN as u32, 0) };
+    let sum = unsafe {
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            icmp.as_mut_ptr() as *mut u32,
+            ICMP_LEN as u32,
+            0,
+        )
+    };
     let c = fold(sum).to_ne_bytes();
     icmp[2] = c[0];
     icmp[3] = c[1];
 
-    if ctx.store(0, &eth, 0).is_err() || ctx.store(ETH_LEN, &hdr, 0).is_err() || ctx.store(ETH_LEN + 20, &icmp, 0).is_err() {
+    if ctx.store(0, &eth, 0).is_err()
+        || ctx.store(ETH_LEN, &hdr, 0).is_err()
+        || ctx.store(ETH_LEN + 20, &icmp, 0).is_err()
+    {
         return TC_ACT_SHOT;
     }
     stats::count(reason::REJECT_SENT, len);

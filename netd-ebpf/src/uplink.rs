@@ -52,7 +52,17 @@ pub fn ingress(ctx: &mut TcContext) -> i32 {
         return TC_ACT_OK;
     }
     ct::touch(e, ip.proto, l4.tcp_flags, len);
-    to_guest(ctx, ifindex, &ip, &l4, &key, &xlate, bridge, len, reason::REVERSE_NAT)
+    to_guest(
+        ctx,
+        ifindex,
+        &ip,
+        &l4,
+        &key,
+        &xlate,
+        bridge,
+        len,
+        reason::REVERSE_NAT,
+    )
 }
 
 /// Rewrites a packet for a guest and sends it to the bridge.
@@ -100,7 +110,14 @@ pub fn new_flow_stage(ctx: &mut TcContext) -> i32 {
     let Ok(l4) = parse::l4(ctx, &ip) else {
         return TC_ACT_OK;
     };
-    let key = CtKey { saddr: ip.saddr, daddr: ip.daddr, sport: l4.sport, dport: l4.dport, proto: ip.proto, _pad: [0; 3] };
+    let key = CtKey {
+        saddr: ip.saddr,
+        daddr: ip.daddr,
+        sport: l4.sport,
+        dport: l4.dport,
+        proto: ip.proto,
+        _pad: [0; 3],
+    };
     let (ip, l4) = (&ip, &l4);
     let Some(target) = nat::forward_target(ip.daddr, l4.dport, ip.proto) else {
         return unsolicited(ctx, ip, len);
@@ -119,7 +136,17 @@ pub fn new_flow_stage(ctx: &mut TcContext) -> i32 {
         return stats::drop(reason::DROP_CT_FULL, len);
     }
     stats::count(reason::CT_NEW, len);
-    to_guest(ctx, ifindex, ip, l4, &key, &xlate, target.bridge_ifindex, len, reason::DNAT)
+    to_guest(
+        ctx,
+        ifindex,
+        ip,
+        l4,
+        &key,
+        &xlate,
+        target.bridge_ifindex,
+        len,
+        reason::DNAT,
+    )
 }
 
 /// Traffic for a netd subnet that no connection or forward claims: routed
@@ -201,7 +228,8 @@ pub fn egress(ctx: &mut TcContext) -> i32 {
                     None => return stats::drop(reason::DROP_NO_UPLINK_ADDR, len),
                 }
             };
-            let Some(req) = nat::SnatRequest::new(&key, &l4, nat_addr, net, bridge, ifindex, len) else {
+            let Some(req) = nat::SnatRequest::new(&key, &l4, nat_addr, net, bridge, ifindex, len)
+            else {
                 return stats::drop(reason::DROP_CT_FULL, len);
             };
             let r = nat::snat_new(req);

@@ -1355,7 +1355,11 @@ impl Topology {
     /// /sys and hides /sys/fs/cgroup from the daemon. None without cgroup v2.
     pub fn cgroup(&self) -> Option<PathBuf> {
         cgroup2_root()?;
-        Some(self.dir.join("cgroup2").join(format!("netd-test-{}", self.prefix)))
+        Some(
+            self.dir
+                .join("cgroup2")
+                .join(format!("netd-test-{}", self.prefix)),
+        )
     }
 
     /// Mounts the cgroup v2 hierarchy under the temp dir and creates this
@@ -1378,7 +1382,10 @@ impl Topology {
 
     /// Runs `argv` in the host namespace inside this topology's cgroup.
     pub fn host_exec_in_cgroup(&self, argv: &[&str]) -> Output {
-        let cg = self.ensure_cgroup().expect("test cgroup").expect("cgroup v2");
+        let cg = self
+            .ensure_cgroup()
+            .expect("test cgroup")
+            .expect("cgroup v2");
         let script = format!("echo $$ > {}/cgroup.procs && exec \"$@\"", cg.display());
         let mut full = vec!["sh", "-c", script.as_str(), "sh"];
         full.extend_from_slice(argv);

@@ -31,7 +31,9 @@ fn rulesets_are_byte_identical_before_during_and_after() {
     require_netd!();
     let mut t = Topology::new("fw_identical").unwrap();
     // A ruleset of the owner's, so there is something to clobber.
-    t.host.exec_ok(&["iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT"]);
+    t.host.exec_ok(&[
+        "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "22", "-j", "ACCEPT",
+    ]);
     t.host.exec_ok(&["nft", "add", "table", "inet", "owner"]);
     let before = t.firewall_snapshot_raw();
     t.start_daemon().unwrap();
@@ -55,7 +57,13 @@ fn rulesets_are_byte_identical_before_during_and_after() {
 fn strip_counters(s: &str) -> String {
     s.lines()
         .filter(|l| !l.starts_with('#'))
-        .map(|l| if l.starts_with(':') { l.split(" [").next().unwrap_or(l) } else { l })
+        .map(|l| {
+            if l.starts_with(':') {
+                l.split(" [").next().unwrap_or(l)
+            } else {
+                l
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -82,7 +90,8 @@ fn docker_style_forward_drop_does_not_cut_guests_off() {
 fn flushing_the_firewall_mid_transfer_does_not_interrupt_it() {
     require_netd!();
     let (t, g) = topology("fw_flush");
-    t.host.exec_ok(&["iptables", "-A", "FORWARD", "-j", "ACCEPT"]);
+    t.host
+        .exec_ok(&["iptables", "-A", "FORWARD", "-j", "ACCEPT"]);
     t.host.exec_ok(&["nft", "add", "table", "inet", "owner"]);
     // A steady stream from the guest: the upstream sink counts bytes.
     let sink = t.dir.join("sink.count");
@@ -130,13 +139,27 @@ s.close(); print(n)
     let start = Instant::now();
     let status = client.wait().unwrap();
     let mut sent = String::new();
-    client.stdout.take().unwrap().read_to_string(&mut sent).unwrap();
+    client
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut sent)
+        .unwrap();
     let mut err = String::new();
-    client.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    client
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(status.success(), "transfer broke: {err}");
     assert!(wait_until(Duration::from_secs(5), || sink.exists()));
     let _ = server.wait();
-    let received: u64 = std::fs::read_to_string(&sink).unwrap().trim().parse().unwrap();
+    let received: u64 = std::fs::read_to_string(&sink)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let sent: u64 = sent.trim().parse().unwrap();
     assert_eq!(received, sent, "bytes lost after {:?}", start.elapsed());
     assert!(sent > 100_000, "the transfer barely ran: {sent} bytes");

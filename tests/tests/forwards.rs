@@ -61,24 +61,68 @@ fn upstream_reaches_the_guest_through_forwards() {
     let http = tcp_echo_server(&s.web.ns, 80);
     let https = tcp_echo_server(&s.web.ns, 443);
     let ssh = tcp_echo_server(&s.web.ns, 22);
-    assert_eq!(tcp_request(&s.t.upstream, HOST_IP, 80, "get /").unwrap(), "get /");
-    assert_eq!(tcp_request(&s.t.upstream, HOST_IP, 443, "tls").unwrap(), "tls");
-    assert_eq!(tcp_request(&s.t.upstream, HOST_IP, 7722, "ssh").unwrap(), "ssh");
+    assert_eq!(
+        tcp_request(&s.t.upstream, HOST_IP, 80, "get /").unwrap(),
+        "get /"
+    );
+    assert_eq!(
+        tcp_request(&s.t.upstream, HOST_IP, 443, "tls").unwrap(),
+        "tls"
+    );
+    assert_eq!(
+        tcp_request(&s.t.upstream, HOST_IP, 7722, "ssh").unwrap(),
+        "ssh"
+    );
     // DNAT only: the guest sees the real client.
     for srv in [&http, &https, &ssh] {
-        assert_eq!(srv.peer_ips().iter().map(|p| p.to_string()).collect::<Vec<_>>(), [UPSTREAM_IP.to_string()]);
+        assert_eq!(
+            srv.peer_ips()
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>(),
+            [UPSTREAM_IP.to_string()]
+        );
     }
     // A UDP forward added live.
-    s.t.netd_ok(&["forward", "add", "handbook", "--proto", "udp", "--port", "5353", "--to", &format!("{GUEST_IP}:53")]);
+    s.t.netd_ok(&[
+        "forward",
+        "add",
+        "handbook",
+        "--proto",
+        "udp",
+        "--port",
+        "5353",
+        "--to",
+        &format!("{GUEST_IP}:53"),
+    ]);
     let dns = udp_echo_server(&s.web.ns, 53);
-    assert_eq!(udp_request(&s.t.upstream, HOST_IP, 5353, "query").unwrap(), "query");
+    assert_eq!(
+        udp_request(&s.t.upstream, HOST_IP, 5353, "query").unwrap(),
+        "query"
+    );
     assert_eq!(dns.peer_ips().len(), 1);
     // A port that is not forwarded is refused.
-    assert!(request_timeout(&s.t.upstream, "tcp", HOST_IP, 8088, "x", None, Duration::from_secs(2)).is_err());
+    assert!(
+        request_timeout(
+            &s.t.upstream,
+            "tcp",
+            HOST_IP,
+            8088,
+            "x",
+            None,
+            Duration::from_secs(2)
+        )
+        .is_err()
+    );
     // The forwards map counts hits.
     let fwd = s.t.netd_bpf(&["forwards", "list", "-o", "json"]);
     let rows: serde_json::Value = serde_json::from_str(&fwd.stdout).unwrap();
-    let http_row = rows.as_array().unwrap().iter().find(|r| r["host"] == format!("{HOST_IP}:80")).unwrap();
+    let http_row = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["host"] == format!("{HOST_IP}:80"))
+        .unwrap();
     assert!(http_row["hits"].as_u64().unwrap() >= 1, "{rows}");
     assert_eq!(http_row["guest"], format!("{GUEST_IP}:80"));
     assert_eq!(s.t.firewall_snapshot(), before, "netd touched the firewall");
@@ -92,14 +136,33 @@ fn hairpin_from_guests_and_host_local_clients() {
     let other = s.t.add_guest("virbr1", None).unwrap();
     other.dhcp().unwrap();
     // Another guest using the public address.
-    assert_eq!(tcp_request(&other.ns, HOST_IP, 80, "hairpin").unwrap(), "hairpin");
+    assert_eq!(
+        tcp_request(&other.ns, HOST_IP, 80, "hairpin").unwrap(),
+        "hairpin"
+    );
     // The target itself using the public address.
     assert_eq!(tcp_request(&s.web.ns, HOST_IP, 80, "self").unwrap(), "self");
     // Hairpinned flows come from the gateway, so replies return via the host.
-    assert!(http.peer_ips().iter().all(|p| p.to_string() == "192.168.100.1"), "{:?}", http.peers());
+    assert!(
+        http.peer_ips()
+            .iter()
+            .all(|p| p.to_string() == "192.168.100.1"),
+        "{:?}",
+        http.peers()
+    );
 
     // A process on the host, in the test's cgroup, for TCP and UDP.
-    s.t.netd_ok(&["forward", "add", "handbook", "--proto", "udp", "--port", "5353", "--to", &format!("{GUEST_IP}:53")]);
+    s.t.netd_ok(&[
+        "forward",
+        "add",
+        "handbook",
+        "--proto",
+        "udp",
+        "--port",
+        "5353",
+        "--to",
+        &format!("{GUEST_IP}:53"),
+    ]);
     let dns = udp_echo_server(&s.web.ns, 53);
     let tcp = format!(
         "import socket; s=socket.create_connection(('{HOST_IP}',80),timeout=3); s.sendall(b'local'); s.shutdown(1); print(s.recv(100).decode())"
@@ -121,7 +184,7 @@ fn removing_a_forward_keeps_open_connections_and_refuses_new_ones() {
     let s = setup("fwd_remove");
     let _http = tcp_echo_server(&s.web.ns, 80);
     // A line-echo server so one connection can carry several exchanges.
-    let _chat = s.web.ns.spawn(&[
+    let mut chat = s.web.ns.spawn(&[
         "python3",
         "-c",
         "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('0.0.0.0', 443)); s.listen(4)\nwhile True:\n  c,_=s.accept(); f=c.makefile('rwb', 0)\n  for l in f: f.write(l)\n",
@@ -141,32 +204,71 @@ f.write(b"two\n"); print(f.readline().decode().strip(), flush=True)
     );
     let log = s.t.dir.join("client.log");
     let mut c = s.t.upstream.spawn_logged(&["python3", "-c", &client], &log);
-    assert!(wait_until(Duration::from_secs(5), || std::fs::read_to_string(&log).unwrap_or_default().contains("one")));
-    s.t.netd_ok(&["forward", "remove", "handbook", "--proto", "tcp", "--port", "443"]);
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("one")
+    }));
+    s.t.netd_ok(&[
+        "forward", "remove", "handbook", "--proto", "tcp", "--port", "443",
+    ]);
     std::fs::write(&flag, "").unwrap();
     let _ = c.wait();
     let out = std::fs::read_to_string(&log).unwrap();
-    assert!(out.contains("one") && out.contains("two"), "the open connection broke: {out}");
     assert!(
-        request_timeout(&s.t.upstream, "tcp", HOST_IP, 443, "new", None, Duration::from_secs(2)).is_err(),
+        out.contains("one") && out.contains("two"),
+        "the open connection broke: {out}"
+    );
+    assert!(
+        request_timeout(
+            &s.t.upstream,
+            "tcp",
+            HOST_IP,
+            443,
+            "new",
+            None,
+            Duration::from_secs(2)
+        )
+        .is_err(),
         "a new connection got through a removed forward"
     );
     // The other forwards were not disturbed.
-    assert_eq!(tcp_request(&s.t.upstream, HOST_IP, 80, "still").unwrap(), "still");
+    assert_eq!(
+        tcp_request(&s.t.upstream, HOST_IP, 80, "still").unwrap(),
+        "still"
+    );
     let list = s.t.netd_json(&["forward", "list", "handbook"]);
     assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+    let _ = chat.kill();
+    let _ = chat.wait();
 }
 
 #[test]
 fn forwards_survive_a_daemon_restart() {
     require_netd!();
     let mut s = setup("fwd_restart");
-    s.t.netd_ok(&["forward", "add", "handbook", "--proto", "tcp", "--port", "8000-8002", "--to", &format!("{GUEST_IP}:9000-9002")]);
+    s.t.netd_ok(&[
+        "forward",
+        "add",
+        "handbook",
+        "--proto",
+        "tcp",
+        "--port",
+        "8000-8002",
+        "--to",
+        &format!("{GUEST_IP}:9000-9002"),
+    ]);
     s.t.restart_daemon().unwrap();
     let _a = tcp_echo_server(&s.web.ns, 80);
     let _b = tcp_echo_server(&s.web.ns, 9001);
-    assert_eq!(tcp_request(&s.t.upstream, HOST_IP, 80, "after").unwrap(), "after");
-    assert_eq!(tcp_request(&s.t.upstream, HOST_IP, 8001, "range").unwrap(), "range");
+    assert_eq!(
+        tcp_request(&s.t.upstream, HOST_IP, 80, "after").unwrap(),
+        "after"
+    );
+    assert_eq!(
+        tcp_request(&s.t.upstream, HOST_IP, 8001, "range").unwrap(),
+        "range"
+    );
     let list = s.t.netd_json(&["forward", "list"]);
     assert_eq!(list.as_array().unwrap().len(), 4, "{list}");
 }
@@ -183,19 +285,85 @@ fn conflicting_forwards_are_refused() {
     let before = s.t.netd_bpf(&["forwards", "list", "-o", "json"]).stdout;
     let to = GUEST_IP;
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (vec!["forward", "add", "handbook", "--proto", "tcp", "--port", "80", "--to", to], "already forwarded"),
-        (vec!["forward", "add", "handbook", "--proto", "tcp", "--port", "79-81", "--to", "192.168.100.9"], "already forwarded"),
-        (vec!["forward", "add", "handbook", "--proto", "tcp", "--port", "9000-9005", "--to", "192.168.100.77:80-82"], "differ"),
-        (vec!["forward", "add", "handbook", "--proto", "tcp", "--port", "9000", "--to", "10.9.9.9"], "outside"),
-        (vec!["forward", "add", "handbook", "--proto", "tcp", "--port", "0", "--to", to], "port 0"),
-        (vec!["forward", "add", "iso", "--proto", "tcp", "--port", "9000", "--to", "10.55.0.5"], "isolated"),
-        (vec!["forward", "remove", "handbook", "--proto", "tcp", "--port", "9999"], "no tcp forward"),
+        (
+            vec![
+                "forward", "add", "handbook", "--proto", "tcp", "--port", "80", "--to", to,
+            ],
+            "already forwarded",
+        ),
+        (
+            vec![
+                "forward",
+                "add",
+                "handbook",
+                "--proto",
+                "tcp",
+                "--port",
+                "79-81",
+                "--to",
+                "192.168.100.9",
+            ],
+            "already forwarded",
+        ),
+        (
+            vec![
+                "forward",
+                "add",
+                "handbook",
+                "--proto",
+                "tcp",
+                "--port",
+                "9000-9005",
+                "--to",
+                "192.168.100.77:80-82",
+            ],
+            "differ",
+        ),
+        (
+            vec![
+                "forward", "add", "handbook", "--proto", "tcp", "--port", "9000", "--to",
+                "10.9.9.9",
+            ],
+            "outside",
+        ),
+        (
+            vec![
+                "forward", "add", "handbook", "--proto", "tcp", "--port", "0", "--to", to,
+            ],
+            "port 0",
+        ),
+        (
+            vec![
+                "forward",
+                "add",
+                "iso",
+                "--proto",
+                "tcp",
+                "--port",
+                "9000",
+                "--to",
+                "10.55.0.5",
+            ],
+            "isolated",
+        ),
+        (
+            vec![
+                "forward", "remove", "handbook", "--proto", "tcp", "--port", "9999",
+            ],
+            "no tcp forward",
+        ),
     ];
     for (args, why) in cases {
         let o = s.t.netd(&args);
         assert_eq!(o.status, 1, "{args:?}: {o}");
-        assert!(o.stderr.starts_with("error:") && o.stderr.trim().lines().count() == 1, "{args:?}: {o}");
+        assert!(
+            o.stderr.starts_with("error:") && o.stderr.trim().lines().count() == 1,
+            "{args:?}: {o}"
+        );
         assert!(o.stderr.contains(why), "{args:?}: expected {why:?} in {o}");
     }
-    assert_eq!(s.t.netd_bpf(&["forwards", "list", "-o", "json"]).stdout, before);
+    assert_eq!(
+        s.t.netd_bpf(&["forwards", "list", "-o", "json"]).stdout,
+        before
+    );
 }

@@ -94,25 +94,11 @@ fn topology_builds_and_cleans_up() {
         "hello udp"
     );
     assert_eq!(
-        udp_request_from(
-            &t.host,
-            UPSTREAM_IP.to_string(),
-            5353,
-            "again",
-            Some(40123)
-        )
-        .unwrap(),
+        udp_request_from(&t.host, UPSTREAM_IP.to_string(), 5353, "again", Some(40123)).unwrap(),
         "again"
     );
     assert_eq!(
-        tcp_request_from(
-            &t.host,
-            UPSTREAM_IP.to_string(),
-            8080,
-            "sport",
-            Some(40124)
-        )
-        .unwrap(),
+        tcp_request_from(&t.host, UPSTREAM_IP.to_string(), 8080, "sport", Some(40124)).unwrap(),
         "sport"
     );
     let tp = tcp.wait_peers(2, Duration::from_secs(2));
@@ -158,7 +144,11 @@ fn topology_builds_and_cleans_up() {
     drop(t);
 
     let st = stray.wait().unwrap();
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(9), "{st}");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(9),
+        "{st}"
+    );
 
     let left = netns_list();
     for n in &names {

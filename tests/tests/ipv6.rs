@@ -12,7 +12,9 @@ fn define_start(t: &Topology, name: &str, toml: &str) {
 
 /// The guest's global IPv6 addresses on eth0.
 fn global_v6(g: &Guest) -> Vec<String> {
-    let out = g.exec(&["ip", "-6", "-j", "addr", "show", "dev", "eth0", "scope", "global"]);
+    let out = g.exec(&[
+        "ip", "-6", "-j", "addr", "show", "dev", "eth0", "scope", "global",
+    ]);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap_or_default();
     v.as_array()
         .into_iter()
@@ -47,10 +49,17 @@ fn slaac_guest_gets_an_address_in_the_prefix() {
     );
     let g = t.add_guest("v6br", None).unwrap();
     let a = wait_slaac(&g, "fd00:60:");
-    assert!(g.ns.ping("fd00:60::1", 3), "guest {a} cannot reach its router");
+    assert!(
+        g.ns.ping("fd00:60::1", 3),
+        "guest {a} cannot reach its router"
+    );
     // The MTU is advertised in the router advertisements.
     assert!(
-        wait_until(Duration::from_secs(10), || g.exec(&["cat", "/proc/sys/net/ipv6/conf/eth0/mtu"]).stdout.trim() == "1400"),
+        wait_until(Duration::from_secs(10), || g
+            .exec(&["cat", "/proc/sys/net/ipv6/conf/eth0/mtu"])
+            .stdout
+            .trim()
+            == "1400"),
         "RA MTU not applied"
     );
 }
@@ -104,7 +113,10 @@ fn dhcpv6(t: &Topology, g: &Guest, tag: &str) -> String {
         ),
     )
     .unwrap();
-    std::process::Command::new("chmod").args(["+x", &script.to_string_lossy()]).status().unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", &script.to_string_lossy()])
+        .status()
+        .unwrap();
     let lease = dir.join("lease");
     let pid = dir.join("pid");
     let o = g.exec(&[
@@ -140,22 +152,43 @@ fn routed_ipv6_reaches_upstream_past_a_forward_drop() {
         "r6",
         "name = \"r6\"\nmode = \"route\"\nbridge = \"r6br\"\n[ipv4]\naddress = \"10.62.0.1/24\"\n[ipv6]\naddress = \"2001:db8:200::1/64\"\nslaac = true\n",
     );
-    t.router.exec_ok(&["ip", "-6", "route", "add", "2001:db8:200::/64", "via", "2001:db8:100::2"]);
+    t.router.exec_ok(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "2001:db8:200::/64",
+        "via",
+        "2001:db8:100::2",
+    ]);
     t.host.exec_ok(&["ip6tables", "-P", "FORWARD", "DROP"]);
     let g = t.add_guest("r6br", None).unwrap();
     let a = wait_slaac(&g, "2001:db8:200:");
     let srv = tcp_echo_server_on(&t.upstream, "::", 8600);
     assert_eq!(tcp_request(&g.ns, UPSTREAM_IP6, 8600, "v6").unwrap(), "v6");
-    assert_eq!(srv.peer_ips()[0].to_string(), a, "routed IPv6 keeps the guest's address");
+    assert_eq!(
+        srv.peer_ips()[0].to_string(),
+        a,
+        "routed IPv6 keeps the guest's address"
+    );
     // And back in: upstream reaches the guest.
     let back = tcp_echo_server_on(&g.ns, "::", 8601);
     assert_eq!(tcp_request(&t.upstream, &a, 8601, "in").unwrap(), "in");
     drop(back);
-    let stats: serde_json::Value = serde_json::from_str(&t.netd_bpf(&["stats", "-o", "json"]).stdout).unwrap();
-    let redirected = stats["reasons"].as_array().unwrap().iter().find(|r| r["reason"] == "redirect").unwrap()["packets"]
+    let stats: serde_json::Value =
+        serde_json::from_str(&t.netd_bpf(&["stats", "-o", "json"]).stdout).unwrap();
+    let redirected = stats["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "redirect")
+        .unwrap()["packets"]
         .as_u64()
         .unwrap();
-    assert!(redirected > 0, "IPv6 did not go through the datapath: {stats}");
+    assert!(
+        redirected > 0,
+        "IPv6 did not go through the datapath: {stats}"
+    );
 }
 
 #[test]
@@ -173,8 +206,14 @@ fn nat66_shows_the_hosts_address_upstream() {
     let tcp = tcp_echo_server_on(&t.upstream, "::", 8660);
     let udp = udp_echo_server_on(&t.upstream, "::", 8661);
     assert!(g.ns.ping(UPSTREAM_IP6, 3), "ping6 through NAT66");
-    assert_eq!(udp_request(&g.ns, UPSTREAM_IP6, 8661, "six").unwrap(), "six");
-    assert_eq!(tcp_request(&g.ns, UPSTREAM_IP6, 8660, "six").unwrap(), "six");
+    assert_eq!(
+        udp_request(&g.ns, UPSTREAM_IP6, 8661, "six").unwrap(),
+        "six"
+    );
+    assert_eq!(
+        tcp_request(&g.ns, UPSTREAM_IP6, 8660, "six").unwrap(),
+        "six"
+    );
     for p in tcp.peer_ips().into_iter().chain(udp.peer_ips()) {
         assert_eq!(p.to_string(), HOST_IP6, "guest {a} leaked");
     }

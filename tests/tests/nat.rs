@@ -32,8 +32,14 @@ fn guest_reaches_upstream_as_the_host() {
 
     let tcp = tcp_echo_server(&t.upstream, 8080);
     let udp = udp_echo_server(&t.upstream, 5353);
-    assert_eq!(tcp_request(&g.ns, UPSTREAM_IP, 8080, "hello").unwrap(), "hello");
-    assert_eq!(udp_request(&g.ns, UPSTREAM_IP, 5353, "ping").unwrap(), "ping");
+    assert_eq!(
+        tcp_request(&g.ns, UPSTREAM_IP, 8080, "hello").unwrap(),
+        "hello"
+    );
+    assert_eq!(
+        udp_request(&g.ns, UPSTREAM_IP, 5353, "ping").unwrap(),
+        "ping"
+    );
     assert!(g.ns.ping(UPSTREAM_IP, 3), "guest ping to upstream");
 
     // Upstream only ever sees the host's uplink address.
@@ -44,20 +50,39 @@ fn guest_reaches_upstream_as_the_host() {
 
     // The flows are in the pinned conntrack map, as the CLI shows it: the
     // original tuple from the guest and the translated one from the host.
-    let ct = t.netd_bpf(&["ct", "list", "--proto", "tcp", "--port", "8080", "-o", "json"]);
+    let ct = t.netd_bpf(&[
+        "ct", "list", "--proto", "tcp", "--port", "8080", "-o", "json",
+    ]);
     assert!(ct.success(), "{ct}");
     let rows: serde_json::Value = serde_json::from_str(&ct.stdout).unwrap();
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 1, "{rows:?}");
-    assert!(rows[0]["src"].as_str().unwrap().starts_with(&format!("{ip}:")), "{rows:?}");
-    assert!(rows[0]["xlate_src"].as_str().unwrap().starts_with(&format!("{HOST_IP}:")), "{rows:?}");
+    assert!(
+        rows[0]["src"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{ip}:")),
+        "{rows:?}"
+    );
+    assert!(
+        rows[0]["xlate_src"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{HOST_IP}:")),
+        "{rows:?}"
+    );
     assert_eq!(rows[0]["dst"], format!("{UPSTREAM_IP}:8080"));
     let nat = t.netd_bpf(&["nat", "list", "-o", "json"]);
     assert!(nat.stdout.contains("snat"), "{nat}");
     let stats = t.netd_bpf(&["stats", "-o", "json"]);
     assert!(stats.success(), "{stats}");
     let v: serde_json::Value = serde_json::from_str(&stats.stdout).unwrap();
-    let snat = v["reasons"].as_array().unwrap().iter().find(|r| r["reason"] == "snat").unwrap()["packets"]
+    let snat = v["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "snat")
+        .unwrap()["packets"]
         .as_u64()
         .unwrap();
     assert!(snat > 0, "no packet was masqueraded by the datapath: {v}");
@@ -71,9 +96,24 @@ fn upstream_cannot_open_connections_to_guests() {
     let ip = g.dhcp().expect("lease");
     // Give the router a route to the guest subnet, so only netd's policy
     // stands between upstream and the guest.
-    t.router.exec_ok(&["ip", "route", "add", "192.168.122.0/24", "via", &HOST_IP.to_string()]);
+    t.router.exec_ok(&[
+        "ip",
+        "route",
+        "add",
+        "192.168.122.0/24",
+        "via",
+        &HOST_IP.to_string(),
+    ]);
     let srv = tcp_echo_server(&g.ns, 2222);
-    let r = request_timeout(&t.upstream, "tcp", ip, 2222, "x", None, Duration::from_secs(2));
+    let r = request_timeout(
+        &t.upstream,
+        "tcp",
+        ip,
+        2222,
+        "x",
+        None,
+        Duration::from_secs(2),
+    );
     assert!(r.is_err(), "upstream reached the guest: {r:?}");
     assert!(srv.peers().is_empty());
     // While the guest itself can still go out.
@@ -91,12 +131,21 @@ fn same_source_port_from_two_guests_gets_two_translations() {
     a.dhcp().unwrap();
     b.dhcp().unwrap();
     let srv = udp_echo_server(&t.upstream, 6000);
-    assert_eq!(udp_request_from(&a.ns, UPSTREAM_IP, 6000, "a", Some(40000)).unwrap(), "a");
-    assert_eq!(udp_request_from(&b.ns, UPSTREAM_IP, 6000, "b", Some(40000)).unwrap(), "b");
+    assert_eq!(
+        udp_request_from(&a.ns, UPSTREAM_IP, 6000, "a", Some(40000)).unwrap(),
+        "a"
+    );
+    assert_eq!(
+        udp_request_from(&b.ns, UPSTREAM_IP, 6000, "b", Some(40000)).unwrap(),
+        "b"
+    );
     let peers = srv.wait_peers(2, Duration::from_secs(3));
     assert_eq!(peers.len(), 2, "{peers:?}");
     assert_ne!(peers[0], peers[1], "both guests got the same translation");
-    assert!(peers.iter().all(|p| p.starts_with(&HOST_IP.to_string())), "{peers:?}");
+    assert!(
+        peers.iter().all(|p| p.starts_with(&HOST_IP.to_string())),
+        "{peers:?}"
+    );
 }
 
 #[test]
@@ -108,9 +157,20 @@ fn ttl_expiry_at_the_router_comes_back_to_the_guest() {
     // TTL 2: the host forwards it (TTL 1), the router must drop it and
     // answer with time-exceeded, which only reaches the guest if the ICMP
     // error is translated back through the NAT.
-    let out = g.exec(&["ping", "-n", "-c", "1", "-W", "2", "-t", "2", &UPSTREAM_IP.to_string()]);
+    let out = g.exec(&[
+        "ping",
+        "-n",
+        "-c",
+        "1",
+        "-W",
+        "2",
+        "-t",
+        "2",
+        &UPSTREAM_IP.to_string(),
+    ]);
     assert!(
-        out.stdout.contains("Time to live exceeded") && out.stdout.contains(&ROUTER_HOST_IP.to_string()),
+        out.stdout.contains("Time to live exceeded")
+            && out.stdout.contains(&ROUTER_HOST_IP.to_string()),
         "{out}"
     );
     // The same for a UDP probe, the way traceroute sends them.
@@ -160,7 +220,10 @@ dhcp = { start = "192.168.100.10", end = "192.168.100.20" }
     b.dhcp().unwrap();
     let srv = tcp_echo_server(&a.ns, 3000);
     let r = request_timeout(&b.ns, "tcp", a_ip, 3000, "x", None, Duration::from_secs(2));
-    assert!(r.is_err(), "a guest of 'other' reached into 'default': {r:?}");
+    assert!(
+        r.is_err(),
+        "a guest of 'other' reached into 'default': {r:?}"
+    );
     assert!(srv.peers().is_empty());
     // Both still reach upstream.
     let up = tcp_echo_server(&t.upstream, 8082);
@@ -178,16 +241,32 @@ fn a_new_uplink_address_is_used_for_new_flows() {
     let srv = udp_echo_server(&t.upstream, 6100);
     assert_eq!(udp_request(&g.ns, UPSTREAM_IP, 6100, "one").unwrap(), "one");
     // The host is renumbered, as a DHCP-configured uplink may be.
-    t.host.exec_ok(&["ip", "addr", "del", "198.51.100.2/24", "dev", UPLINK]);
-    t.host.exec_ok(&["ip", "addr", "add", "198.51.100.3/24", "dev", UPLINK]);
-    t.host.exec_ok(&["ip", "route", "replace", "default", "via", &ROUTER_HOST_IP.to_string()]);
+    t.host
+        .exec_ok(&["ip", "addr", "del", "198.51.100.2/24", "dev", UPLINK]);
+    t.host
+        .exec_ok(&["ip", "addr", "add", "198.51.100.3/24", "dev", UPLINK]);
+    t.host.exec_ok(&[
+        "ip",
+        "route",
+        "replace",
+        "default",
+        "via",
+        &ROUTER_HOST_IP.to_string(),
+    ]);
     assert!(wait_until(Duration::from_secs(5), || {
         t.netd_json(&["net", "info", "default"])["masquerade_address"] == "198.51.100.3"
     }));
-    assert!(wait_until(Duration::from_secs(5), || {
-        udp_request_from(&g.ns, UPSTREAM_IP, 6100, "two", Some(45000)).is_ok()
-            && srv.peer_ips().iter().any(|p| p.to_string() == "198.51.100.3")
-    }), "peers: {:?}", srv.peers());
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            udp_request_from(&g.ns, UPSTREAM_IP, 6100, "two", Some(45000)).is_ok()
+                && srv
+                    .peer_ips()
+                    .iter()
+                    .any(|p| p.to_string() == "198.51.100.3")
+        }),
+        "peers: {:?}",
+        srv.peers()
+    );
     // Entries for the old address were flushed, as MASQUERADE does.
     let ct = t.netd_bpf(&["ct", "list", "-o", "json"]);
     assert!(!ct.stdout.contains("198.51.100.2:"), "{ct}");

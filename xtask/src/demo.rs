@@ -51,7 +51,11 @@ fn show(t: &Topology, args: &[&str]) -> Result<()> {
 
 fn show_bpf(t: &Topology, args: &[&str]) -> Result<()> {
     let state = t.state_dir().display().to_string();
-    println!("$ netd bpf {} --bpffs {} --state-dir {state}", args.join(" "), t.bpffs().display());
+    println!(
+        "$ netd bpf {} --bpffs {} --state-dir {state}",
+        args.join(" "),
+        t.bpffs().display()
+    );
     let mut a = args.to_vec();
     a.extend(["--state-dir", &state]);
     let out = t.netd_bpf(&a);
@@ -83,7 +87,14 @@ fn scenario(t: &mut Topology) -> Result<()> {
     step("a guest fetches a page from a web server upstream, through the eBPF NAT");
     let log = t.dir.join("http.log");
     let mut server = t.upstream.spawn_logged(
-        &["python3", "-m", "http.server", "8000", "--bind", &UPSTREAM_IP.to_string()],
+        &[
+            "python3",
+            "-m",
+            "http.server",
+            "8000",
+            "--bind",
+            &UPSTREAM_IP.to_string(),
+        ],
         &log,
     );
     std::thread::sleep(Duration::from_millis(700));
@@ -104,9 +115,23 @@ fn scenario(t: &mut Topology) -> Result<()> {
     println!("(it sees the host's uplink address, never the guest's {ip_a})");
 
     step("port forward: upstream reaches alpha's web server on the host's address");
-    show(t, &["forward", "add", "default", "--proto", "tcp", "--port", "8080", "--to", &format!("{ip_a}:80")])?;
+    show(
+        t,
+        &[
+            "forward",
+            "add",
+            "default",
+            "--proto",
+            "tcp",
+            "--port",
+            "8080",
+            "--to",
+            &format!("{ip_a}:80"),
+        ],
+    )?;
     let log = t.dir.join("guest-http.log");
-    let mut web = a.ns.spawn_logged(&["python3", "-m", "http.server", "80"], &log);
+    let mut web =
+        a.ns.spawn_logged(&["python3", "-m", "http.server", "80"], &log);
     std::thread::sleep(Duration::from_millis(700));
     let url = format!("http://{HOST_IP}:8080/");
     let fetch = t.upstream.exec(&[
@@ -121,7 +146,10 @@ fn scenario(t: &mut Topology) -> Result<()> {
     }
     println!("upstream fetched {url} -> HTTP 200, served by alpha ({ip_a}:80)");
     let seen = std::fs::read_to_string(&log).unwrap_or_default();
-    println!("alpha's server logged: {}", seen.lines().find(|l| l.contains("GET /")).unwrap_or(""));
+    println!(
+        "alpha's server logged: {}",
+        seen.lines().find(|l| l.contains("GET /")).unwrap_or("")
+    );
     show(t, &["forward", "list"])?;
     show_bpf(t, &["forwards", "list"])?;
 
@@ -143,13 +171,25 @@ fn scenario(t: &mut Topology) -> Result<()> {
     step("status with doctor checks, and a few Prometheus metrics");
     show(t, &["status"])?;
     println!();
-    println!("$ netd metrics | grep -E '^netd_(network_packets|nat_translations|drops|dhcp_leases|forward)'");
+    println!(
+        "$ netd metrics | grep -E '^netd_(network_packets|nat_translations|drops|dhcp_leases|forward)'"
+    );
     let metrics = t.netd(&["metrics"]);
     if !metrics.success() {
         bail!("netd metrics failed: {}", metrics.stderr.trim());
     }
-    let wanted = ["netd_network_packets", "netd_nat_translations", "netd_drops", "netd_dhcp_leases", "netd_forward"];
-    for l in metrics.stdout.lines().filter(|l| wanted.iter().any(|w| l.starts_with(w))) {
+    let wanted = [
+        "netd_network_packets",
+        "netd_nat_translations",
+        "netd_drops",
+        "netd_dhcp_leases",
+        "netd_forward",
+    ];
+    for l in metrics
+        .stdout
+        .lines()
+        .filter(|l| wanted.iter().any(|w| l.starts_with(w)))
+    {
         println!("{l}");
     }
     Ok(())

@@ -43,7 +43,10 @@ fn test(extra: &[String]) -> Result<()> {
 
 pub fn cargo(args: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo).args(args).env("NETD_BIN", netd_bin()).status()?;
+    let status = Command::new(cargo)
+        .args(args)
+        .env("NETD_BIN", netd_bin())
+        .status()?;
     if !status.success() {
         bail!("cargo {} failed", args.join(" "));
     }
@@ -51,7 +54,10 @@ pub fn cargo(args: &[&str]) -> Result<()> {
 }
 
 pub fn workspace_root() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
 }
 
 pub fn netd_bin() -> std::path::PathBuf {

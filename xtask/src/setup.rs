@@ -27,8 +27,14 @@ pub fn run() -> Result<()> {
 }
 
 fn output(cmd: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(cmd).args(args).stderr(Stdio::null()).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    let out = Command::new(cmd)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn run_cmd(cmd: &mut Command) -> Result<()> {
@@ -44,7 +50,8 @@ fn packages() -> Result<()> {
         .iter()
         .copied()
         .filter(|p| {
-            output("dpkg-query", &["-W", "-f=${Status}", p]).is_none_or(|s| !s.contains("install ok installed"))
+            output("dpkg-query", &["-W", "-f=${Status}", p])
+                .is_none_or(|s| !s.contains("install ok installed"))
         })
         .collect();
     if missing.is_empty() {
@@ -73,10 +80,20 @@ fn nightly() -> Result<()> {
             "rust-src",
         ]))?;
     }
-    let installed = output("rustup", &["component", "list", "--toolchain", "nightly", "--installed"]).unwrap_or_default();
+    let installed = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .unwrap_or_default();
     if !installed.lines().any(|l| l.starts_with("rust-src")) {
         eprintln!("setup: adding rust-src to nightly");
-        run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
     Ok(())
 }
@@ -91,7 +108,11 @@ fn bpf_linker() -> Result<()> {
         .and_then(|v| v.split('.').next())
         .context("no LLVM version in rustc +nightly -vV")?
         .to_string();
-    let sysroot = PathBuf::from(output("rustc", &["+nightly", "--print", "sysroot"]).context("nightly sysroot")?.trim());
+    let sysroot = PathBuf::from(
+        output("rustc", &["+nightly", "--print", "sysroot"])
+            .context("nightly sysroot")?
+            .trim(),
+    );
     let soname = std::fs::read_dir(sysroot.join("lib"))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -114,10 +135,19 @@ fn bpf_linker() -> Result<()> {
     eprintln!("setup: building bpf-linker against {soname} (about a minute)");
     run_cmd(
         Command::new("cargo")
-            .args(["install", "bpf-linker", "--force", "--no-default-features", "--features"])
+            .args([
+                "install",
+                "bpf-linker",
+                "--force",
+                "--no-default-features",
+                "--features",
+            ])
             .arg(format!("llvm-{llvm_major}"))
             .env("LLVM_PREFIX", &prefix)
-            .env("RUSTFLAGS", format!("-C link-arg=-Wl,-rpath,{}", lib.display())),
+            .env(
+                "RUSTFLAGS",
+                format!("-C link-arg=-Wl,-rpath,{}", lib.display()),
+            ),
     )?;
     std::fs::write(&stamp, &soname)?;
     Ok(())
@@ -126,7 +156,10 @@ fn bpf_linker() -> Result<()> {
 fn bpffs() -> Result<()> {
     let dir = Path::new("/sys/fs/bpf");
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf")) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some("/sys/fs/bpf"))
+    {
         return Ok(());
     }
     if !dir.exists() {

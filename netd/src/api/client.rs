@@ -14,7 +14,9 @@ pub struct Client {
 
 impl Client {
     pub fn new(socket: &Path) -> Client {
-        Client { socket: socket.to_path_buf() }
+        Client {
+            socket: socket.to_path_buf(),
+        }
     }
 
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
@@ -34,7 +36,11 @@ impl Client {
         self.request("DELETE", path, None::<&()>)
     }
 
-    pub fn delete_with<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+    pub fn delete_with<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
         self.request("DELETE", path, Some(body))
     }
 
@@ -45,7 +51,12 @@ impl Client {
         Ok(body)
     }
 
-    fn request<B: Serialize, T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<&B>) -> Result<T> {
+    fn request<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
         let body = body.map(serde_json::to_vec).transpose()?;
         let (status, text) = self.round_trip(method, path, body.as_deref())?;
         check_status(status, &text)?;
@@ -54,7 +65,10 @@ impl Client {
 
     fn round_trip(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<(u16, String)> {
         let mut s = UnixStream::connect(&self.socket).map_err(|e| {
-            anyhow!("cannot reach the daemon at {}: {e} (is `netd daemon` running?)", self.socket.display())
+            anyhow!(
+                "cannot reach the daemon at {}: {e} (is `netd daemon` running?)",
+                self.socket.display()
+            )
         })?;
         // Starting a network waits for dnsmasq; leave room for that.
         s.set_read_timeout(Some(Duration::from_secs(120)))?;
@@ -98,7 +112,10 @@ fn parse_response(raw: &[u8]) -> Result<(u16, String)> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| anyhow!("bad status line from daemon"))?;
     let mut body = raw[split + 4..].to_vec();
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         body = dechunk(&body)?;
     }
     Ok((status, String::from_utf8(body)?))
@@ -107,7 +124,10 @@ fn parse_response(raw: &[u8]) -> Result<(u16, String)> {
 fn dechunk(mut b: &[u8]) -> Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n").ok_or_else(|| anyhow!("bad chunk"))?;
+        let eol = b
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| anyhow!("bad chunk"))?;
         let n = usize::from_str_radix(std::str::from_utf8(&b[..eol])?.trim(), 16)?;
         b = &b[eol + 2..];
         if n == 0 {

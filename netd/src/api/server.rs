@@ -42,7 +42,8 @@ type ApiResult<T> = std::result::Result<Json<T>, ApiError>;
 pub async fn serve(daemon: Arc<Daemon>) -> Result<()> {
     let sock = daemon.paths.socket();
     let _ = std::fs::remove_file(&sock);
-    let listener = tokio::net::UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
+    let listener = tokio::net::UnixListener::bind(&sock)
+        .with_context(|| format!("binding {}", sock.display()))?;
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!("listening on {}", sock.display());
     axum::serve(listener, router(daemon)).await?;
@@ -54,7 +55,9 @@ pub async fn serve_metrics(daemon: Arc<Daemon>, listener: tokio::net::TcpListene
     if let Ok(a) = listener.local_addr() {
         tracing::info!("serving /metrics on http://{a}/metrics");
     }
-    let app = Router::new().route("/metrics", get(metrics)).with_state(daemon);
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(daemon);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!("metrics listener: {e}");
     }
@@ -72,7 +75,10 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/networks/{name}/dump", get(dump))
         .route("/v1/networks/{name}/hosts", post(hosts))
         .route("/v1/networks/{name}/leases", get(leases))
-        .route("/v1/networks/{name}/forwards", get(forwards_of).post(forward_add).delete(forward_remove))
+        .route(
+            "/v1/networks/{name}/forwards",
+            get(forwards_of).post(forward_add).delete(forward_remove),
+        )
         .route("/v1/forwards", get(forwards_all))
         .with_state(daemon)
 }
@@ -116,7 +122,11 @@ async fn stop(State(d): Shared, Path(name): Path<String>) -> ApiResult<NameRespo
     Ok(Json(NameResponse { name }))
 }
 
-async fn autostart(State(d): Shared, Path(name): Path<String>, Json(req): Json<AutostartRequest>) -> ApiResult<NameResponse> {
+async fn autostart(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Json(req): Json<AutostartRequest>,
+) -> ApiResult<NameResponse> {
     d.state.lock().await.set_autostart(&name, req.enable)?;
     Ok(Json(NameResponse { name }))
 }
@@ -127,12 +137,25 @@ struct DumpQuery {
     xml: bool,
 }
 
-async fn dump(State(d): Shared, Path(name): Path<String>, Query(q): Query<DumpQuery>) -> ApiResult<DumpResponse> {
-    Ok(Json(DumpResponse { text: d.state.lock().await.dump(&name, q.xml)? }))
+async fn dump(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<DumpQuery>,
+) -> ApiResult<DumpResponse> {
+    Ok(Json(DumpResponse {
+        text: d.state.lock().await.dump(&name, q.xml)?,
+    }))
 }
 
-async fn hosts(State(d): Shared, Path(name): Path<String>, Json(req): Json<HostRequest>) -> ApiResult<NameResponse> {
-    d.state.lock().await.update_host(&name, req.add, &req.mac, req.ip, req.name)?;
+async fn hosts(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Json(req): Json<HostRequest>,
+) -> ApiResult<NameResponse> {
+    d.state
+        .lock()
+        .await
+        .update_host(&name, req.add, &req.mac, req.ip, req.name)?;
     Ok(Json(NameResponse { name }))
 }
 
@@ -151,25 +174,53 @@ async fn metrics(State(d): Shared) -> Response {
         s.metrics_snapshot(d.started.elapsed().as_secs())
     };
     let body = crate::daemon::metrics::render(&snap);
-    ([(axum::http::header::CONTENT_TYPE, crate::daemon::metrics::CONTENT_TYPE)], body).into_response()
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            crate::daemon::metrics::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response()
 }
 
 async fn forwards_all(State(d): Shared) -> ApiResult<Vec<crate::daemon::ForwardInfo>> {
     Ok(Json(d.state.lock().await.list_forwards(None)?))
 }
 
-async fn forwards_of(State(d): Shared, Path(name): Path<String>) -> ApiResult<Vec<crate::daemon::ForwardInfo>> {
+async fn forwards_of(
+    State(d): Shared,
+    Path(name): Path<String>,
+) -> ApiResult<Vec<crate::daemon::ForwardInfo>> {
     Ok(Json(d.state.lock().await.list_forwards(Some(&name))?))
 }
 
-async fn forward_add(State(d): Shared, Path(name): Path<String>, Json(r): Json<ForwardRequest>) -> ApiResult<NameResponse> {
-    let to = r.to.ok_or_else(|| anyhow::anyhow!("a forward needs a target (--to)"))?;
-    let f = crate::config::Forward { proto: r.proto, port: r.port, to, address: r.address };
+async fn forward_add(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Json(r): Json<ForwardRequest>,
+) -> ApiResult<NameResponse> {
+    let to =
+        r.to.ok_or_else(|| anyhow::anyhow!("a forward needs a target (--to)"))?;
+    let f = crate::config::Forward {
+        proto: r.proto,
+        port: r.port,
+        to,
+        address: r.address,
+    };
     d.state.lock().await.add_forward(&name, f).await?;
     Ok(Json(NameResponse { name }))
 }
 
-async fn forward_remove(State(d): Shared, Path(name): Path<String>, Json(r): Json<ForwardRequest>) -> ApiResult<NameResponse> {
-    d.state.lock().await.remove_forward(&name, r.proto, &r.port, r.address).await?;
+async fn forward_remove(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Json(r): Json<ForwardRequest>,
+) -> ApiResult<NameResponse> {
+    d.state
+        .lock()
+        .await
+        .remove_forward(&name, r.proto, &r.port, r.address)
+        .await?;
     Ok(Json(NameResponse { name }))
 }

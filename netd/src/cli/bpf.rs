@@ -33,7 +33,9 @@ impl MapArgs {
             .as_object()
             .map(|o| {
                 o.iter()
-                    .filter_map(|(name, r)| Some((r["bridge_ifindex"].as_u64()? as u32, name.clone())))
+                    .filter_map(|(name, r)| {
+                        Some((r["bridge_ifindex"].as_u64()? as u32, name.clone()))
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -172,12 +174,18 @@ struct ForwardRow {
 
 fn forwards_list(a: &ForwardsListArgs) -> Result<()> {
     let names = a.map.network_names();
-    let network = a.network.as_deref().map(|n| network_ifindex(n, &a.map.state_dir)).transpose()?;
+    let network = a
+        .network
+        .as_deref()
+        .map(|n| network_ifindex(n, &a.map.state_dir))
+        .transpose()?;
     let rows: Vec<ForwardRow> = maps::list_forwards(&a.map.dir())?
         .into_iter()
         .filter(|(e, _)| {
             network.is_none_or(|n| e.bridge_ifindex == n)
-                && a.proto.as_ref().is_none_or(|p| p.eq_ignore_ascii_case(&proto_name(e.proto)))
+                && a.proto
+                    .as_ref()
+                    .is_none_or(|p| p.eq_ignore_ascii_case(&proto_name(e.proto)))
                 && a.dst.is_none_or(|d| e.host.0 == d)
                 && a.port.is_none_or(|p| e.host.1 == p || e.guest.1 == p)
         })
@@ -195,7 +203,14 @@ fn forwards_list(a: &ForwardsListArgs) -> Result<()> {
     }
     let mut t = Table::new(&["PROTO", "HOST", "GUEST", "NETWORK", "BRIDGE", "HITS"]);
     for r in rows {
-        t.row(vec![r.proto, r.host, r.guest, dash(r.network), dash(r.bridge), r.hits.to_string()]);
+        t.row(vec![
+            r.proto,
+            r.host,
+            r.guest,
+            dash(r.network),
+            dash(r.bridge),
+            r.hits.to_string(),
+        ]);
     }
     t.print();
     Ok(())
@@ -243,7 +258,11 @@ fn proto_name(p: u8) -> String {
 }
 
 fn endpoint(addr: u32, port: u16) -> String {
-    format!("{}:{}", std::net::Ipv4Addr::from(u32::from_be(addr)), u16::from_be(port))
+    format!(
+        "{}:{}",
+        std::net::Ipv4Addr::from(u32::from_be(addr)),
+        u16::from_be(port)
+    )
 }
 
 fn connections(a: &MapArgs) -> Result<Vec<Conn>> {
@@ -279,7 +298,10 @@ fn connections(a: &MapArgs) -> Result<Vec<Conn>> {
             network: names.get(&e.bridge_ifindex).cloned(),
             bridge: crate::link::ifname_of(e.bridge_ifindex),
             age_secs: now.saturating_sub(e.created_ns) / 1_000_000_000,
-            idle_secs: now.saturating_sub(e.last_seen_ns.max(reply.map(|r| r.last_seen_ns).unwrap_or(0))) / 1_000_000_000,
+            idle_secs: now.saturating_sub(
+                e.last_seen_ns
+                    .max(reply.map(|r| r.last_seen_ns).unwrap_or(0)),
+            ) / 1_000_000_000,
             expires_in_secs: e.expires_ns.saturating_sub(now) / 1_000_000_000,
             packets: e.packets,
             bytes: e.bytes,
@@ -311,15 +333,25 @@ impl Filter {
     fn keep(&self, c: &Conn, network: Option<u32>) -> bool {
         let host = |s: &str| s.split(':').next().unwrap_or("").to_string();
         network.is_none_or(|n| c.bridge_ifindex == n)
-            && self.proto.as_ref().is_none_or(|p| p.eq_ignore_ascii_case(&c.proto))
+            && self
+                .proto
+                .as_ref()
+                .is_none_or(|p| p.eq_ignore_ascii_case(&c.proto))
             && self.src.is_none_or(|a| host(&c.src) == a.to_string())
             && self.dst.is_none_or(|a| host(&c.dst) == a.to_string())
             && self.port.is_none_or(|p| c.ports.contains(&p))
     }
 
     fn apply(&self, conns: Vec<Conn>, state_dir: &std::path::Path) -> Result<Vec<Conn>> {
-        let network = self.network.as_deref().map(|n| network_ifindex(n, state_dir)).transpose()?;
-        Ok(conns.into_iter().filter(|c| self.keep(c, network)).collect())
+        let network = self
+            .network
+            .as_deref()
+            .map(|n| network_ifindex(n, state_dir))
+            .transpose()?;
+        Ok(conns
+            .into_iter()
+            .filter(|c| self.keep(c, network))
+            .collect())
     }
 }
 
@@ -329,7 +361,18 @@ fn ct_list(a: &ListArgs) -> Result<()> {
         return print_json(&conns);
     }
     let mut t = Table::new(&[
-        "PROTO", "SRC", "DST", "XLATE SRC", "XLATE DST", "NAT", "STATE", "AGE", "EXPIRES", "PKTS", "BYTES", "RPKTS",
+        "PROTO",
+        "SRC",
+        "DST",
+        "XLATE SRC",
+        "XLATE DST",
+        "NAT",
+        "STATE",
+        "AGE",
+        "EXPIRES",
+        "PKTS",
+        "BYTES",
+        "RPKTS",
         "RBYTES",
     ]);
     for c in conns {
@@ -395,7 +438,9 @@ fn nat_list(a: &ListArgs) -> Result<()> {
     if a.map.out.format == Format::Json {
         return print_json(&rows);
     }
-    let mut t = Table::new(&["KIND", "PROTO", "INSIDE", "OUTSIDE", "PEER", "NETWORK", "AGE", "EXPIRES"]);
+    let mut t = Table::new(&[
+        "KIND", "PROTO", "INSIDE", "OUTSIDE", "PEER", "NETWORK", "AGE", "EXPIRES",
+    ]);
     for r in rows {
         t.row(vec![
             r.kind,

@@ -48,15 +48,37 @@ fn parse_proto(s: &str) -> Result<Proto, String> {
 
 pub fn exec(c: &Command, client: &Client) -> Result<()> {
     match c {
-        Command::Add { name, proto, port, to, address } => {
-            let req = ForwardRequest { proto: *proto, port: port.clone(), to: Some(to.clone()), address: *address };
+        Command::Add {
+            name,
+            proto,
+            port,
+            to,
+            address,
+        } => {
+            let req = ForwardRequest {
+                proto: *proto,
+                port: port.clone(),
+                to: Some(to.clone()),
+                address: *address,
+            };
             let _: NameResponse = client.post(&format!("/v1/networks/{name}/forwards"), &req)?;
             println!("{} {port} -> {to} added to {name}", proto.as_str());
             Ok(())
         }
-        Command::Remove { name, proto, port, address } => {
-            let req = ForwardRequest { proto: *proto, port: port.clone(), to: None, address: *address };
-            let _: NameResponse = client.delete_with(&format!("/v1/networks/{name}/forwards"), &req)?;
+        Command::Remove {
+            name,
+            proto,
+            port,
+            address,
+        } => {
+            let req = ForwardRequest {
+                proto: *proto,
+                port: port.clone(),
+                to: None,
+                address: *address,
+            };
+            let _: NameResponse =
+                client.delete_with(&format!("/v1/networks/{name}/forwards"), &req)?;
             println!("{} {port} removed from {name}", proto.as_str());
             Ok(())
         }
@@ -71,13 +93,20 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
             }
             let mut t = Table::new(&["NETWORK", "PROTO", "PORT", "TO", "ADDRESS", "INSTALLED ON"]);
             for r in rows {
-                let on = r.installed_on.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+                let on = r
+                    .installed_on
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
                 t.row(vec![
                     r.network,
                     r.proto,
                     r.port,
                     r.to,
-                    r.address.map(|a| a.to_string()).unwrap_or_else(|| "uplinks".into()),
+                    r.address
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "uplinks".into()),
                     if on.is_empty() { "-".into() } else { on },
                 ]);
             }

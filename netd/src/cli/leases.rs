@@ -24,8 +24,17 @@ pub fn exec(a: &Args, client: &Client) -> Result<()> {
         .unwrap_or(0);
     let mut t = Table::new(&["MAC", "IP", "HOSTNAME", "EXPIRES IN"]);
     for l in leases {
-        let expires = if l.expiry == 0 { "never".to_string() } else { format!("{}s", l.expiry.saturating_sub(now)) };
-        t.row(vec![l.mac, l.ip.to_string(), l.hostname.unwrap_or_else(|| "-".into()), expires]);
+        let expires = if l.expiry == 0 {
+            "never".to_string()
+        } else {
+            format!("{}s", l.expiry.saturating_sub(now))
+        };
+        t.row(vec![
+            l.mac,
+            l.ip.to_string(),
+            l.hostname.unwrap_or_else(|| "-".into()),
+            expires,
+        ]);
     }
     t.print();
     Ok(())

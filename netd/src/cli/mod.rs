@@ -18,7 +18,11 @@ use std::process::ExitCode;
 pub use output::{Format, Table};
 
 #[derive(Parser)]
-#[command(name = "netd", version, about = "Virtual networks for KVM hosts, with an eBPF dataplane")]
+#[command(
+    name = "netd",
+    version,
+    about = "Virtual networks for KVM hosts, with an eBPF dataplane"
+)]
 pub struct Cli {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "NETD_SOCKET")]

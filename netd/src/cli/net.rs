@@ -1,6 +1,6 @@
 //! `netd net ...`: the network lifecycle.
 
-use super::output::{OutputArgs, Format, Table, opt, print_json};
+use super::output::{Format, OutputArgs, Table, opt, print_json};
 use crate::api::client::Client;
 use crate::api::wire::*;
 use anyhow::{Context, Result};
@@ -9,13 +9,23 @@ use std::path::PathBuf;
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Store a definition (TOML or libvirt XML) without starting it.
-    Define { file: PathBuf },
+    Define {
+        file: PathBuf,
+    },
     /// Start a transient network from a file; it is forgotten when stopped.
-    Create { file: PathBuf },
-    Start { name: String },
-    Stop { name: String },
+    Create {
+        file: PathBuf,
+    },
+    Start {
+        name: String,
+    },
+    Stop {
+        name: String,
+    },
     /// Remove a stored definition (a running network keeps running).
-    Undefine { name: String },
+    Undefine {
+        name: String,
+    },
     /// Start the network when the daemon starts.
     Autostart {
         name: String,
@@ -97,9 +107,14 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
             Ok(())
         }
         Command::Autostart { name, disable } => {
-            let _: NameResponse =
-                client.post(&format!("/v1/networks/{name}/autostart"), &AutostartRequest { enable: !disable })?;
-            println!("network {name} autostart {}", if *disable { "disabled" } else { "enabled" });
+            let _: NameResponse = client.post(
+                &format!("/v1/networks/{name}/autostart"),
+                &AutostartRequest { enable: !disable },
+            )?;
+            println!(
+                "network {name} autostart {}",
+                if *disable { "disabled" } else { "enabled" }
+            );
             Ok(())
         }
         Command::List { all, out } => list(client, *all, out.format),
@@ -114,7 +129,12 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
                 Update::AddHost(h) => (true, h),
                 Update::RemoveHost(h) => (false, h),
             };
-            let req = HostRequest { add, mac: h.mac.clone(), ip: h.ip, name: h.name.clone() };
+            let req = HostRequest {
+                add,
+                mac: h.mac.clone(),
+                ip: h.ip,
+                name: h.name.clone(),
+            };
             let _: NameResponse = client.post(&format!("/v1/networks/{name}/hosts"), &req)?;
             println!("network {name} updated");
             Ok(())
@@ -123,10 +143,22 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
 }
 
 fn define(client: &Client, file: &PathBuf, transient: bool) -> Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let xml = file.extension().is_some_and(|e| e == "xml") || text.trim_start().starts_with('<');
-    let r: NameResponse = client.post("/v1/networks", &DefineRequest { text, xml, transient })?;
-    println!("network {} {}", r.name, if transient { "created" } else { "defined" });
+    let r: NameResponse = client.post(
+        "/v1/networks",
+        &DefineRequest {
+            text,
+            xml,
+            transient,
+        },
+    )?;
+    println!(
+        "network {} {}",
+        r.name,
+        if transient { "created" } else { "defined" }
+    );
     Ok(())
 }
 

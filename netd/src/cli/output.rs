@@ -29,7 +29,10 @@ pub struct Table {
 
 impl Table {
     pub fn new(head: &[&str]) -> Table {
-        Table { head: head.iter().map(|s| s.to_string()).collect(), rows: vec![] }
+        Table {
+            head: head.iter().map(|s| s.to_string()).collect(),
+            rows: vec![],
+        }
     }
 
     pub fn row(&mut self, cells: Vec<String>) {
@@ -71,7 +74,9 @@ impl Table {
 }
 
 pub fn opt<T: ToString>(v: &Option<T>) -> String {
-    v.as_ref().map(|x| x.to_string()).unwrap_or_else(|| "-".into())
+    v.as_ref()
+        .map(|x| x.to_string())
+        .unwrap_or_else(|| "-".into())
 }
 
 #[cfg(test)]
@@ -83,6 +88,9 @@ mod tests {
         let mut t = Table::new(&["NAME", "STATE"]);
         t.row(vec!["default".into(), "active".into()]);
         t.row(vec!["x".into(), "inactive".into()]);
-        assert_eq!(t.render(), "NAME     STATE\ndefault  active\nx        inactive\n");
+        assert_eq!(
+            t.render(),
+            "NAME     STATE\ndefault  active\nx        inactive\n"
+        );
     }
 }

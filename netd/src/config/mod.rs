@@ -5,7 +5,10 @@ mod validate;
 pub mod xml;
 
 pub use model::*;
-pub use validate::{check_interface_name, check_network_name, overlaps, parse_forward_target, validate, validate_forward};
+pub use validate::{
+    check_interface_name, check_network_name, overlaps, parse_forward_target, validate,
+    validate_forward,
+};
 
 use anyhow::{Context, Result, bail};
 use std::path::Path;
@@ -13,8 +16,8 @@ use std::path::Path;
 /// Parses a definition from a file: TOML, or libvirt network XML when the
 /// file name ends in `.xml` or the text starts with `<`.
 pub fn load_file(path: &Path) -> Result<Network> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let is_xml = path.extension().is_some_and(|e| e == "xml") || text.trim_start().starts_with('<');
     parse(&text, is_xml).with_context(|| format!("{}", path.display()))
 }

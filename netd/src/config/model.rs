@@ -82,7 +82,10 @@ fn yes() -> bool {
 
 impl Default for Stp {
     fn default() -> Self {
-        Stp { enabled: true, delay: 0 }
+        Stp {
+            enabled: true,
+            delay: 0,
+        }
     }
 }
 
@@ -168,7 +171,9 @@ impl Ipv6 {
             .split_once('/')
             .ok_or_else(|| format!("ipv6 address {:?} needs a /prefix", self.address))?;
         let a = Ipv6Addr::from_str(a).map_err(|_| format!("invalid IPv6 address {a:?}"))?;
-        let p: u8 = p.parse().map_err(|_| format!("invalid IPv6 prefix {p:?}"))?;
+        let p: u8 = p
+            .parse()
+            .map_err(|_| format!("invalid IPv6 prefix {p:?}"))?;
         if p > 128 {
             return Err(format!("IPv6 prefix /{p} is longer than 128"));
         }
@@ -321,7 +326,11 @@ pub fn parse_cidr4(s: &str) -> Result<(Ipv4Addr, u8), String> {
 }
 
 pub fn mask4(prefix: u8) -> u32 {
-    if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) }
+    if prefix == 0 {
+        0
+    } else {
+        u32::MAX << (32 - prefix)
+    }
 }
 
 /// True when `ip` is inside `net/prefix`.
@@ -353,7 +362,10 @@ pub fn mac_bytes(s: &str) -> Result<[u8; 6], String> {
 
 impl Network {
     pub fn ipv4_dhcp_hosts(&self) -> &[Host] {
-        self.ipv4.as_ref().map(|v| v.hosts.as_slice()).unwrap_or(&[])
+        self.ipv4
+            .as_ref()
+            .map(|v| v.hosts.as_slice())
+            .unwrap_or(&[])
     }
 
     /// Parsed masquerade port range (validated at definition time).

@@ -62,10 +62,17 @@ pub fn validate(net: &Network) -> Result<()> {
         bail!("[nat] only applies to mode = \"nat\"");
     }
     if let Some(nat) = &net.nat {
-        nat.port_range().map_err(|e| anyhow::anyhow!("nat.ports: {e}"))?;
+        nat.port_range()
+            .map_err(|e| anyhow::anyhow!("nat.ports: {e}"))?;
     }
-    if matches!(net.mode, Mode::Nat | Mode::Route | Mode::Open) && net.ipv4.is_none() && net.ipv6.is_none() {
-        bail!("a {} network needs an [ipv4] or [ipv6] address", net.mode.as_str());
+    if matches!(net.mode, Mode::Nat | Mode::Route | Mode::Open)
+        && net.ipv4.is_none()
+        && net.ipv6.is_none()
+    {
+        bail!(
+            "a {} network needs an [ipv4] or [ipv6] address",
+            net.mode.as_str()
+        );
     }
     if let Some(v4) = &net.ipv4 {
         validate_ipv4(v4)?;
@@ -80,9 +87,14 @@ pub fn validate(net: &Network) -> Result<()> {
 }
 
 fn validate_ipv4(v4: &Ipv4) -> Result<()> {
-    let (gw, prefix) = v4.parsed().map_err(|e| anyhow::anyhow!("ipv4.address: {e}"))?;
+    let (gw, prefix) = v4
+        .parsed()
+        .map_err(|e| anyhow::anyhow!("ipv4.address: {e}"))?;
     if prefix > 30 {
-        bail!("ipv4.address {}: a /{prefix} leaves no room for guests", v4.address);
+        bail!(
+            "ipv4.address {}: a /{prefix} leaves no room for guests",
+            v4.address
+        );
     }
     let net = u32::from(gw) & mask4(prefix);
     let bcast = net | !mask4(prefix);
@@ -113,7 +125,11 @@ fn validate_ipv4(v4: &Ipv4) -> Result<()> {
     for h in &v4.hosts {
         let mac = normalize_mac(&h.mac).map_err(anyhow::Error::msg)?;
         if !usable(h.ip) {
-            bail!("host {} ip {} is outside the subnet {net_ip}/{prefix}", h.mac, h.ip);
+            bail!(
+                "host {} ip {} is outside the subnet {net_ip}/{prefix}",
+                h.mac,
+                h.ip
+            );
         }
         if h.ip == gw {
             bail!("host {} ip {} is the gateway's address", h.mac, h.ip);
@@ -132,7 +148,9 @@ fn validate_ipv4(v4: &Ipv4) -> Result<()> {
 }
 
 fn validate_ipv6(v6: &Ipv6) -> Result<()> {
-    let (_, prefix) = v6.parsed().map_err(|e| anyhow::anyhow!("ipv6.address: {e}"))?;
+    let (_, prefix) = v6
+        .parsed()
+        .map_err(|e| anyhow::anyhow!("ipv6.address: {e}"))?;
     if v6.slaac && prefix != 64 {
         bail!("ipv6.slaac needs a /64 prefix, not /{prefix}");
     }
@@ -148,7 +166,9 @@ fn validate_ipv6(v6: &Ipv6) -> Result<()> {
 fn check_hostname(n: &str) -> Result<()> {
     if n.is_empty()
         || n.len() > 63
-        || !n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+        || !n
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
     {
         bail!("host name {n:?} must be letters, digits, '-' or '.'");
     }
@@ -170,14 +190,24 @@ pub fn parse_lease(s: &str) -> Result<String> {
 
 pub fn validate_forward(net: &Network, f: &Forward) -> Result<()> {
     if matches!(net.mode, Mode::Isolated | Mode::Hostdev | Mode::Bridge) {
-        bail!("port forwards need a nat, route or open network; {} is {}", net.name, net.mode.as_str());
+        bail!(
+            "port forwards need a nat, route or open network; {} is {}",
+            net.name,
+            net.mode.as_str()
+        );
     }
     let host = PortRange::from_str(&f.port).map_err(|e| anyhow::anyhow!("forward port: {e}"))?;
     let (ip, guest) = parse_forward_target(&f.to)?;
     if let Some(g) = guest
         && g.len() != host.len()
     {
-        bail!("forward {} -> {}: port ranges differ in length ({} vs {})", f.port, f.to, host.len(), g.len());
+        bail!(
+            "forward {} -> {}: port ranges differ in length ({} vs {})",
+            f.port,
+            f.to,
+            host.len(),
+            g.len()
+        );
     }
     let v4 = net
         .ipv4
@@ -185,7 +215,10 @@ pub fn validate_forward(net: &Network, f: &Forward) -> Result<()> {
         .ok_or_else(|| anyhow::anyhow!("port forwards need an [ipv4] subnet"))?;
     let (gw, prefix) = v4.parsed().map_err(anyhow::Error::msg)?;
     if !in_subnet4(ip, gw, prefix) || ip == gw {
-        bail!("forward target {ip} is outside the network's subnet {}", v4.address);
+        bail!(
+            "forward target {ip} is outside the network's subnet {}",
+            v4.address
+        );
     }
     Ok(())
 }
@@ -196,7 +229,8 @@ pub fn parse_forward_target(s: &str) -> Result<(Ipv4Addr, Option<PortRange>)> {
         Some((ip, p)) => (ip, Some(p)),
         None => (s, None),
     };
-    let ip = Ipv4Addr::from_str(ip).map_err(|_| anyhow::anyhow!("invalid forward target address {ip:?}"))?;
+    let ip = Ipv4Addr::from_str(ip)
+        .map_err(|_| anyhow::anyhow!("invalid forward target address {ip:?}"))?;
     let ports = ports
         .map(PortRange::from_str)
         .transpose()
@@ -253,20 +287,35 @@ domain = "default.netd"
     #[test]
     fn bad_ranges_are_refused() {
         let t = base().replace("192.168.122.254\", lease", "192.168.123.254\", lease");
-        assert!(check(&t).unwrap_err().to_string().contains("outside the subnet"));
-        let t = base().replace("start = \"192.168.122.2\"", "start = \"192.168.122.250\"").replace("192.168.122.254\", lease", "192.168.122.3\", lease");
+        assert!(
+            check(&t)
+                .unwrap_err()
+                .to_string()
+                .contains("outside the subnet")
+        );
+        let t = base()
+            .replace("start = \"192.168.122.2\"", "start = \"192.168.122.250\"")
+            .replace("192.168.122.254\", lease", "192.168.122.3\", lease");
         assert!(check(&t).unwrap_err().to_string().contains("reversed"));
     }
 
     #[test]
     fn bad_hosts_are_refused() {
         let t = base().replace("192.168.122.222", "10.0.0.5");
-        assert!(check(&t).unwrap_err().to_string().contains("outside the subnet"));
+        assert!(
+            check(&t)
+                .unwrap_err()
+                .to_string()
+                .contains("outside the subnet")
+        );
         let t = base().replace(
             "name = \"web\" }]",
             "name = \"web\" }, { mac = \"52:54:00:6F:78:F3\", ip = \"192.168.122.9\" }]",
         );
-        assert!(check(&t).unwrap_err().to_string().contains("same MAC") || check(&t).unwrap_err().to_string().contains("the MAC"));
+        assert!(
+            check(&t).unwrap_err().to_string().contains("same MAC")
+                || check(&t).unwrap_err().to_string().contains("the MAC")
+        );
         let t = base().replace(
             "name = \"web\" }]",
             "name = \"web\" }, { mac = \"52:54:00:00:00:01\", ip = \"192.168.122.222\" }]",
@@ -285,12 +334,32 @@ domain = "default.netd"
     #[test]
     fn forwards_are_checked() {
         let n = check(&base()).unwrap();
-        let f = |port: &str, to: &str| Forward { proto: Proto::Tcp, port: port.into(), to: to.into(), address: None };
+        let f = |port: &str, to: &str| Forward {
+            proto: Proto::Tcp,
+            port: port.into(),
+            to: to.into(),
+            address: None,
+        };
         assert!(validate_forward(&n, &f("8080", "192.168.122.10:80")).is_ok());
         assert!(validate_forward(&n, &f("8000-8010", "192.168.122.10:80-90")).is_ok());
-        assert!(validate_forward(&n, &f("8000-8010", "192.168.122.10:80-85")).unwrap_err().to_string().contains("differ"));
-        assert!(validate_forward(&n, &f("0", "192.168.122.10")).unwrap_err().to_string().contains("port 0"));
-        assert!(validate_forward(&n, &f("80", "10.1.1.1")).unwrap_err().to_string().contains("outside"));
+        assert!(
+            validate_forward(&n, &f("8000-8010", "192.168.122.10:80-85"))
+                .unwrap_err()
+                .to_string()
+                .contains("differ")
+        );
+        assert!(
+            validate_forward(&n, &f("0", "192.168.122.10"))
+                .unwrap_err()
+                .to_string()
+                .contains("port 0")
+        );
+        assert!(
+            validate_forward(&n, &f("80", "10.1.1.1"))
+                .unwrap_err()
+                .to_string()
+                .contains("outside")
+        );
     }
 
     #[test]

@@ -11,14 +11,20 @@ pub fn from_libvirt(text: &str) -> Result<Network> {
     let doc = roxmltree::Document::parse(text).map_err(|e| anyhow::anyhow!("invalid XML: {e}"))?;
     let root = doc.root_element();
     if root.tag_name().name() != "network" {
-        bail!("libvirt XML must have a <network> root, not <{}>", root.tag_name().name());
+        bail!(
+            "libvirt XML must have a <network> root, not <{}>",
+            root.tag_name().name()
+        );
     }
     let name = child(root, "name")
         .and_then(|n| n.text())
         .context("libvirt XML has no <name>")?
         .trim()
         .to_string();
-    let mut net = Network { name, ..Default::default() };
+    let mut net = Network {
+        name,
+        ..Default::default()
+    };
     net.mode = Mode::Isolated;
     if let Some(fwd) = child(root, "forward") {
         net.mode = match fwd.attribute("mode").unwrap_or("nat") {
@@ -33,7 +39,11 @@ pub fn from_libvirt(text: &str) -> Result<Network> {
         if let Some(nat) = child(fwd, "nat") {
             let mut n = Nat::default();
             if let Some(a) = child(nat, "address") {
-                n.address = a.attribute("start").map(|s| s.parse()).transpose().context("nat address")?;
+                n.address = a
+                    .attribute("start")
+                    .map(|s| s.parse())
+                    .transpose()
+                    .context("nat address")?;
             }
             if let Some(p) = child(nat, "port") {
                 n.ports = Some(format!(
@@ -54,12 +64,25 @@ pub fn from_libvirt(text: &str) -> Result<Network> {
             net.stp.delay = d.parse().context("bridge delay")?;
         }
     }
-    net.mac = child(root, "mac").and_then(|m| m.attribute("address")).map(str::to_string);
-    net.mtu = child(root, "mtu").and_then(|m| m.attribute("size")).map(|s| s.parse()).transpose().context("mtu")?;
+    net.mac = child(root, "mac")
+        .and_then(|m| m.attribute("address"))
+        .map(str::to_string);
+    net.mtu = child(root, "mtu")
+        .and_then(|m| m.attribute("size"))
+        .map(|s| s.parse())
+        .transpose()
+        .context("mtu")?;
     if let Some(d) = child(root, "domain").and_then(|d| d.attribute("name")) {
-        net.dns = Some(Dns { domain: Some(d.to_string()), hosts: vec![], enable: true });
+        net.dns = Some(Dns {
+            domain: Some(d.to_string()),
+            hosts: vec![],
+            enable: true,
+        });
     }
-    for ip in root.children().filter(|c| c.is_element() && c.tag_name().name() == "ip") {
+    for ip in root
+        .children()
+        .filter(|c| c.is_element() && c.tag_name().name() == "ip")
+    {
         let addr = ip.attribute("address").context("<ip> without address")?;
         let family = ip.attribute("family").unwrap_or("ipv4");
         let dhcp = child(ip, "dhcp");
@@ -85,10 +108,16 @@ pub fn from_libvirt(text: &str) -> Result<Network> {
         }
         let prefix: u8 = match (ip.attribute("prefix"), ip.attribute("netmask")) {
             (Some(p), _) => p.parse().context("prefix")?,
-            (None, Some(m)) => u32::from(m.parse::<Ipv4Addr>().context("netmask")?).count_ones() as u8,
+            (None, Some(m)) => {
+                u32::from(m.parse::<Ipv4Addr>().context("netmask")?).count_ones() as u8
+            }
             (None, None) => 24,
         };
-        let mut v4 = Ipv4 { address: format!("{addr}/{prefix}"), dhcp: None, hosts: vec![] };
+        let mut v4 = Ipv4 {
+            address: format!("{addr}/{prefix}"),
+            dhcp: None,
+            hosts: vec![],
+        };
         if let Some(d) = dhcp {
             if let Some(r) = child(d, "range") {
                 v4.dhcp = Some(Dhcp4 {
@@ -104,9 +133,15 @@ pub fn from_libvirt(text: &str) -> Result<Network> {
                     }),
                 });
             }
-            for h in d.children().filter(|c| c.is_element() && c.tag_name().name() == "host") {
+            for h in d
+                .children()
+                .filter(|c| c.is_element() && c.tag_name().name() == "host")
+            {
                 v4.hosts.push(Host {
-                    mac: h.attribute("mac").context("<host> without mac")?.to_string(),
+                    mac: h
+                        .attribute("mac")
+                        .context("<host> without mac")?
+                        .to_string(),
                     ip: h.attribute("ip").context("<host> without ip")?.parse()?,
                     name: h.attribute("name").map(str::to_string),
                 });
@@ -118,7 +153,8 @@ pub fn from_libvirt(text: &str) -> Result<Network> {
 }
 
 fn child<'a, 'i>(n: roxmltree::Node<'a, 'i>, tag: &str) -> Option<roxmltree::Node<'a, 'i>> {
-    n.children().find(|c| c.is_element() && c.tag_name().name() == tag)
+    n.children()
+        .find(|c| c.is_element() && c.tag_name().name() == tag)
 }
 
 pub fn to_libvirt(net: &Network) -> String {
@@ -126,7 +162,11 @@ pub fn to_libvirt(net: &Network) -> String {
     let _ = writeln!(s, "<network>");
     let _ = writeln!(s, "  <name>{}</name>", esc(&net.name));
     if net.mode != Mode::Isolated {
-        let dev = net.uplink.as_ref().map(|d| format!(" dev='{}'", esc(d))).unwrap_or_default();
+        let dev = net
+            .uplink
+            .as_ref()
+            .map(|d| format!(" dev='{}'", esc(d)))
+            .unwrap_or_default();
         match &net.nat {
             Some(n) if net.mode == Mode::Nat => {
                 let _ = writeln!(s, "  <forward mode='nat'{dev}>");
@@ -146,7 +186,12 @@ pub fn to_libvirt(net: &Network) -> String {
     }
     if let Some(b) = &net.bridge {
         let stp = if net.stp.enabled { "on" } else { "off" };
-        let _ = writeln!(s, "  <bridge name='{}' stp='{stp}' delay='{}'/>", esc(b), net.stp.delay);
+        let _ = writeln!(
+            s,
+            "  <bridge name='{}' stp='{stp}' delay='{}'/>",
+            esc(b),
+            net.stp.delay
+        );
     }
     if let Some(m) = &net.mac {
         let _ = writeln!(s, "  <mac address='{m}'/>");
@@ -167,7 +212,11 @@ pub fn to_libvirt(net: &Network) -> String {
                 let _ = writeln!(s, "      <range start='{}' end='{}'/>", d.start, d.end);
             }
             for h in &v4.hosts {
-                let name = h.name.as_ref().map(|n| format!(" name='{}'", esc(n))).unwrap_or_default();
+                let name = h
+                    .name
+                    .as_ref()
+                    .map(|n| format!(" name='{}'", esc(n)))
+                    .unwrap_or_default();
                 let _ = writeln!(s, "      <host mac='{}'{name} ip='{}'/>", h.mac, h.ip);
             }
             let _ = writeln!(s, "    </dhcp>");
@@ -179,7 +228,11 @@ pub fn to_libvirt(net: &Network) -> String {
     {
         let _ = writeln!(s, "  <ip family='ipv6' address='{a}' prefix='{p}'>");
         if let Some(d) = &v6.dhcp {
-            let _ = writeln!(s, "    <dhcp>\n      <range start='{}' end='{}'/>\n    </dhcp>", d.start, d.end);
+            let _ = writeln!(
+                s,
+                "    <dhcp>\n      <range start='{}' end='{}'/>\n    </dhcp>",
+                d.start, d.end
+            );
         }
         let _ = writeln!(s, "  </ip>");
     }
@@ -188,7 +241,10 @@ pub fn to_libvirt(net: &Network) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('\'', "&apos;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
 }
 
 #[cfg(test)]
@@ -215,7 +271,10 @@ mod tests {
         assert_eq!(n.bridge.as_deref(), Some("virbr0"));
         let v4 = n.ipv4.as_ref().unwrap();
         assert_eq!(v4.address, "192.168.122.1/24");
-        assert_eq!(v4.hosts[0].ip, "192.168.122.222".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            v4.hosts[0].ip,
+            "192.168.122.222".parse::<Ipv4Addr>().unwrap()
+        );
         super::super::validate(&n).unwrap();
     }
 

@@ -53,12 +53,20 @@ fn clash(a: &Forward, b: &Forward) -> bool {
 
 fn same_forward(f: &Forward, proto: config::Proto, port: &str, address: Option<Ipv4Addr>) -> bool {
     let start = |s: &str| PortRange::from_str(s).map(|r| r.start).ok();
-    f.proto == proto && start(&f.port) == start(port) && start(port).is_some() && f.address == address
+    f.proto == proto
+        && start(&f.port) == start(port)
+        && start(port).is_some()
+        && f.address == address
 }
 
 impl State {
     /// The datapath entries a network's forwards expand to right now.
-    pub(super) async fn forward_entries(&self, net: &Network, bridge_ifindex: u32, uplinks: &[String]) -> Vec<ForwardEntry> {
+    pub(super) async fn forward_entries(
+        &self,
+        net: &Network,
+        bridge_ifindex: u32,
+        uplinks: &[String],
+    ) -> Vec<ForwardEntry> {
         let mut uplink_addrs = Vec::new();
         for u in uplinks {
             if let Some(i) = crate::link::ifindex_of(u)
@@ -93,12 +101,20 @@ impl State {
         let Some(run) = self.running.get(name) else {
             return Ok(());
         };
-        let (net, idx, uplinks) = (run.record.definition.clone(), run.record.bridge_ifindex, run.record.uplinks.clone());
-        let want: BTreeSet<ForwardEntry> = if matches!(net.mode, Mode::Nat | Mode::Route | Mode::Open) {
-            self.forward_entries(&net, idx, &uplinks).await.into_iter().collect()
-        } else {
-            BTreeSet::new()
-        };
+        let (net, idx, uplinks) = (
+            run.record.definition.clone(),
+            run.record.bridge_ifindex,
+            run.record.uplinks.clone(),
+        );
+        let want: BTreeSet<ForwardEntry> =
+            if matches!(net.mode, Mode::Nat | Mode::Route | Mode::Open) {
+                self.forward_entries(&net, idx, &uplinks)
+                    .await
+                    .into_iter()
+                    .collect()
+            } else {
+                BTreeSet::new()
+            };
         let dir = self.dp.maps_dir();
         let have: BTreeSet<ForwardEntry> = maps::list_forwards(&dir)?
             .into_iter()
@@ -139,7 +155,9 @@ impl State {
                     "{} port {} on {} is already forwarded by network {:?} to {}",
                     f.proto.as_str(),
                     f.port,
-                    f.address.map(|a| a.to_string()).unwrap_or_else(|| "the uplink addresses".into()),
+                    f.address
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| "the uplink addresses".into()),
                     other.name,
                     c.to
                 );
@@ -149,15 +167,25 @@ impl State {
         self.replace_definition(net).await
     }
 
-    pub async fn remove_forward(&mut self, name: &str, proto: config::Proto, port: &str, address: Option<Ipv4Addr>) -> Result<()> {
+    pub async fn remove_forward(
+        &mut self,
+        name: &str,
+        proto: config::Proto,
+        port: &str,
+        address: Option<Ipv4Addr>,
+    ) -> Result<()> {
         let mut net = self
             .definition_of(name)
             .ok_or_else(|| anyhow!("network {name:?} is not defined"))?
             .clone();
         let before = net.forwards.len();
-        net.forwards.retain(|f| !same_forward(f, proto, port, address));
+        net.forwards
+            .retain(|f| !same_forward(f, proto, port, address));
         if net.forwards.len() == before {
-            bail!("network {name:?} has no {} forward on port {port}", proto.as_str());
+            bail!(
+                "network {name:?} has no {} forward on port {port}",
+                proto.as_str()
+            );
         }
         self.replace_definition(net).await
     }
@@ -192,14 +220,19 @@ impl State {
             if name.is_some_and(|x| x != n) {
                 continue;
             }
-            let Some(net) = self.definition_of(n) else { continue };
+            let Some(net) = self.definition_of(n) else {
+                continue;
+            };
             let idx = self.running.get(n).map(|r| r.record.bridge_ifindex);
             for f in &net.forwards {
                 let first = port_pairs(f).ok().and_then(|p| p.first().copied());
                 let on: BTreeSet<Ipv4Addr> = installed
                     .iter()
                     .filter(|(e, _)| Some(e.bridge_ifindex) == idx)
-                    .filter(|(e, _)| e.proto == f.proto.number() && first.is_some_and(|(hp, _, _)| e.host.1 == hp))
+                    .filter(|(e, _)| {
+                        e.proto == f.proto.number()
+                            && first.is_some_and(|(hp, _, _)| e.host.1 == hp)
+                    })
                     .map(|(e, _)| e.host.0)
                     .collect();
                 out.push(ForwardInfo {

@@ -6,9 +6,9 @@ mod doctor;
 mod forwards;
 pub mod metrics;
 mod network;
+mod status;
 pub mod store;
 mod teardown;
-mod status;
 mod uplink;
 
 pub use forwards::ForwardInfo;
@@ -46,7 +46,9 @@ pub async fn run(opts: Options) -> Result<()> {
     settings.netns_cookie = crate::link::netns_cookie().context("reading our netns cookie")?;
     crate::dataplane::maps::set_settings(&dp.maps_dir(), &settings)?;
     match cgroup_for_host_forwards(opts.cgroup.as_deref()) {
-        Some(cg) => dp.attach_cgroup(&cg).context("attaching host-local forward programs")?,
+        Some(cg) => dp
+            .attach_cgroup(&cg)
+            .context("attaching host-local forward programs")?,
         None => tracing::info!("host-local forwards are off (no cgroup v2)"),
     }
     let nl = Netlink::connect().await?;
@@ -54,7 +56,11 @@ pub async fn run(opts: Options) -> Result<()> {
     let mut state = State::new(&paths, nl, dp)?;
     state.adopt_previous().await;
     state.autostart().await;
-    let daemon = Arc::new(Daemon { state: Mutex::new(state), started: Instant::now(), paths: paths.clone() });
+    let daemon = Arc::new(Daemon {
+        state: Mutex::new(state),
+        started: Instant::now(),
+        paths: paths.clone(),
+    });
 
     tokio::spawn(uplink::watch(daemon.clone()));
     tokio::spawn(uplink::gc(daemon.clone()));

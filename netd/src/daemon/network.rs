@@ -36,7 +36,14 @@ impl State {
     pub fn new(paths: &Paths, nl: Netlink, dp: Dataplane) -> Result<State> {
         let store = Store::new(paths)?;
         let defs = store.load_definitions();
-        Ok(State { paths: paths.clone(), store, nl, dp, defs, running: BTreeMap::new() })
+        Ok(State {
+            paths: paths.clone(),
+            store,
+            nl,
+            dp,
+            defs,
+            running: BTreeMap::new(),
+        })
     }
 
     /// The definition in force for a name: the running one if it is up
@@ -53,7 +60,8 @@ impl State {
     }
 
     fn require(&self, name: &str) -> Result<&Network> {
-        self.definition(name).ok_or_else(|| anyhow!("network {name:?} is not defined"))
+        self.definition(name)
+            .ok_or_else(|| anyhow!("network {name:?} is not defined"))
     }
 
     // ---- define / undefine -------------------------------------------------
@@ -122,13 +130,23 @@ impl State {
             {
                 bail!(
                     "subnet {} overlaps network {:?} ({})",
-                    net.ipv4.as_ref().map(|v| v.address.as_str()).unwrap_or_default(),
+                    net.ipv4
+                        .as_ref()
+                        .map(|v| v.address.as_str())
+                        .unwrap_or_default(),
                     o.name,
-                    o.ipv4.as_ref().map(|v| v.address.as_str()).unwrap_or_default()
+                    o.ipv4
+                        .as_ref()
+                        .map(|v| v.address.as_str())
+                        .unwrap_or_default()
                 );
             }
             if net.bridge.is_some() && net.bridge == o.bridge && net.mode.owns_bridge() {
-                bail!("bridge {:?} is already used by network {:?}", net.bridge.as_deref().unwrap_or(""), o.name);
+                bail!(
+                    "bridge {:?} is already used by network {:?}",
+                    net.bridge.as_deref().unwrap_or(""),
+                    o.name
+                );
             }
         }
         if let Some(a) = mine {
@@ -149,11 +167,18 @@ impl State {
             if r.prefix == 0 || r.oif.is_some_and(|o| ours.contains(&o)) {
                 continue;
             }
-            if self.running.get(&net.name).is_some_and(|me| r.oif == Some(me.record.bridge_ifindex)) {
+            if self
+                .running
+                .get(&net.name)
+                .is_some_and(|me| r.oif == Some(me.record.bridge_ifindex))
+            {
                 continue;
             }
             if config::overlaps(subnet, (r.dst, r.prefix)) {
-                let dev = r.oif.and_then(crate::link::ifname_of).unwrap_or_else(|| "?".into());
+                let dev = r
+                    .oif
+                    .and_then(crate::link::ifname_of)
+                    .unwrap_or_else(|| "?".into());
                 bail!(
                     "subnet {}/{} overlaps the host route {}/{} on {dev}",
                     subnet.0,
@@ -234,7 +259,10 @@ impl State {
         let bridge = run.record.bridge.clone();
         if net.mode.owns_bridge() {
             if let Some(l) = self.nl.link_by_name(&bridge).await? {
-                bail!("bridge name {bridge:?} is in use by a device netd did not create (ifindex {})", l.index);
+                bail!(
+                    "bridge name {bridge:?} is in use by a device netd did not create (ifindex {})",
+                    l.index
+                );
             }
             let mac = match &net.mac {
                 Some(m) => config::mac_bytes(m).map_err(anyhow::Error::msg)?,
@@ -259,11 +287,9 @@ impl State {
                 self.nl.add_address(idx, a.into(), p).await?;
             }
         } else {
-            let l = self
-                .nl
-                .link_by_name(&bridge)
-                .await?
-                .ok_or_else(|| anyhow!("bridge {bridge:?} does not exist; create it on the host first"))?;
+            let l = self.nl.link_by_name(&bridge).await?.ok_or_else(|| {
+                anyhow!("bridge {bridge:?} does not exist; create it on the host first")
+            })?;
             if !l.is_bridge {
                 bail!("{bridge:?} is not a bridge");
             }
@@ -298,19 +324,30 @@ impl State {
         let mask = config::mask4(prefix);
         let (port_min, port_max) = net.nat_ports();
         let uplink_ifindex = match &net.uplink {
-            Some(u) => crate::link::ifindex_of(u).ok_or_else(|| anyhow!("uplink {u:?} does not exist"))?,
+            Some(u) => {
+                crate::link::ifindex_of(u).ok_or_else(|| anyhow!("uplink {u:?} does not exist"))?
+            }
             None => 0,
         };
         Ok(Some(NetConfig {
             subnet: (u32::from(gw) & mask).to_be(),
             mask: mask.to_be(),
             gateway: u32::from(gw).to_be(),
-            nat_addr: net.nat.as_ref().and_then(|n| n.address).map(|a| u32::from(a).to_be()).unwrap_or(0),
+            nat_addr: net
+                .nat
+                .as_ref()
+                .and_then(|n| n.address)
+                .map(|a| u32::from(a).to_be())
+                .unwrap_or(0),
             port_min,
             port_max,
             uplink_ifindex,
             mode,
-            flags: if net.ipv6.as_ref().is_some_and(|v| v.nat) { netd_common::net_flags::NAT66 } else { 0 },
+            flags: if net.ipv6.as_ref().is_some_and(|v| v.nat) {
+                netd_common::net_flags::NAT66
+            } else {
+                0
+            },
             _pad: [0; 2],
         }))
     }
@@ -337,7 +374,9 @@ impl State {
             run.record.uplinks.push(uplink.clone());
             self.use_uplink(&net.name, &uplink).await?;
         }
-        let entries = self.forward_entries(net, run.record.bridge_ifindex, &run.record.uplinks).await;
+        let entries = self
+            .forward_entries(net, run.record.bridge_ifindex, &run.record.uplinks)
+            .await;
         dataplane::maps::add_forwards(&self.dp.maps_dir(), &entries)?;
         Ok(())
     }
@@ -350,7 +389,10 @@ impl State {
         let oif = self.nl.default_route_v4().await?.and_then(|r| r.oif);
         let name = oif.and_then(crate::link::ifname_of);
         if name.is_none() {
-            tracing::warn!("network {}: no default route yet, so no uplink to masquerade on", net.name);
+            tracing::warn!(
+                "network {}: no default route yet, so no uplink to masquerade on",
+                net.name
+            );
         }
         Ok(name)
     }
@@ -358,7 +400,8 @@ impl State {
     /// Hooks the uplink programs onto `uplink` (once, however many
     /// networks share it) and publishes its address.
     async fn use_uplink(&mut self, net: &str, uplink: &str) -> Result<()> {
-        let index = crate::link::ifindex_of(uplink).ok_or_else(|| anyhow!("uplink {uplink:?} does not exist"))?;
+        let index = crate::link::ifindex_of(uplink)
+            .ok_or_else(|| anyhow!("uplink {uplink:?} does not exist"))?;
         let first = !self.uplink_users(uplink).any(|n| n != net);
         if first {
             for hook in [Hook::UplinkIngress, Hook::UplinkEgress] {
@@ -388,12 +431,18 @@ impl State {
     pub async fn move_uplink(&mut self, name: &str, old: &[String], new: &str) -> Result<()> {
         let mut t = Teardown::default();
         for u in old {
-            t.step(&format!("releasing uplink {u}"), self.release_uplink(name, u));
+            t.step(
+                &format!("releasing uplink {u}"),
+                self.release_uplink(name, u),
+            );
         }
         if let Some(r) = self.running.get_mut(name) {
             r.record.uplinks = vec![new.to_string()];
         }
-        t.step(&format!("using uplink {new}"), self.use_uplink(name, new).await);
+        t.step(
+            &format!("using uplink {new}"),
+            self.use_uplink(name, new).await,
+        );
         t.finish()
     }
 
@@ -450,14 +499,26 @@ impl State {
             kill_stale_dnsmasq(pid);
         }
         let dpaths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, &name);
-        t.step("removing dnsmasq files", dhcp::remove_files(&dpaths, rec.transient));
+        t.step(
+            "removing dnsmasq files",
+            dhcp::remove_files(&dpaths, rec.transient),
+        );
         if rec.bridge_ifindex != 0 {
             for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
-                t.step(&format!("detaching {}", hook.as_str()), self.dp.detach(hook, &rec.bridge));
+                t.step(
+                    &format!("detaching {}", hook.as_str()),
+                    self.dp.detach(hook, &rec.bridge),
+                );
             }
-            t.step("removing port forwards", self.clear_forwards(rec.bridge_ifindex));
+            t.step(
+                "removing port forwards",
+                self.clear_forwards(rec.bridge_ifindex),
+            );
             if let Some(prefix) = rec.definition.ipv6.as_ref().and_then(|v| v.parsed().ok()) {
-                t.step("removing the IPv6 prefix", dataplane::maps::remove_subnet6(&self.dp.maps_dir(), prefix));
+                t.step(
+                    "removing the IPv6 prefix",
+                    dataplane::maps::remove_subnet6(&self.dp.maps_dir(), prefix),
+                );
             }
             let subnet = rec.definition.ipv4.as_ref().and_then(|v| v.parsed().ok());
             t.step(
@@ -466,10 +527,16 @@ impl State {
             );
         }
         for uplink in &rec.uplinks {
-            t.step(&format!("releasing uplink {uplink}"), self.release_uplink(&name, uplink));
+            t.step(
+                &format!("releasing uplink {uplink}"),
+                self.release_uplink(&name, uplink),
+            );
         }
         if rec.created_bridge && rec.bridge_ifindex != 0 {
-            t.step("deleting the bridge", self.nl.delete_link(rec.bridge_ifindex).await);
+            t.step(
+                "deleting the bridge",
+                self.nl.delete_link(rec.bridge_ifindex).await,
+            );
         }
         t.finish()
     }
@@ -503,10 +570,16 @@ impl State {
             if let Some(pid) = rec.dnsmasq_pid {
                 kill_stale_dnsmasq(pid);
             }
-            let mut run = Running { record: rec.clone(), dnsmasq: None };
+            let mut run = Running {
+                record: rec.clone(),
+                dnsmasq: None,
+            };
             run.record.dnsmasq_pid = None;
             if !alive {
-                tracing::warn!("network {name}: bridge {} vanished while the daemon was down; cleaning up", rec.bridge);
+                tracing::warn!(
+                    "network {name}: bridge {} vanished while the daemon was down; cleaning up",
+                    rec.bridge
+                );
                 run.record.bridge_ifindex = 0;
                 let _ = self.tear_down(run).await;
                 continue;
@@ -569,7 +642,14 @@ impl State {
 
     /// Adds or removes a DHCP host entry. Applied with SIGHUP so dnsmasq
     /// keeps running and no guest loses its lease.
-    pub fn update_host(&mut self, name: &str, add: bool, mac: &str, ip: Ipv4Addr, host: Option<String>) -> Result<()> {
+    pub fn update_host(
+        &mut self,
+        name: &str,
+        add: bool,
+        mac: &str,
+        ip: Ipv4Addr,
+        host: Option<String>,
+    ) -> Result<()> {
         let mut net = self.require(name)?.clone();
         let mac = config::normalize_mac(mac).map_err(anyhow::Error::msg)?;
         let v4 = net
@@ -577,13 +657,22 @@ impl State {
             .as_mut()
             .ok_or_else(|| anyhow!("network {name:?} has no IPv4 subnet"))?;
         if add {
-            if v4.hosts.iter().any(|h| h.mac.eq_ignore_ascii_case(&mac) || h.ip == ip) {
+            if v4
+                .hosts
+                .iter()
+                .any(|h| h.mac.eq_ignore_ascii_case(&mac) || h.ip == ip)
+            {
                 bail!("a host entry with MAC {mac} or IP {ip} already exists");
             }
-            v4.hosts.push(config::Host { mac, ip, name: host });
+            v4.hosts.push(config::Host {
+                mac,
+                ip,
+                name: host,
+            });
         } else {
             let before = v4.hosts.len();
-            v4.hosts.retain(|h| !(h.mac.eq_ignore_ascii_case(&mac) && h.ip == ip));
+            v4.hosts
+                .retain(|h| !(h.mac.eq_ignore_ascii_case(&mac) && h.ip == ip));
             if v4.hosts.len() == before {
                 bail!("no host entry with MAC {mac} and IP {ip}");
             }
@@ -623,7 +712,11 @@ impl State {
                     active: self.running.contains_key(n),
                     autostart: self.defs.get(n).is_some_and(|d| d.autostart),
                     persistent: self.defs.contains_key(n),
-                    bridge: self.running.get(n).map(|r| r.record.bridge.clone()).or_else(|| net.bridge.clone()),
+                    bridge: self
+                        .running
+                        .get(n)
+                        .map(|r| r.record.bridge.clone())
+                        .or_else(|| net.bridge.clone()),
                 })
             })
             .collect()
@@ -665,7 +758,9 @@ impl State {
             && let Ok((gw, p)) = v4.parsed()
         {
             let subnet = Ipv4Addr::from(u32::from(gw) & config::mask4(p));
-            notes.push(format!("upstream routers need: ip route add {subnet}/{p} via {host}"));
+            notes.push(format!(
+                "upstream routers need: ip route add {subnet}/{p} via {host}"
+            ));
         }
         Ok(NetworkInfo {
             name: name.to_string(),
@@ -673,7 +768,9 @@ impl State {
             active: run.is_some(),
             autostart: self.defs.get(name).is_some_and(|d| d.autostart),
             persistent: self.defs.contains_key(name),
-            bridge: run.map(|r| r.record.bridge.clone()).or_else(|| net.bridge.clone()),
+            bridge: run
+                .map(|r| r.record.bridge.clone())
+                .or_else(|| net.bridge.clone()),
             bridge_ifindex: run.map(|r| r.record.bridge_ifindex),
             mac: match (&net.mac, run) {
                 (Some(m), _) => Some(m.clone()),
@@ -682,11 +779,18 @@ impl State {
             },
             ipv4: net.ipv4.as_ref().map(|v| v.address.clone()),
             ipv6: net.ipv6.as_ref().map(|v| v.address.clone()),
-            dhcp_range: net.ipv4.as_ref().and_then(|v| v.dhcp.as_ref()).map(|d| format!("{}-{}", d.start, d.end)),
+            dhcp_range: net
+                .ipv4
+                .as_ref()
+                .and_then(|v| v.dhcp.as_ref())
+                .map(|d| format!("{}-{}", d.start, d.end)),
             uplink,
             masquerade_address: masq,
             dnsmasq_pid: run.and_then(|r| r.dnsmasq.as_ref()).and_then(Dnsmasq::pid),
-            dnsmasq_restarts: run.and_then(|r| r.dnsmasq.as_ref()).map(Dnsmasq::restarts).unwrap_or(0),
+            dnsmasq_restarts: run
+                .and_then(|r| r.dnsmasq.as_ref())
+                .map(Dnsmasq::restarts)
+                .unwrap_or(0),
             dnsmasq_healthy: run.and_then(|r| r.dnsmasq.as_ref()).map(Dnsmasq::healthy),
             notes,
         })
@@ -694,7 +798,11 @@ impl State {
 
     pub fn dump(&self, name: &str, xml: bool) -> Result<String> {
         let net = self.require(name)?;
-        Ok(if xml { config::xml::to_libvirt(net) } else { config::to_toml(net) })
+        Ok(if xml {
+            config::xml::to_libvirt(net)
+        } else {
+            config::to_toml(net)
+        })
     }
 
     pub fn leases(&self, name: &str) -> Result<Vec<dhcp::Lease>> {

@@ -42,7 +42,9 @@ impl Store {
         ] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
         }
-        Ok(Store { paths: paths.clone() })
+        Ok(Store {
+            paths: paths.clone(),
+        })
     }
 
     fn def_path(&self, name: &str) -> PathBuf {
@@ -119,13 +121,18 @@ impl Store {
     }
 
     pub fn save_running(&self, running: &BTreeMap<String, RunRecord>) -> Result<()> {
-        let f = RunFile { networks: running.clone() };
+        let f = RunFile {
+            networks: running.clone(),
+        };
         write_atomic(&self.run_file(), &serde_json::to_vec_pretty(&f)?)
     }
 }
 
 pub fn format_mac(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {

@@ -36,7 +36,11 @@ impl super::State {
         let Some(name) = crate::link::ifname_of(*index) else {
             return;
         };
-        if !self.running.values().any(|r| r.record.uplinks.contains(&name)) {
+        if !self
+            .running
+            .values()
+            .any(|r| r.record.uplinks.contains(&name))
+        {
             return;
         }
         let dir = self.dp.maps_dir();
@@ -65,7 +69,8 @@ impl super::State {
         if let Some(old) = old {
             let old_be = u32::from(old).to_be();
             match maps::ct_remove_where(&dir, |k, e| {
-                e.nat == netd_common::nat_kind::SNAT && (e.xlate.saddr == old_be || k.daddr == old_be)
+                e.nat == netd_common::nat_kind::SNAT
+                    && (e.xlate.saddr == old_be || k.daddr == old_be)
             }) {
                 Ok(n) => tracing::info!("flushed {n} conntrack entries for {old}"),
                 Err(e) => tracing::warn!("flushing conntrack for {old}: {e:#}"),
@@ -79,7 +84,11 @@ impl super::State {
     pub(super) async fn global_ipv6(&self, index: u32) -> Option<std::net::Ipv6Addr> {
         let addrs = self.nl.addresses(Some(index)).await.ok()?;
         addrs.into_iter().find_map(|a| match a.addr {
-            std::net::IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) != 0xfe80 && !v6.is_loopback() => Some(v6),
+            std::net::IpAddr::V6(v6)
+                if (v6.segments()[0] & 0xffc0) != 0xfe80 && !v6.is_loopback() =>
+            {
+                Some(v6)
+            }
             _ => None,
         })
     }
@@ -96,12 +105,23 @@ impl super::State {
         let movers: Vec<(String, Vec<String>)> = self
             .running
             .iter()
-            .filter(|(_, r)| r.record.definition.uplink.is_none() && r.record.uplinks != [now.clone()])
-            .filter(|(_, r)| matches!(r.record.definition.mode, crate::config::Mode::Nat | crate::config::Mode::Route | crate::config::Mode::Open))
+            .filter(|(_, r)| {
+                r.record.definition.uplink.is_none() && r.record.uplinks != [now.clone()]
+            })
+            .filter(|(_, r)| {
+                matches!(
+                    r.record.definition.mode,
+                    crate::config::Mode::Nat
+                        | crate::config::Mode::Route
+                        | crate::config::Mode::Open
+                )
+            })
             .map(|(n, r)| (n.clone(), r.record.uplinks.clone()))
             .collect();
         for (name, old) in movers {
-            tracing::info!("network {name}: default route moved to {now}; moving the uplink from {old:?}");
+            tracing::info!(
+                "network {name}: default route moved to {now}; moving the uplink from {old:?}"
+            );
             if let Err(e) = self.move_uplink(&name, &old, &now).await {
                 tracing::warn!("network {name}: moving the uplink to {now}: {e:#}");
             }
@@ -122,7 +142,9 @@ pub async fn gc(daemon: Arc<Daemon>) {
         let dir = dir.clone();
         match tokio::task::spawn_blocking(move || maps::gc(&dir)).await {
             Ok(Ok((0, 0))) => {}
-            Ok(Ok((ct, frags))) => tracing::debug!("gc: {ct} conntrack entries, {frags} fragment records"),
+            Ok(Ok((ct, frags))) => {
+                tracing::debug!("gc: {ct} conntrack entries, {frags} fragment records")
+            }
             Ok(Err(e)) => tracing::debug!("gc: {e:#}"),
             Err(_) => {}
         }

@@ -5,12 +5,12 @@
 
 use super::BPF_OBJECT;
 use anyhow::{Context, Result, anyhow};
+use aya::maps::ProgramArray;
 use aya::programs::{
     CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier,
     links::{FdLink, PinnedLink},
     tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
 };
-use aya::maps::ProgramArray;
 use aya::{Ebpf, EbpfLoader};
 use netd_common::progs;
 use std::path::{Path, PathBuf};
@@ -126,7 +126,12 @@ impl Dataplane {
                 .try_into()?;
             prog.load().with_context(|| format!("verifying {name}"))?;
         }
-        let dp = Dataplane { ebpf, bpffs: bpffs.to_path_buf(), cgroup: None, _logger: logger };
+        let dp = Dataplane {
+            ebpf,
+            bpffs: bpffs.to_path_buf(),
+            cgroup: None,
+            _logger: logger,
+        };
         super::maps::init_settings(&dp.maps_dir())?;
         Ok(dp)
     }
@@ -164,7 +169,9 @@ impl Dataplane {
                 .with_context(|| format!("attaching {} to {ifname}", hook.as_str()))?,
         };
         let link = prog.take_link(id)?;
-        let fd: FdLink = link.try_into().map_err(|e| anyhow!("tcx link expected: {e}"))?;
+        let fd: FdLink = link
+            .try_into()
+            .map_err(|e| anyhow!("tcx link expected: {e}"))?;
         // The pinned link keeps the program attached after the FdLink drops.
         fd.pin(&pin)
             .with_context(|| format!("pinning link at {}", pin.display()))?;
@@ -174,7 +181,8 @@ impl Dataplane {
     /// Hooks the host-local forward programs onto a cgroup (v2 folder).
     /// Links from an earlier daemon are replaced.
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<()> {
-        let dir = std::fs::File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        let dir = std::fs::File::open(cgroup)
+            .with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         for name in SOCK_ADDR_PROGS {
             let pin = self.bpffs.join("links").join(format!("cgroup:{name}"));
             if let Ok(old) = PinnedLink::from_pin(&pin) {
@@ -190,8 +198,12 @@ impl Dataplane {
                 // kernel refuses the multi flag on links.
                 .attach(&dir, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} to {}", cgroup.display()))?;
-            let fd: FdLink = prog.take_link(id)?.try_into().map_err(|e| anyhow!("cgroup link: {e}"))?;
-            fd.pin(&pin).with_context(|| format!("pinning {}", pin.display()))?;
+            let fd: FdLink = prog
+                .take_link(id)?
+                .try_into()
+                .map_err(|e| anyhow!("cgroup link: {e}"))?;
+            fd.pin(&pin)
+                .with_context(|| format!("pinning {}", pin.display()))?;
         }
         self.cgroup = Some(cgroup.to_path_buf());
         Ok(())
@@ -242,13 +254,20 @@ pub fn attached_links(bpffs: &Path, cgroup: Option<&Path>) -> Vec<AttachedLink> 
     let mut out = Vec::new();
     for e in rd.flatten() {
         let file = e.file_name().to_string_lossy().into_owned();
-        let info = PinnedLink::from_pin(e.path()).ok().and_then(|p| FdLink::from(p).info().ok());
-        let (link_id, program_id) = (info.as_ref().map(|i| i.id()), info.as_ref().map(|i| i.program_id()));
+        let info = PinnedLink::from_pin(e.path())
+            .ok()
+            .and_then(|p| FdLink::from(p).info().ok());
+        let (link_id, program_id) = (
+            info.as_ref().map(|i| i.id()),
+            info.as_ref().map(|i| i.program_id()),
+        );
         if let Some(prog) = file.strip_prefix("cgroup:") {
             let what = prog.strip_prefix("netd_").unwrap_or(prog);
             out.push(AttachedLink {
                 hook: format!("cgroup_{what}"),
-                interface: cgroup.map(|c| c.display().to_string()).unwrap_or_else(|| "cgroup".into()),
+                interface: cgroup
+                    .map(|c| c.display().to_string())
+                    .unwrap_or_else(|| "cgroup".into()),
                 direction: what.into(),
                 program: prog.into(),
                 link_id,
@@ -257,8 +276,12 @@ pub fn attached_links(bpffs: &Path, cgroup: Option<&Path>) -> Vec<AttachedLink> 
             });
             continue;
         }
-        let Some((ifname, hook)) = file.rsplit_once(':') else { continue };
-        let Some(hook) = Hook::ALL.into_iter().find(|h| h.as_str() == hook) else { continue };
+        let Some((ifname, hook)) = file.rsplit_once(':') else {
+            continue;
+        };
+        let Some(hook) = Hook::ALL.into_iter().find(|h| h.as_str() == hook) else {
+            continue;
+        };
         let ifname = ifname.replace(':', ".");
         let tcx_position = program_id.and_then(|id| {
             let (_, progs) = SchedClassifier::query_tcx(&ifname, hook.attach_type()).ok()?;
@@ -277,8 +300,17 @@ pub fn attached_links(bpffs: &Path, cgroup: Option<&Path>) -> Vec<AttachedLink> 
     }
     // tcx hooks in packet order (bridges first), then the cgroup hooks.
     let rank = |l: &AttachedLink| {
-        let hook = Hook::ALL.iter().position(|h| h.as_str() == l.hook).unwrap_or(Hook::ALL.len());
-        (l.hook.starts_with("cgroup_"), hook / 2, l.interface.clone(), hook, l.hook.clone())
+        let hook = Hook::ALL
+            .iter()
+            .position(|h| h.as_str() == l.hook)
+            .unwrap_or(Hook::ALL.len());
+        (
+            l.hook.starts_with("cgroup_"),
+            hook / 2,
+            l.interface.clone(),
+            hook,
+            l.hook.clone(),
+        )
     };
     out.sort_by_key(rank);
     out
@@ -339,7 +371,9 @@ const TAIL_PROGS: [(u32, &str); 5] = [
 const SOCK_ADDR_PROGS: [&str; 3] = [progs::CONNECT4, progs::SENDMSG4, progs::RECVMSG4];
 
 pub fn link_pin_path(bpffs: &Path, hook: Hook, ifname: &str) -> PathBuf {
-    bpffs.join("links").join(format!("{}:{}", ifname.replace('.', ":"), hook.as_str()))
+    bpffs
+        .join("links")
+        .join(format!("{}:{}", ifname.replace('.', ":"), hook.as_str()))
 }
 
 /// Removes a pinned link; dropping the last reference detaches it.
@@ -347,7 +381,8 @@ pub fn detach_pinned(bpffs: &Path, hook: Hook, ifname: &str) -> Result<()> {
     let pin = link_pin_path(bpffs, hook, ifname);
     match PinnedLink::from_pin(&pin) {
         Ok(p) => {
-            p.unpin().with_context(|| format!("unpinning {}", pin.display()))?;
+            p.unpin()
+                .with_context(|| format!("unpinning {}", pin.display()))?;
             Ok(())
         }
         Err(_) if !pin.exists() => Ok(()),
@@ -368,15 +403,27 @@ fn ensure_bpffs(dir: &Path) -> Result<()> {
         let src = c"bpf";
         let target = std::ffi::CString::new("/sys/fs/bpf")?;
         let rc = unsafe {
-            libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
         };
         if rc != 0 {
-            return Err(anyhow!("mounting bpffs on /sys/fs/bpf: {}", std::io::Error::last_os_error()));
+            return Err(anyhow!(
+                "mounting bpffs on /sys/fs/bpf: {}",
+                std::io::Error::last_os_error()
+            ));
         }
         std::fs::create_dir_all(dir)?;
         return Ok(());
     }
-    Err(anyhow!("{} is not on a bpf filesystem (mount -t bpf bpf DIR)", dir.display()))
+    Err(anyhow!(
+        "{} is not on a bpf filesystem (mount -t bpf bpf DIR)",
+        dir.display()
+    ))
 }
 
 pub fn is_bpffs(dir: &Path) -> bool {

@@ -8,16 +8,20 @@ use aya::maps::{
     lpm_trie::Key as LpmKey,
 };
 use netd_common::{
-    Counter, CtEntry, CtKey, ForwardKey, ForwardTarget, FragKey, FragPorts, NetConfig, NetStats, Settings, Uplink,
-    maps as names, reason,
+    Counter, CtEntry, CtKey, ForwardKey, ForwardTarget, FragKey, FragPorts, NetConfig, NetStats,
+    Settings, Uplink, maps as names, reason,
 };
 use std::net::Ipv4Addr;
 use std::path::Path;
 
 pub fn open(dir: &Path, name: &str) -> Result<Map> {
     let path = dir.join(name);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {} (is a network running?)", path.display()))?;
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening pinned map {} (is a network running?)",
+            path.display()
+        )
+    })?;
     Ok(Map::from_map_data(data)?)
 }
 
@@ -40,7 +44,12 @@ fn subnet_key(subnet: (Ipv4Addr, u8)) -> LpmKey<u32> {
 
 /// Publishes a network to the datapath, with zeroed counters. The subnet
 /// entry lets other networks' programs and the uplink find it.
-pub fn add_network(dir: &Path, bridge_ifindex: u32, cfg: &NetConfig, subnet: Option<(Ipv4Addr, u8)>) -> Result<()> {
+pub fn add_network(
+    dir: &Path,
+    bridge_ifindex: u32,
+    cfg: &NetConfig,
+    subnet: Option<(Ipv4Addr, u8)>,
+) -> Result<()> {
     let zeros = PerCpuValues::try_from(vec![NetStats::default(); nr_cpus()?])?;
     net_stats(dir)?.insert(bridge_ifindex, zeros, 0)?;
     networks(dir)?.insert(bridge_ifindex, cfg, 0)?;
@@ -52,7 +61,11 @@ pub fn add_network(dir: &Path, bridge_ifindex: u32, cfg: &NetConfig, subnet: Opt
 
 /// Withdraws a network, and its connections. Missing entries are not an
 /// error: removal must keep going on teardown.
-pub fn remove_network(dir: &Path, bridge_ifindex: u32, subnet: Option<(Ipv4Addr, u8)>) -> Result<()> {
+pub fn remove_network(
+    dir: &Path,
+    bridge_ifindex: u32,
+    subnet: Option<(Ipv4Addr, u8)>,
+) -> Result<()> {
     if let Some(sn) = subnet {
         let _ = subnets(dir)?.remove(&subnet_key(sn));
     }
@@ -65,7 +78,9 @@ pub fn remove_network(dir: &Path, bridge_ifindex: u32, subnet: Option<(Ipv4Addr,
 /// An IPv6 address as the datapath holds it: four words in wire order.
 pub fn words6(a: std::net::Ipv6Addr) -> [u32; 4] {
     let o = a.octets();
-    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    std::array::from_fn(|i| {
+        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
+    })
 }
 
 fn subnets6(dir: &Path) -> Result<LpmTrie<MapData, [u8; 16], u32>> {
@@ -73,12 +88,19 @@ fn subnets6(dir: &Path) -> Result<LpmTrie<MapData, [u8; 16], u32>> {
 }
 
 fn subnet6_key(prefix: (std::net::Ipv6Addr, u8)) -> LpmKey<[u8; 16]> {
-    let bits = u128::from(prefix.0) & (u128::MAX.checked_shl(128 - u32::from(prefix.1)).unwrap_or(0));
+    let bits = u128::from(prefix.0)
+        & (u128::MAX
+            .checked_shl(128 - u32::from(prefix.1))
+            .unwrap_or(0));
     LpmKey::new(u32::from(prefix.1), bits.to_be_bytes())
 }
 
 /// Publishes which bridge owns an IPv6 prefix.
-pub fn add_subnet6(dir: &Path, bridge_ifindex: u32, prefix: (std::net::Ipv6Addr, u8)) -> Result<()> {
+pub fn add_subnet6(
+    dir: &Path,
+    bridge_ifindex: u32,
+    prefix: (std::net::Ipv6Addr, u8),
+) -> Result<()> {
     subnets6(dir)?.insert(&subnet6_key(prefix), bridge_ifindex, 0)?;
     Ok(())
 }
@@ -93,7 +115,12 @@ fn uplinks(dir: &Path) -> Result<HashMap<MapData, u32, Uplink>> {
 }
 
 /// Records an uplink's masquerade addresses (None: it has none right now).
-pub fn set_uplink(dir: &Path, ifindex: u32, addr: Option<Ipv4Addr>, addr6: Option<std::net::Ipv6Addr>) -> Result<()> {
+pub fn set_uplink(
+    dir: &Path,
+    ifindex: u32,
+    addr: Option<Ipv4Addr>,
+    addr6: Option<std::net::Ipv6Addr>,
+) -> Result<()> {
     let v = Uplink {
         addr: addr.map(|a| u32::from(a).to_be()).unwrap_or(0),
         _pad: 0,
@@ -129,7 +156,11 @@ pub fn ct_entries(dir: &Path) -> Result<Vec<(CtKey, CtEntry)>> {
 /// so no half connection is left. Returns how many entries went.
 pub fn ct_remove_where(dir: &Path, pred: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize> {
     let mut ct = conntrack(dir)?;
-    let doomed: Vec<(CtKey, CtEntry)> = ct.iter().filter_map(Result::ok).filter(|(k, e)| pred(k, e)).collect();
+    let doomed: Vec<(CtKey, CtEntry)> = ct
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, e)| pred(k, e))
+        .collect();
     let mut n = 0;
     for (k, e) in doomed {
         if ct.remove(&k).is_ok() {
@@ -144,7 +175,10 @@ pub fn ct_remove_where(dir: &Path, pred: impl Fn(&CtKey, &CtEntry) -> bool) -> R
 
 /// CLOCK_MONOTONIC now, the clock bpf_ktime_get_ns reads.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
@@ -167,7 +201,8 @@ pub fn gc(dir: &Path) -> Result<(usize, usize)> {
             removed += 1;
         }
     }
-    let mut frags: HashMap<MapData, FragKey, FragPorts> = HashMap::try_from(open(dir, names::FRAGS)?)?;
+    let mut frags: HashMap<MapData, FragKey, FragPorts> =
+        HashMap::try_from(open(dir, names::FRAGS)?)?;
     let stale: Vec<FragKey> = frags
         .iter()
         .filter_map(Result::ok)
@@ -236,7 +271,10 @@ pub fn network_stats(dir: &Path) -> Result<Vec<(u32, NetStats)>> {
 }
 
 fn add(a: Counter, b: Counter) -> Counter {
-    Counter { packets: a.packets + b.packets, bytes: a.bytes + b.bytes }
+    Counter {
+        packets: a.packets + b.packets,
+        bytes: a.bytes + b.bytes,
+    }
 }
 
 fn sum(it: impl Iterator<Item = Counter>) -> Counter {
@@ -263,11 +301,14 @@ pub fn describe(dir: &Path) -> Result<Vec<MapDescription>> {
     let mut out = Vec::new();
     for name in names::ALL {
         let path = dir.join(name);
-        let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+        let data =
+            MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
         let info = data.info()?;
         let kind = info.map_type()?;
         let entries = match kind {
-            aya::maps::MapType::Array | aya::maps::MapType::PerCpuArray => u64::from(info.max_entries()),
+            aya::maps::MapType::Array | aya::maps::MapType::PerCpuArray => {
+                u64::from(info.max_entries())
+            }
             _ => count_keys(&data, info.key_size())?,
         };
         out.push(MapDescription {
@@ -365,10 +406,20 @@ pub struct ForwardEntry {
 
 impl ForwardEntry {
     fn key(&self) -> ForwardKey {
-        ForwardKey { addr: u32::from(self.host.0).to_be(), port: self.host.1.to_be(), proto: self.proto, _pad: 0 }
+        ForwardKey {
+            addr: u32::from(self.host.0).to_be(),
+            port: self.host.1.to_be(),
+            proto: self.proto,
+            _pad: 0,
+        }
     }
     fn guest_key(&self) -> ForwardKey {
-        ForwardKey { addr: u32::from(self.guest.0).to_be(), port: self.guest.1.to_be(), proto: self.proto, _pad: 0 }
+        ForwardKey {
+            addr: u32::from(self.guest.0).to_be(),
+            port: self.guest.1.to_be(),
+            proto: self.proto,
+            _pad: 0,
+        }
     }
 }
 

@@ -4,7 +4,9 @@
 mod load;
 pub mod maps;
 
-pub use load::{AttachedLink, Dataplane, Hook, attached_links, detach_pinned, is_bpffs, link_pin_path};
+pub use load::{
+    AttachedLink, Dataplane, Hook, attached_links, detach_pinned, is_bpffs, link_pin_path,
+};
 
 /// The compiled BPF object, built by build.rs.
 pub static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/netd"));

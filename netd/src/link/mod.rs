@@ -33,8 +33,8 @@ pub use self::error::{NetlinkError, errno_of};
 use self::error::{is_errno, nl, nl_lazy};
 pub use self::events::{LinkEvent, subscribe};
 pub use self::sysctl::{
-    netns_cookie,
-    ifindex_of, ifname_of, set_ipv4_forwarding, set_ipv6_forwarding, set_sysctl, sysctl,
+    ifindex_of, ifname_of, netns_cookie, set_ipv4_forwarding, set_ipv6_forwarding, set_sysctl,
+    sysctl,
 };
 
 /// A link as netd sees it.

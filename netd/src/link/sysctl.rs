@@ -78,6 +78,33 @@ pub fn ifindex_of(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
+/// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE),
+/// which BPF programs compare with bpf_get_netns_cookie().
+pub fn netns_cookie() -> anyhow::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    let err = std::io::Error::last_os_error();
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(err.into());
+    }
+    Ok(cookie)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,25 +131,4 @@ mod tests {
         assert_eq!(ifindex_of("nul\0name"), None);
         assert_eq!(ifname_of(0), None);
     }
-}
-
-/// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE),
-/// which BPF programs compare with bpf_get_netns_cookie().
-pub fn netns_cookie() -> anyhow::Result<u64> {
-    const SO_NETNS_COOKIE: libc::c_int = 71;
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len)
-    };
-    let err = std::io::Error::last_os_error();
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        return Err(err.into());
-    }
-    Ok(cookie)
 }

@@ -48,11 +48,16 @@ pub const SCALE_BASE: u16 = 10000;
 pub const CP_BASE: u16 = 30000;
 
 pub fn base_forwards() -> Vec<Fwd> {
-    vec![Fwd::new(Proto::Tcp, IPERF_FWD, IPERF_FWD), Fwd::new(Proto::Tcp, CONN_FWD, CONN_FWD)]
+    vec![
+        Fwd::new(Proto::Tcp, IPERF_FWD, IPERF_FWD),
+        Fwd::new(Proto::Tcp, CONN_FWD, CONN_FWD),
+    ]
 }
 
 pub fn scale_forwards(n: usize, base: u16) -> Vec<Fwd> {
-    (0..n).map(|i| Fwd::new(Proto::Udp, base + i as u16, base + i as u16)).collect()
+    (0..n)
+        .map(|i| Fwd::new(Proto::Udp, base + i as u16, base + i as u16))
+        .collect()
 }
 
 pub struct Bed {
@@ -72,7 +77,13 @@ impl Bed {
         match kind {
             Kind::Netd => {
                 t.start_daemon()?;
-                let def = rules::netd_definition("bench", rules::BRIDGE, rules::GATEWAY_CIDR, &base_forwards(), rules::GUEST);
+                let def = rules::netd_definition(
+                    "bench",
+                    rules::BRIDGE,
+                    rules::GATEWAY_CIDR,
+                    &base_forwards(),
+                    rules::GUEST,
+                );
                 let p = t.write_file("bench.toml", &def);
                 netd_ok(&t, &["net", "define", &p.to_string_lossy()])?;
                 netd_ok(&t, &["net", "start", "bench"])?;
@@ -80,19 +91,36 @@ impl Bed {
             Kind::Libvirt | Kind::Nftables => {
                 // What libvirt does for a NAT network, minus dnsmasq: a bridge
                 // with the gateway address, and kernel forwarding.
-                h.ip_ok(&["link", "add", rules::BRIDGE, "type", "bridge", "stp_state", "0"])?;
+                h.ip_ok(&[
+                    "link",
+                    "add",
+                    rules::BRIDGE,
+                    "type",
+                    "bridge",
+                    "stp_state",
+                    "0",
+                ])?;
                 h.ip_ok(&["addr", "add", rules::GATEWAY_CIDR, "dev", rules::BRIDGE])?;
                 h.ip_ok(&["link", "set", rules::BRIDGE, "up"])?;
                 h.sysctl("net.ipv4.ip_forward", "1")?;
             }
         }
         let guest = t.add_guest(rules::BRIDGE, None)?;
-        guest.set_static(&format!("{}/24", rules::GUEST), Some(&rules::GATEWAY.to_string()))?;
+        guest.set_static(
+            &format!("{}/24", rules::GUEST),
+            Some(&rules::GATEWAY.to_string()),
+        )?;
         for ns in [&guest.ns, &t.upstream] {
             // Room for the connection-rate clients' ports.
             ns.sysctl("net.ipv4.ip_local_port_range", "1024 65535")?;
         }
-        let mut bed = Bed { kind, t, guest, scale: 0, helper: helper.to_path_buf() };
+        let mut bed = Bed {
+            kind,
+            t,
+            guest,
+            scale: 0,
+            helper: helper.to_path_buf(),
+        };
         bed.set_scale(0)?;
         if !bed.guest.ns.ping(netd_tests::UPSTREAM_IP, 5) {
             bail!("{}: the guest cannot reach upstream", kind.name());
@@ -123,7 +151,11 @@ impl Bed {
                 self.timed(&["iptables-restore", &f])?;
             }
             Kind::Nftables => {
-                let text = if self.scale == 0 && n == 0 { rules::nft(HOST_IP, &all) } else { rules::nft_replace(&all) };
+                let text = if self.scale == 0 && n == 0 {
+                    rules::nft(HOST_IP, &all)
+                } else {
+                    rules::nft_replace(&all)
+                };
                 let f = self.file("nft.rules", &text);
                 self.timed(&["nft", "-f", &f])?;
             }
@@ -151,7 +183,12 @@ impl Bed {
         a.extend_from_slice(argv);
         let v = self.helper(self.host(), &a, Duration::from_secs(300))?;
         if v["status"].as_i64() != Some(0) {
-            bail!("{}: `{}` failed: {}", self.kind.name(), argv.join(" "), v["stderr"].as_str().unwrap_or(""));
+            bail!(
+                "{}: `{}` failed: {}",
+                self.kind.name(),
+                argv.join(" "),
+                v["stderr"].as_str().unwrap_or("")
+            );
         }
         v["secs"].as_f64().context("time: no secs")
     }
@@ -188,7 +225,10 @@ impl Bed {
     /// Starts `xtask bench-helper ARGS` in `ns` and waits for its `ready`.
     pub fn spawn_helper(&self, ns: &Ns, args: &[&str]) -> Result<Proc> {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &ns.name]).arg(&self.helper).arg("bench-helper").args(args);
+        c.args(["netns", "exec", &ns.name])
+            .arg(&self.helper)
+            .arg("bench-helper")
+            .args(args);
         Proc::start(c, &args.join(" "))
     }
 }
@@ -204,7 +244,9 @@ fn netd_ok(t: &Topology, args: &[&str]) -> Result<String> {
 fn parse_helper(o: &Output, args: &[&str]) -> Result<Value> {
     let line = o.stdout.lines().rev().find(|l| l.starts_with('{'));
     match line {
-        Some(l) if o.success() => serde_json::from_str(l).with_context(|| format!("bench-helper printed {l:?}")),
+        Some(l) if o.success() => {
+            serde_json::from_str(l).with_context(|| format!("bench-helper printed {l:?}"))
+        }
         _ => bail!("bench-helper {} failed: {o}", args.join(" ")),
     }
 }
@@ -218,8 +260,12 @@ pub struct Proc {
 
 impl Proc {
     fn start(mut c: Command, what: &str) -> Result<Proc> {
-        c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
-        let mut child = c.spawn().with_context(|| format!("starting bench-helper {what}"))?;
+        c.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = c
+            .spawn()
+            .with_context(|| format!("starting bench-helper {what}"))?;
         let out = child.stdout.take().context("no stdout")?;
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -229,7 +275,11 @@ impl Proc {
                 }
             }
         });
-        let p = Proc { child, lines: rx, what: what.to_string() };
+        let p = Proc {
+            child,
+            lines: rx,
+            what: what.to_string(),
+        };
         match p.lines.recv_timeout(Duration::from_secs(10)) {
             Ok(l) if l == "ready" => Ok(p),
             Ok(l) => bail!("bench-helper {what}: expected ready, got {l:?}"),
@@ -245,7 +295,8 @@ impl Proc {
             match self.lines.recv_timeout(left) {
                 Ok(l) if l.starts_with('{') => {
                     let _ = self.child.wait();
-                    return serde_json::from_str(&l).with_context(|| format!("bench-helper printed {l:?}"));
+                    return serde_json::from_str(&l)
+                        .with_context(|| format!("bench-helper printed {l:?}"));
                 }
                 Ok(_) => continue,
                 Err(_) => bail!("bench-helper {}: no result within {timeout:?}", self.what),

@@ -26,7 +26,9 @@ impl Args {
         let mut m = HashMap::new();
         let mut it = args.iter();
         while let Some(k) = it.next() {
-            let Some(k) = k.strip_prefix("--") else { bail!("unexpected argument {k:?}") };
+            let Some(k) = k.strip_prefix("--") else {
+                bail!("unexpected argument {k:?}")
+            };
             let v = it.next().with_context(|| format!("--{k} needs a value"))?;
             m.insert(k.to_string(), v.clone());
         }
@@ -34,7 +36,9 @@ impl Args {
     }
     fn get<T: std::str::FromStr>(&self, k: &str, default: Option<T>) -> Result<T> {
         match self.0.get(k) {
-            Some(v) => v.parse().map_err(|_| anyhow::anyhow!("bad value for --{k}: {v:?}")),
+            Some(v) => v
+                .parse()
+                .map_err(|_| anyhow::anyhow!("bad value for --{k}: {v:?}")),
             None => default.with_context(|| format!("--{k} is required")),
         }
     }
@@ -82,7 +86,13 @@ fn errno() -> i32 {
 fn setsockopt_int(fd: i32, level: i32, opt: i32, v: i32) {
     // SAFETY: a valid socket and a pointer to a live int.
     unsafe {
-        libc::setsockopt(fd, level, opt, (&v as *const i32).cast(), std::mem::size_of::<i32>() as u32);
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const i32).cast(),
+            std::mem::size_of::<i32>() as u32,
+        );
     }
 }
 
@@ -99,8 +109,12 @@ fn udp_send(a: &Args) -> Result<()> {
     let fd = sock.as_raw_fd();
     setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 4 << 20);
     let payload = vec![0x5au8; size];
-    let mut iov: Vec<libc::iovec> =
-        (0..batch).map(|_| libc::iovec { iov_base: payload.as_ptr() as *mut _, iov_len: size }).collect();
+    let mut iov: Vec<libc::iovec> = (0..batch)
+        .map(|_| libc::iovec {
+            iov_base: payload.as_ptr() as *mut _,
+            iov_len: size,
+        })
+        .collect();
     let mut msgs: Vec<libc::mmsghdr> = (0..batch)
         .map(|i| {
             // SAFETY: mmsghdr is plain data; zero is a valid empty header.
@@ -143,8 +157,13 @@ fn udp_recv(a: &Args) -> Result<()> {
     sock.set_read_timeout(Some(Duration::from_millis(50)))?;
     const BATCH: usize = 64;
     let mut bufs = vec![[0u8; 2048]; BATCH];
-    let mut iov: Vec<libc::iovec> =
-        bufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: b.len() }).collect();
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
     let mut msgs: Vec<libc::mmsghdr> = (0..BATCH)
         .map(|i| {
             // SAFETY: plain data, zero is valid.
@@ -164,7 +183,13 @@ fn udp_recv(a: &Args) -> Result<()> {
         }
         // SAFETY: the buffers outlive the call.
         let n = unsafe {
-            libc::recvmmsg(fd, msgs.as_mut_ptr(), BATCH as u32, libc::MSG_WAITFORONE, std::ptr::null_mut())
+            libc::recvmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
         };
         if n <= 0 {
             continue;
@@ -176,8 +201,14 @@ fn udp_recv(a: &Args) -> Result<()> {
         last = t;
         count += n as u64;
     }
-    let span = first.map(|f| last.duration_since(f).as_secs_f64()).unwrap_or(0.0);
-    let pps = if span > 0.0 { count.saturating_sub(1) as f64 / span } else { 0.0 };
+    let span = first
+        .map(|f| last.duration_since(f).as_secs_f64())
+        .unwrap_or(0.0);
+    let pps = if span > 0.0 {
+        count.saturating_sub(1) as f64 / span
+    } else {
+        0.0
+    };
     emit(json!({ "received": count, "span": span, "pps": pps }));
     Ok(())
 }
@@ -193,7 +224,12 @@ fn listener(port: u16) -> Result<TcpListener> {
         let mut sa: libc::sockaddr_in = std::mem::zeroed();
         sa.sin_family = libc::AF_INET as u16;
         sa.sin_port = port.to_be();
-        if libc::bind(fd, (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as u32) != 0 {
+        if libc::bind(
+            fd,
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as u32,
+        ) != 0
+        {
             let e = std::io::Error::last_os_error();
             libc::close(fd);
             bail!("bind :{port}: {e}");
@@ -365,7 +401,10 @@ fn time(argv: &[String]) -> Result<()> {
     let (cmd, args) = argv.split_first().context("time: no command")?;
     arm_alarm(300.0);
     let t = Instant::now();
-    let out = std::process::Command::new(cmd).args(args).stdin(std::process::Stdio::null()).output()?;
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()?;
     let secs = t.elapsed().as_secs_f64();
     let stderr = String::from_utf8_lossy(&out.stderr);
     emit(json!({

@@ -26,7 +26,14 @@ fn wait_listening(ns: &Ns, port: u16) -> Result<()> {
 }
 
 /// iperf3 from `client` to `server_ns` at `addr:port`; received bit/s.
-fn iperf(server_ns: &Ns, listen: u16, client: &Ns, addr: &str, port: u16, secs: u32) -> Result<f64> {
+fn iperf(
+    server_ns: &Ns,
+    listen: u16,
+    client: &Ns,
+    addr: &str,
+    port: u16,
+    secs: u32,
+) -> Result<f64> {
     let lp = listen.to_string();
     let mut srv = server_ns.spawn(&["iperf3", "-s", "-1", "-p", &lp]);
     let r = (|| {
@@ -34,14 +41,28 @@ fn iperf(server_ns: &Ns, listen: u16, client: &Ns, addr: &str, port: u16, secs: 
         let p = port.to_string();
         let t = secs.to_string();
         let o = client.exec_timeout(
-            &["iperf3", "-c", addr, "-p", &p, "-t", &t, "-J", "--connect-timeout", "3000"],
+            &[
+                "iperf3",
+                "-c",
+                addr,
+                "-p",
+                &p,
+                "-t",
+                &t,
+                "-J",
+                "--connect-timeout",
+                "3000",
+            ],
             Duration::from_secs(u64::from(secs) + 30),
         );
-        let v: Value = serde_json::from_str(&o.stdout).with_context(|| format!("iperf3 output: {o}"))?;
+        let v: Value =
+            serde_json::from_str(&o.stdout).with_context(|| format!("iperf3 output: {o}"))?;
         if let Some(e) = v["error"].as_str() {
             bail!("iperf3: {e}");
         }
-        v["end"]["sum_received"]["bits_per_second"].as_f64().with_context(|| format!("iperf3 result: {o}"))
+        v["end"]["sum_received"]["bits_per_second"]
+            .as_f64()
+            .with_context(|| format!("iperf3 result: {o}"))
     })();
     let _ = srv.kill();
     let _ = srv.wait();
@@ -50,12 +71,26 @@ fn iperf(server_ns: &Ns, listen: u16, client: &Ns, addr: &str, port: u16, secs: 
 
 /// TCP bulk guest -> upstream through NAT, Gbit/s.
 pub fn tcp_out(b: &Bed, secs: u32) -> Result<f64> {
-    Ok(iperf(&b.t.upstream, UP_IPERF, &b.guest.ns, &UPSTREAM_IP.to_string(), UP_IPERF, secs)? / 1e9)
+    Ok(iperf(
+        &b.t.upstream,
+        UP_IPERF,
+        &b.guest.ns,
+        &UPSTREAM_IP.to_string(),
+        UP_IPERF,
+        secs,
+    )? / 1e9)
 }
 
 /// TCP bulk upstream -> guest through the 5201 forward, Gbit/s.
 pub fn tcp_in(b: &Bed, secs: u32) -> Result<f64> {
-    Ok(iperf(&b.guest.ns, IPERF_FWD, &b.t.upstream, &HOST_IP.to_string(), IPERF_FWD, secs)? / 1e9)
+    Ok(iperf(
+        &b.guest.ns,
+        IPERF_FWD,
+        &b.t.upstream,
+        &HOST_IP.to_string(),
+        IPERF_FWD,
+        secs,
+    )? / 1e9)
 }
 
 /// Machine-wide CPU time from /proc/stat: (system, irq + softirq) seconds.
@@ -89,19 +124,34 @@ pub struct UdpSample {
 
 /// 64-byte UDP datagrams from `from` to `addr:port`, counted by a receiver
 /// on `recv_port` in `to`.
-pub fn udp(b: &Bed, from: &Ns, to: &Ns, addr: &str, port: u16, recv_port: u16, secs: f64) -> Result<UdpSample> {
+pub fn udp(
+    b: &Bed,
+    from: &Ns,
+    to: &Ns,
+    addr: &str,
+    port: u16,
+    recv_port: u16,
+    secs: f64,
+) -> Result<UdpSample> {
     let rp = recv_port.to_string();
     let max = format!("{}", secs + 8.0);
     let recv = b.spawn_helper(to, &["udp-recv", "--port", &rp, "--secs", &max])?;
     let dst = format!("{addr}:{port}");
     let s = format!("{secs}");
     let (sys0, soft0) = cpu_times();
-    let sent = b.helper(from, &["udp-send", "--dst", &dst, "--secs", &s, "--size", "64"], Duration::from_secs_f64(secs + 20.0))?;
+    let sent = b.helper(
+        from,
+        &["udp-send", "--dst", &dst, "--secs", &s, "--size", "64"],
+        Duration::from_secs_f64(secs + 20.0),
+    )?;
     let (sys1, soft1) = cpu_times();
     let got = recv.result(Duration::from_secs(12))?;
     let received = got["received"].as_u64().unwrap_or(0);
     if received < 1000 {
-        bail!("udp {dst}: only {received} datagrams arrived (sent {})", sent["sent"]);
+        bail!(
+            "udp {dst}: only {received} datagrams arrived (sent {})",
+            sent["sent"]
+        );
     }
     let m = received as f64 / 1e6;
     Ok(UdpSample {
@@ -115,12 +165,28 @@ pub fn udp(b: &Bed, from: &Ns, to: &Ns, addr: &str, port: u16, recv_port: u16, s
 
 /// guest -> upstream through NAT.
 pub fn udp_out(b: &Bed, secs: f64) -> Result<UdpSample> {
-    udp(b, &b.guest.ns, &b.t.upstream, &UPSTREAM_IP.to_string(), UP_UDP, UP_UDP, secs)
+    udp(
+        b,
+        &b.guest.ns,
+        &b.t.upstream,
+        &UPSTREAM_IP.to_string(),
+        UP_UDP,
+        UP_UDP,
+        secs,
+    )
 }
 
 /// upstream -> host:port -> guest:port through a UDP forward.
 pub fn udp_fwd(b: &Bed, port: u16, secs: f64) -> Result<UdpSample> {
-    udp(b, &b.t.upstream, &b.guest.ns, &HOST_IP.to_string(), port, port, secs)
+    udp(
+        b,
+        &b.t.upstream,
+        &b.guest.ns,
+        &HOST_IP.to_string(),
+        port,
+        port,
+        secs,
+    )
 }
 
 pub struct ConnSample {
@@ -129,42 +195,94 @@ pub struct ConnSample {
     pub fail: u64,
 }
 
-fn conn(b: &Bed, server: &Ns, listen: u16, client: &Ns, dst: String, secs: f64) -> Result<ConnSample> {
+fn conn(
+    b: &Bed,
+    server: &Ns,
+    listen: u16,
+    client: &Ns,
+    dst: String,
+    secs: f64,
+) -> Result<ConnSample> {
     let lp = listen.to_string();
     let max = format!("{}", secs + 15.0);
-    let srv = b.spawn_helper(server, &["server", "--port", &lp, "--mode", "close", "--threads", "2", "--secs", &max])?;
+    let srv = b.spawn_helper(
+        server,
+        &[
+            "server",
+            "--port",
+            &lp,
+            "--mode",
+            "close",
+            "--threads",
+            "2",
+            "--secs",
+            &max,
+        ],
+    )?;
     let s = format!("{secs}");
-    let v = b.helper(client, &["conn", "--dst", &dst, "--secs", &s, "--threads", "2"], Duration::from_secs_f64(secs + 20.0));
+    let v = b.helper(
+        client,
+        &["conn", "--dst", &dst, "--secs", &s, "--threads", "2"],
+        Duration::from_secs_f64(secs + 20.0),
+    );
     drop(srv);
     let v = v?;
     let ok = v["ok"].as_u64().unwrap_or(0);
     if ok == 0 {
         bail!("no connection to {dst} succeeded ({} failed)", v["fail"]);
     }
-    Ok(ConnSample { rate: v["rate"].as_f64().unwrap_or(0.0), ok, fail: v["fail"].as_u64().unwrap_or(0) })
+    Ok(ConnSample {
+        rate: v["rate"].as_f64().unwrap_or(0.0),
+        ok,
+        fail: v["fail"].as_u64().unwrap_or(0),
+    })
 }
 
 /// Short TCP connections guest -> upstream through NAT, per second.
 pub fn conn_nat(b: &Bed, secs: f64) -> Result<ConnSample> {
-    conn(b, &b.t.upstream, UP_CONN, &b.guest.ns, format!("{UPSTREAM_IP}:{UP_CONN}"), secs)
+    conn(
+        b,
+        &b.t.upstream,
+        UP_CONN,
+        &b.guest.ns,
+        format!("{UPSTREAM_IP}:{UP_CONN}"),
+        secs,
+    )
 }
 
 /// Short TCP connections upstream -> guest through the 6000 forward.
 pub fn conn_fwd(b: &Bed, secs: f64) -> Result<ConnSample> {
-    conn(b, &b.guest.ns, CONN_FWD, &b.t.upstream, format!("{HOST_IP}:{CONN_FWD}"), secs)
+    conn(
+        b,
+        &b.guest.ns,
+        CONN_FWD,
+        &b.t.upstream,
+        format!("{HOST_IP}:{CONN_FWD}"),
+        secs,
+    )
 }
 
 /// TCP request-response guest -> upstream through NAT: (p50, p99) in µs.
 pub fn latency(b: &Bed, secs: f64) -> Result<(f64, f64)> {
     let lp = UP_RR.to_string();
     let max = format!("{}", secs + 15.0);
-    let srv = b.spawn_helper(&b.t.upstream, &["server", "--port", &lp, "--mode", "echo", "--secs", &max])?;
+    let srv = b.spawn_helper(
+        &b.t.upstream,
+        &["server", "--port", &lp, "--mode", "echo", "--secs", &max],
+    )?;
     let dst = format!("{UPSTREAM_IP}:{UP_RR}");
     let s = format!("{secs}");
-    let v = b.helper(&b.guest.ns, &["rr", "--dst", &dst, "--secs", &s], Duration::from_secs_f64(secs + 20.0));
+    let v = b.helper(
+        &b.guest.ns,
+        &["rr", "--dst", &dst, "--secs", &s],
+        Duration::from_secs_f64(secs + 20.0),
+    );
     drop(srv);
     let v = v?;
-    Ok((v["p50_us"].as_f64().unwrap_or(0.0), v["p99_us"].as_f64().unwrap_or(0.0)))
+    Ok((
+        v["p50_us"].as_f64().unwrap_or(0.0),
+        v["p99_us"].as_f64().unwrap_or(0.0),
+    ))
 }
 
 /// Sanity check before measuring: the guest reaches upstream through NAT

@@ -95,7 +95,9 @@ impl Opts {
                 "--runs" => o.runs = it.next().context("--runs N")?.parse()?,
                 "--out" => o.out = PathBuf::from(it.next().context("--out DIR")?),
                 "--netd" => o.netd = Some(PathBuf::from(it.next().context("--netd PATH")?)),
-                _ => bail!("usage: cargo xtask bench [--quick] [--runs N] [--out DIR] [--netd PATH]"),
+                _ => {
+                    bail!("usage: cargo xtask bench [--quick] [--runs N] [--out DIR] [--netd PATH]")
+                }
             }
         }
         if o.runs == 0 {
@@ -138,7 +140,10 @@ pub fn run(args: &[String]) -> Result<()> {
         let mut beds = Vec::new();
         for k in Kind::ALL {
             eprintln!("bench: building the {} bed", k.name());
-            beds.push(Bed::new(k, &netd_bin, &helper).with_context(|| format!("building the {} bed", k.name()))?);
+            beds.push(
+                Bed::new(k, &netd_bin, &helper)
+                    .with_context(|| format!("building the {} bed", k.name()))?,
+            );
         }
         for b in &beds {
             measure::check(b).with_context(|| format!("{}: sanity check", b.kind.name()))?;
@@ -152,36 +157,133 @@ pub fn run(args: &[String]) -> Result<()> {
     machine["elapsed_secs"] = started.elapsed().as_secs_f64().into();
     write_outputs(&r, &o, &machine)?;
     if !r.errors.is_empty() {
-        bail!("{} measure(s) failed: {}", r.errors.len(), r.errors.join("; "));
+        bail!(
+            "{} measure(s) failed: {}",
+            r.errors.len(),
+            r.errors.join("; ")
+        );
     }
     Ok(())
 }
 
 fn declare(r: &mut Results, o: &Opts) {
-    r.def("tcp_out", "TCP bulk guest→upstream (NAT)", "Gbit/s", Better::Higher);
-    r.def("tcp_in", "TCP bulk upstream→guest (forward)", "Gbit/s", Better::Higher);
-    r.def("udp_out", "UDP 64 B guest→upstream (NAT), received", "pkt/s", Better::Higher);
-    r.def("conn_nat", "New TCP connections guest→upstream (NAT)", "conn/s", Better::Higher);
-    r.def("conn_fwd", "New TCP connections upstream→guest (forward)", "conn/s", Better::Higher);
-    r.def("rr_p50", "TCP request-response 64 B (NAT), p50", "µs", Better::Lower);
-    r.def("rr_p99", "TCP request-response 64 B (NAT), p99", "µs", Better::Lower);
-    r.def("cpu_sys", "CPU system time per million packets (UDP NAT)", "ms", Better::Lower);
-    r.def("cpu_softirq", "CPU irq+softirq time per million packets (UDP NAT)", "ms", Better::Lower);
+    r.def(
+        "tcp_out",
+        "TCP bulk guest→upstream (NAT)",
+        "Gbit/s",
+        Better::Higher,
+    );
+    r.def(
+        "tcp_in",
+        "TCP bulk upstream→guest (forward)",
+        "Gbit/s",
+        Better::Higher,
+    );
+    r.def(
+        "udp_out",
+        "UDP 64 B guest→upstream (NAT), received",
+        "pkt/s",
+        Better::Higher,
+    );
+    r.def(
+        "conn_nat",
+        "New TCP connections guest→upstream (NAT)",
+        "conn/s",
+        Better::Higher,
+    );
+    r.def(
+        "conn_fwd",
+        "New TCP connections upstream→guest (forward)",
+        "conn/s",
+        Better::Higher,
+    );
+    r.def(
+        "rr_p50",
+        "TCP request-response 64 B (NAT), p50",
+        "µs",
+        Better::Lower,
+    );
+    r.def(
+        "rr_p99",
+        "TCP request-response 64 B (NAT), p99",
+        "µs",
+        Better::Lower,
+    );
+    r.def(
+        "cpu_sys",
+        "CPU system time per million packets (UDP NAT)",
+        "ms",
+        Better::Lower,
+    );
+    r.def(
+        "cpu_softirq",
+        "CPU irq+softirq time per million packets (UDP NAT)",
+        "ms",
+        Better::Lower,
+    );
     for &n in &o.levels {
-        r.def(&format!("fwd_udp_{n}"), &format!("UDP 64 B through the last of {n} forwards"), "pkt/s", Better::Higher);
+        r.def(
+            &format!("fwd_udp_{n}"),
+            &format!("UDP 64 B through the last of {n} forwards"),
+            "pkt/s",
+            Better::Higher,
+        );
     }
-    r.def("fwd_udp_flatness", "Forward path, last-forward rate at 10,000 / at 1", "ratio", Better::Higher);
+    r.def(
+        "fwd_udp_flatness",
+        "Forward path, last-forward rate at 10,000 / at 1",
+        "ratio",
+        Better::Higher,
+    );
     for &n in &o.levels {
-        r.def(&format!("tr_new_{n}"), &format!("test_run uplink ingress, new flow, {n} forwards"), "ns", Better::Lower);
+        r.def(
+            &format!("tr_new_{n}"),
+            &format!("test_run uplink ingress, new flow, {n} forwards"),
+            "ns",
+            Better::Lower,
+        );
     }
     for &n in &o.levels {
-        r.def(&format!("tr_est_{n}"), &format!("test_run uplink ingress, established, {n} forwards"), "ns", Better::Lower);
+        r.def(
+            &format!("tr_est_{n}"),
+            &format!("test_run uplink ingress, established, {n} forwards"),
+            "ns",
+            Better::Lower,
+        );
     }
-    r.def("install", &format!("Install {} forwards", o.cp_forwards), "s", Better::Lower);
-    r.def("install_bulk", &format!("netd: define + start a network with {} forwards", o.cp_forwards), "s", Better::Lower);
-    r.def("change_one", &format!("Change one forward with {} installed", o.cp_forwards), "ms", Better::Lower);
-    r.def("rss", "netd daemon RSS (10,000 forwards defined)", "MiB", Better::Lower);
-    r.def("bpf_mem", "netd BPF maps, kernel memory (memlock)", "MiB", Better::Lower);
+    r.def(
+        "install",
+        &format!("Install {} forwards", o.cp_forwards),
+        "s",
+        Better::Lower,
+    );
+    r.def(
+        "install_bulk",
+        &format!(
+            "netd: define + start a network with {} forwards",
+            o.cp_forwards
+        ),
+        "s",
+        Better::Lower,
+    );
+    r.def(
+        "change_one",
+        &format!("Change one forward with {} installed", o.cp_forwards),
+        "ms",
+        Better::Lower,
+    );
+    r.def(
+        "rss",
+        "netd daemon RSS (10,000 forwards defined)",
+        "MiB",
+        Better::Lower,
+    );
+    r.def(
+        "bpf_mem",
+        "netd BPF maps, kernel memory (memlock)",
+        "MiB",
+        Better::Lower,
+    );
     r.note("cpu_sys", "machine-wide /proc/stat deltas over the UDP NAT run, divided by packets received: includes the generator's and receiver's system calls and anything else running");
     r.note(
         "install",
@@ -221,8 +323,15 @@ fn datapath(r: &mut Results, o: &Opts, beds: &mut [Bed]) {
         r.push("udp_out", b.kind, s.pps);
         r.push("cpu_sys", b.kind, s.sys_per_mpkt * 1e3);
         r.push("cpu_softirq", b.kind, s.softirq_per_mpkt * 1e3);
-        r.detail("udp_out", b.kind, json!({ "sent": s.sent, "received": s.received, "pps": s.pps }));
-        Ok(format!("{:.0} pps ({} of {} arrived)", s.pps, s.received, s.sent))
+        r.detail(
+            "udp_out",
+            b.kind,
+            json!({ "sent": s.sent, "received": s.received, "pps": s.pps }),
+        );
+        Ok(format!(
+            "{:.0} pps ({} of {} arrived)",
+            s.pps, s.received, s.sent
+        ))
     });
     each(r, o, beds, "connections via NAT", |r, b| {
         let s = measure::conn_nat(b, o.conn_secs)?;
@@ -250,10 +359,18 @@ fn scaling(r: &mut Results, o: &Opts, beds: &mut [Bed]) {
         for (i, b) in beds.iter_mut().enumerate() {
             let t = Instant::now();
             if let Err(e) = b.set_scale(n) {
-                r.error(format!("installing {n} forwards [{}]: {e:#}", b.kind.name()));
+                r.error(format!(
+                    "installing {n} forwards [{}]: {e:#}",
+                    b.kind.name()
+                ));
                 ready[i] = false;
             } else {
-                eprintln!("bench: {} forwards installed [{}] in {:.2}s", n, b.kind.name(), t.elapsed().as_secs_f64());
+                eprintln!(
+                    "bench: {} forwards installed [{}] in {:.2}s",
+                    n,
+                    b.kind.name(),
+                    t.elapsed().as_secs_f64()
+                );
             }
         }
         let port = SCALE_BASE + n as u16 - 1;
@@ -266,17 +383,32 @@ fn scaling(r: &mut Results, o: &Opts, beds: &mut [Bed]) {
                 match measure::udp_fwd(b, port, o.scale_secs) {
                     Ok(s) => {
                         r.push(&id, b.kind, s.pps);
-                        r.detail(&id, b.kind, json!({ "sent": s.sent, "received": s.received, "pps": s.pps }));
-                        eprintln!("bench: UDP via forward {n} [{}] run {}: {:.0} pps", b.kind.name(), run + 1, s.pps);
+                        r.detail(
+                            &id,
+                            b.kind,
+                            json!({ "sent": s.sent, "received": s.received, "pps": s.pps }),
+                        );
+                        eprintln!(
+                            "bench: UDP via forward {n} [{}] run {}: {:.0} pps",
+                            b.kind.name(),
+                            run + 1,
+                            s.pps
+                        );
                     }
-                    Err(e) => r.error(format!("UDP through forward {n} [{}]: {e:#}", b.kind.name())),
+                    Err(e) => r.error(format!(
+                        "UDP through forward {n} [{}]: {e:#}",
+                        b.kind.name()
+                    )),
                 }
             }
         }
     }
     let (first, last) = (o.levels[0], *o.levels.last().unwrap_or(&1));
     for k in Kind::ALL {
-        if let (Some(a), Some(z)) = (r.get(&format!("fwd_udp_{first}"), k), r.get(&format!("fwd_udp_{last}"), k)) {
+        if let (Some(a), Some(z)) = (
+            r.get(&format!("fwd_udp_{first}"), k),
+            r.get(&format!("fwd_udp_{last}"), k),
+        ) {
             r.push("fwd_udp_flatness", k, z.median / a.median);
         }
     }
@@ -285,15 +417,26 @@ fn scaling(r: &mut Results, o: &Opts, beds: &mut [Bed]) {
             Ok(samples) => {
                 for s in samples {
                     r.push(&format!("tr_new_{}", s.forwards), Kind::Netd, s.new_flow_ns);
-                    r.push(&format!("tr_est_{}", s.forwards), Kind::Netd, s.established_ns);
+                    r.push(
+                        &format!("tr_est_{}", s.forwards),
+                        Kind::Netd,
+                        s.established_ns,
+                    );
                     eprintln!(
                         "bench: test_run {} forwards: new flow {:.0} ns, established {:.0} ns",
                         s.forwards, s.new_flow_ns, s.established_ns
                     );
                     if s.not_redirected > 0 {
-                        r.error(format!("test_run: {} of the new flows were not redirected", s.not_redirected));
+                        r.error(format!(
+                            "test_run: {} of the new flows were not redirected",
+                            s.not_redirected
+                        ));
                     }
-                    r.detail("test_run", Kind::Netd, serde_json::to_value(&s).unwrap_or_default());
+                    r.detail(
+                        "test_run",
+                        Kind::Netd,
+                        serde_json::to_value(&s).unwrap_or_default(),
+                    );
                 }
             }
             Err(e) => r.error(format!("test_run: {e:#}")),
@@ -319,44 +462,71 @@ fn cp_iptables(r: &mut Results, o: &Opts, b: &mut Bed) -> Result<()> {
     let mut all = bed::base_forwards();
     let nbase = all.len();
     all.extend(bed::scale_forwards(o.cp_forwards, SCALE_BASE));
-    let full = b.t.write_file("cp-full.rules", &rules::iptables(netd_tests::HOST_IP, &all));
+    let full =
+        b.t.write_file("cp-full.rules", &rules::iptables(netd_tests::HOST_IP, &all));
     let full = full.to_string_lossy().into_owned();
     for run in 0..o.runs {
         b.set_scale(0)?;
         let s = b.timed(&["iptables-restore", &full])?;
         b.scale = o.cp_forwards;
         r.push("install", b.kind, s);
-        eprintln!("bench: install {} [libvirt] run {}: {s:.3}s", o.cp_forwards, run + 1);
+        eprintln!(
+            "bench: install {} [libvirt] run {}: {s:.3}s",
+            o.cp_forwards,
+            run + 1
+        );
     }
     let last = nbase + o.cp_forwards - 1;
     for run in 0..o.runs {
         let old = all[last];
         let new = Fwd::new(Proto::Udp, old.port, 40000 + run as u16);
-        let s = b.timed(&["sh", "-c", &rules::iptables_change(netd_tests::HOST_IP, last, &new)])?;
+        let s = b.timed(&[
+            "sh",
+            "-c",
+            &rules::iptables_change(netd_tests::HOST_IP, last, &new),
+        ])?;
         r.push("change_one", b.kind, s * 1e3);
-        eprintln!("bench: change one [libvirt] run {}: {:.1} ms", run + 1, s * 1e3);
+        eprintln!(
+            "bench: change one [libvirt] run {}: {:.1} ms",
+            run + 1,
+            s * 1e3
+        );
     }
     b.set_scale(0)
 }
 
 fn cp_nft(r: &mut Results, o: &Opts, b: &mut Bed) -> Result<()> {
     let fwds = bed::scale_forwards(o.cp_forwards, SCALE_BASE);
-    let add = b.t.write_file("cp-add.nft", &rules::nft_add(&fwds)).to_string_lossy().into_owned();
+    let add =
+        b.t.write_file("cp-add.nft", &rules::nft_add(&fwds))
+            .to_string_lossy()
+            .into_owned();
     for run in 0..o.runs {
         b.set_scale(0)?;
         let s = b.timed(&["nft", "-f", &add])?;
         b.scale = o.cp_forwards;
         r.push("install", b.kind, s);
-        eprintln!("bench: install {} [nftables] run {}: {s:.3}s", o.cp_forwards, run + 1);
+        eprintln!(
+            "bench: install {} [nftables] run {}: {s:.3}s",
+            o.cp_forwards,
+            run + 1
+        );
     }
     let mut cur = *fwds.last().context("no forwards")?;
     for run in 0..o.runs {
         let new = Fwd::new(Proto::Udp, cur.port, 40000 + run as u16);
-        let f = b.t.write_file("cp-change.nft", &rules::nft_change(&cur, &new)).to_string_lossy().into_owned();
+        let f =
+            b.t.write_file("cp-change.nft", &rules::nft_change(&cur, &new))
+                .to_string_lossy()
+                .into_owned();
         let s = b.timed(&["nft", "-f", &f])?;
         cur = new;
         r.push("change_one", b.kind, s * 1e3);
-        eprintln!("bench: change one [nftables] run {}: {:.1} ms", run + 1, s * 1e3);
+        eprintln!(
+            "bench: change one [nftables] run {}: {:.1} ms",
+            run + 1,
+            s * 1e3
+        );
     }
     b.set_scale(0)
 }
@@ -371,7 +541,10 @@ fn cp_netd(r: &mut Results, o: &Opts, b: &mut Bed) -> Result<()> {
     let c = b.client();
     let define = |name: &str, fwds: &[Fwd]| -> Result<()> {
         let text = rules::netd_definition(name, "virbr1", "192.168.123.1/24", fwds, guest);
-        c.post::<_, serde_json::Value>("/v1/networks", &json!({ "text": text, "xml": false, "transient": false }))?;
+        c.post::<_, serde_json::Value>(
+            "/v1/networks",
+            &json!({ "text": text, "xml": false, "transient": false }),
+        )?;
         c.post_empty::<serde_json::Value>(&format!("/v1/networks/{name}/start"))?;
         Ok(())
     };
@@ -388,10 +561,17 @@ fn cp_netd(r: &mut Results, o: &Opts, b: &mut Bed) -> Result<()> {
         let installed = forwards_in_map(b)?;
         remove("cpbulk")?;
         if installed < o.cp_forwards {
-            bail!("define + start installed {installed} of {} forwards", o.cp_forwards);
+            bail!(
+                "define + start installed {installed} of {} forwards",
+                o.cp_forwards
+            );
         }
         r.push("install_bulk", b.kind, s);
-        eprintln!("bench: define+start with {} forwards [netd] run {}: {s:.3}s", o.cp_forwards, run + 1);
+        eprintln!(
+            "bench: define+start with {} forwards [netd] run {}: {s:.3}s",
+            o.cp_forwards,
+            run + 1
+        );
     }
     // One API request per forward: the live path. Once: it is the slow one.
     define("cp", &[])?;
@@ -406,12 +586,19 @@ fn cp_netd(r: &mut Results, o: &Opts, b: &mut Bed) -> Result<()> {
             break;
         }
         if lap.elapsed() > Duration::from_secs(10) {
-            eprintln!("bench: netd API: {done} forwards after {:.0}s", t.elapsed().as_secs_f64());
+            eprintln!(
+                "bench: netd API: {done} forwards after {:.0}s",
+                t.elapsed().as_secs_f64()
+            );
             lap = Instant::now();
         }
     }
     let s = t.elapsed().as_secs_f64();
-    r.detail("install", b.kind, json!({ "requests": done, "secs": s, "per_request_ms": s * 1e3 / done as f64 }));
+    r.detail(
+        "install",
+        b.kind,
+        json!({ "requests": done, "secs": s, "per_request_ms": s * 1e3 / done as f64 }),
+    );
     if done == o.cp_forwards {
         r.push("install", b.kind, s);
         eprintln!("bench: install {} [netd API] : {s:.3}s", o.cp_forwards);
@@ -425,7 +612,10 @@ fn cp_netd(r: &mut Results, o: &Opts, b: &mut Bed) -> Result<()> {
             ),
         );
         r.push("install", b.kind, est);
-        eprintln!("bench: install [netd API]: {done} forwards in {s:.1}s (extrapolated {est:.1}s for {})", o.cp_forwards);
+        eprintln!(
+            "bench: install [netd API]: {done} forwards in {s:.1}s (extrapolated {est:.1}s for {})",
+            o.cp_forwards
+        );
     }
     memory(r, b);
     if let Some(last) = fwds.get(done.saturating_sub(1)) {
@@ -438,7 +628,11 @@ fn cp_netd(r: &mut Results, o: &Opts, b: &mut Bed) -> Result<()> {
             let s = t.elapsed().as_secs_f64();
             cur = new;
             r.push("change_one", b.kind, s * 1e3);
-            eprintln!("bench: change one [netd] run {}: {:.1} ms (with {done} installed)", run + 1, s * 1e3);
+            eprintln!(
+                "bench: change one [netd] run {}: {:.1} ms (with {done} installed)",
+                run + 1,
+                s * 1e3
+            );
         }
     }
     remove("cp")
@@ -467,12 +661,16 @@ fn memory(r: &mut Results, b: &mut Bed) {
     let mut maps = std::collections::BTreeMap::new();
     if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
         for e in rd.flatten() {
-            let is_map = std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf-map");
+            let is_map = std::fs::read_link(e.path())
+                .is_ok_and(|l| l.to_string_lossy() == "anon_inode:bpf-map");
             if !is_map {
                 continue;
             }
-            let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", e.file_name().to_string_lossy()))
-                .unwrap_or_default();
+            let info = std::fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                e.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
             let field = |k: &str| {
                 info.lines()
                     .find_map(|l| l.strip_prefix(k))
@@ -484,8 +682,17 @@ fn memory(r: &mut Results, b: &mut Bed) {
     }
     let total: u64 = maps.values().sum();
     r.push("bpf_mem", b.kind, total as f64 / (1024.0 * 1024.0));
-    r.detail("bpf_mem", b.kind, json!({ "maps": maps.len(), "memlock_bytes": total, "rss_kib": rss_kb }));
-    eprintln!("bench: netd RSS {:.1} MiB, {} BPF maps {:.1} MiB", rss_kb / 1024.0, maps.len(), total as f64 / 1048576.0);
+    r.detail(
+        "bpf_mem",
+        b.kind,
+        json!({ "maps": maps.len(), "memlock_bytes": total, "rss_kib": rss_kb }),
+    );
+    eprintln!(
+        "bench: netd RSS {:.1} MiB, {} BPF maps {:.1} MiB",
+        rss_kb / 1024.0,
+        maps.len(),
+        total as f64 / 1048576.0
+    );
 }
 
 fn first_line(cmd: &str, args: &[&str]) -> String {
@@ -494,24 +701,47 @@ fn first_line(cmd: &str, args: &[&str]) -> String {
         .output()
         .ok()
         .map(|o| {
-            let s = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-            String::from_utf8_lossy(&s).lines().next().unwrap_or("").trim().to_string()
+            let s = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&s)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string()
         })
         .unwrap_or_default()
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn machine() -> serde_json::Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|v| v.split_once(':')).map(|(_, v)| v.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|v| v.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
-    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
+    let nproc = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let mem_kb: u64 = std::fs::read_to_string("/proc/meminfo")
         .unwrap_or_default()
         .lines()
@@ -519,9 +749,30 @@ fn machine() -> serde_json::Value {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let commit = first_line("git", &["-C", &crate::workspace_root().to_string_lossy(), "rev-parse", "--short", "HEAD"]);
-    let dirty = !first_line("git", &["-C", &crate::workspace_root().to_string_lossy(), "status", "--porcelain"]).is_empty();
-    let summary = format!("{nproc} × {model}, {} GiB, Linux {kernel}", mem_kb / (1024 * 1024));
+    let commit = first_line(
+        "git",
+        &[
+            "-C",
+            &crate::workspace_root().to_string_lossy(),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ],
+    );
+    let dirty = !first_line(
+        "git",
+        &[
+            "-C",
+            &crate::workspace_root().to_string_lossy(),
+            "status",
+            "--porcelain",
+        ],
+    )
+    .is_empty();
+    let summary = format!(
+        "{nproc} × {model}, {} GiB, Linux {kernel}",
+        mem_kb / (1024 * 1024)
+    );
     json!({
         "date": report::today(),
         "summary": summary,
@@ -539,7 +790,11 @@ fn machine() -> serde_json::Value {
 
 fn write_outputs(r: &Results, o: &Opts, machine: &serde_json::Value) -> Result<()> {
     std::fs::create_dir_all(&o.out)?;
-    let mode = if o.quick { "quick (1 short run each; figures are a smoke test only)" } else { "full" };
+    let mode = if o.quick {
+        "quick (1 short run each; figures are a smoke test only)"
+    } else {
+        "full"
+    };
     let m = |k: &str| machine[k].as_str().unwrap_or("").to_string();
     let mut md = String::new();
     md.push_str("# netd benchmark\n\n");
@@ -574,10 +829,20 @@ fn write_outputs(r: &Results, o: &Opts, machine: &serde_json::Value) -> Result<(
         "levels": o.levels,
         "results": r,
     });
-    std::fs::write(o.out.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
-    let title = format!("netd vs libvirt (iptables) vs nftables — {} — {}", m("date"), m("summary"));
+    std::fs::write(
+        o.out.join("bench.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    let title = format!(
+        "netd vs libvirt (iptables) vs nftables — {} — {}",
+        m("date"),
+        m("summary")
+    );
     std::fs::write(o.out.join("bench.svg"), report::svg(r, &o.levels, &title)?)?;
     println!("{md}");
-    println!("bench: wrote {}/bench.md, bench.json, bench.svg", o.out.display());
+    println!(
+        "bench: wrote {}/bench.md, bench.json, bench.svg",
+        o.out.display()
+    );
     Ok(())
 }

@@ -58,8 +58,15 @@ impl Results {
     }
 
     pub fn push(&mut self, id: &str, kind: Kind, v: f64) {
-        let m = self.metrics.iter_mut().find(|m| m.id == id).unwrap_or_else(|| panic!("metric {id} not declared"));
-        m.samples.entry(kind.name().to_string()).or_default().push(v);
+        let m = self
+            .metrics
+            .iter_mut()
+            .find(|m| m.id == id)
+            .unwrap_or_else(|| panic!("metric {id} not declared"));
+        m.samples
+            .entry(kind.name().to_string())
+            .or_default()
+            .push(v);
     }
 
     pub fn detail(&mut self, id: &str, kind: Kind, v: serde_json::Value) {
@@ -95,8 +102,17 @@ impl Stats {
         let mut s = v.to_vec();
         s.sort_by(f64::total_cmp);
         let n = s.len();
-        let median = if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 };
-        Some(Stats { min: s[0], median, max: s[n - 1], n })
+        let median = if n % 2 == 1 {
+            s[n / 2]
+        } else {
+            (s[n / 2 - 1] + s[n / 2]) / 2.0
+        };
+        Some(Stats {
+            min: s[0],
+            median,
+            max: s[n - 1],
+            n,
+        })
     }
 }
 
@@ -122,7 +138,12 @@ fn cell(s: Option<Stats>) -> String {
     match s {
         None => "—".into(),
         Some(s) if s.n == 1 => fmt_num(s.median),
-        Some(s) => format!("{} ({}–{})", fmt_num(s.median), fmt_num(s.min), fmt_num(s.max)),
+        Some(s) => format!(
+            "{} ({}–{})",
+            fmt_num(s.median),
+            fmt_num(s.min),
+            fmt_num(s.max)
+        ),
     }
 }
 
@@ -223,14 +244,22 @@ pub fn svg(r: &Results, levels: &[usize], title: &str) -> Result<String> {
             if pts.is_empty() {
                 continue;
             }
-            c.draw_series(LineSeries::new(pts.iter().map(|(x, s)| (*x, s.median / 1e3)), col.stroke_width(2)))?
-                .label(k.name())
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)));
-            c.draw_series(pts.iter().map(|(x, s)| Circle::new((*x, s.median / 1e3), 3, col.filled())))?;
+            c.draw_series(LineSeries::new(
+                pts.iter().map(|(x, s)| (*x, s.median / 1e3)),
+                col.stroke_width(2),
+            ))?
+            .label(k.name())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)));
             c.draw_series(
                 pts.iter()
-                    .map(|(x, s)| PathElement::new(vec![(*x, s.min / 1e3), (*x, s.max / 1e3)], col.stroke_width(1))),
+                    .map(|(x, s)| Circle::new((*x, s.median / 1e3), 3, col.filled())),
             )?;
+            c.draw_series(pts.iter().map(|(x, s)| {
+                PathElement::new(
+                    vec![(*x, s.min / 1e3), (*x, s.max / 1e3)],
+                    col.stroke_width(1),
+                )
+            }))?;
         }
         c.configure_series_labels()
             .position(SeriesLabelPosition::LowerLeft)
@@ -239,14 +268,23 @@ pub fn svg(r: &Results, levels: &[usize], title: &str) -> Result<String> {
             .draw()?;
 
         // 2. and 3. Grouped bars.
-        let groups2: &[(&str, &str, f64)] = &[("tcp_out", "TCP NAT out", 1.0), ("tcp_in", "TCP fwd in", 1.0)];
+        let groups2: &[(&str, &str, f64)] = &[
+            ("tcp_out", "TCP NAT out", 1.0),
+            ("tcp_in", "TCP fwd in", 1.0),
+        ];
         bars(r, &panels[1], "TCP bulk (iperf3)", "Gbit/s", groups2)?;
         let groups3: &[(&str, &str, f64)] = &[
             ("udp_out", "UDP 64 B kpps", 1e-3),
             ("conn_nat", "conn/s NAT (k)", 1e-3),
             ("conn_fwd", "conn/s fwd (k)", 1e-3),
         ];
-        bars(r, &panels[2], "Small packets and new connections", "thousands per second", groups3)?;
+        bars(
+            r,
+            &panels[2],
+            "Small packets and new connections",
+            "thousands per second",
+            groups3,
+        )?;
         root.present()?;
     }
     Ok(buf)
@@ -294,23 +332,32 @@ where
             let Some(s) = r.get(id, k) else { continue };
             let x0 = g as f64 + 0.1 + i as f64 * w;
             let x1 = x0 + w * 0.9;
-            rects.push(Rectangle::new([(x0, 0.0), (x1, s.median * scale)], col.filled()));
+            rects.push(Rectangle::new(
+                [(x0, 0.0), (x1, s.median * scale)],
+                col.filled(),
+            ));
             let xm = (x0 + x1) / 2.0;
-            whiskers.push(PathElement::new(vec![(xm, s.min * scale), (xm, s.max * scale)], BLACK.stroke_width(1)));
+            whiskers.push(PathElement::new(
+                vec![(xm, s.min * scale), (xm, s.max * scale)],
+                BLACK.stroke_width(1),
+            ));
             labels.push(Text::new(
                 fmt_num(s.median * scale),
                 (xm, s.max * scale + ymax * 0.02),
-                ("sans-serif", 10).into_font().color(&BLACK).pos(plotters::style::text_anchor::Pos::new(
-                    plotters::style::text_anchor::HPos::Center,
-                    plotters::style::text_anchor::VPos::Bottom,
-                )),
+                ("sans-serif", 10).into_font().color(&BLACK).pos(
+                    plotters::style::text_anchor::Pos::new(
+                        plotters::style::text_anchor::HPos::Center,
+                        plotters::style::text_anchor::VPos::Bottom,
+                    ),
+                ),
             ));
         }
         c.draw_series(rects)
             .map_err(|e| anyhow::anyhow!("{e}"))?
             .label(k.name())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], col.filled()));
-        c.draw_series(whiskers).map_err(|e| anyhow::anyhow!("{e}"))?;
+        c.draw_series(whiskers)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         c.draw_series(labels).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
     let names: Vec<Text<'_, (f64, f64), String>> = groups
@@ -320,10 +367,12 @@ where
             Text::new(
                 name.to_string(),
                 (g as f64 + 0.5, ymax * 1.22),
-                ("sans-serif", 12).into_font().color(&BLACK).pos(plotters::style::text_anchor::Pos::new(
-                    plotters::style::text_anchor::HPos::Center,
-                    plotters::style::text_anchor::VPos::Top,
-                )),
+                ("sans-serif", 12).into_font().color(&BLACK).pos(
+                    plotters::style::text_anchor::Pos::new(
+                        plotters::style::text_anchor::HPos::Center,
+                        plotters::style::text_anchor::VPos::Top,
+                    ),
+                ),
             )
         })
         .collect();
@@ -340,7 +389,10 @@ where
 
 /// Today's date (UTC), from the system clock.
 pub fn today() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let days = (secs / 86_400) as i64;
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
@@ -371,7 +423,12 @@ mod tests {
             r.push("x", Kind::Netd, v * 2.0);
         }
         let t = table(&r);
-        assert!(t.contains("| Thing, Gbit/s | ↑ | 11.0 (10.0–12.0) | — | 22.0 (20.0–24.0) | 2.00× | — |"), "{t}");
+        assert!(
+            t.contains(
+                "| Thing, Gbit/s | ↑ | 11.0 (10.0–12.0) | — | 22.0 (20.0–24.0) | 2.00× | — |"
+            ),
+            "{t}"
+        );
         let svg = svg(&r, &[1, 1000, 10000], "t").unwrap();
         assert!(svg.starts_with("<svg"), "{}", &svg[..100]);
     }

@@ -47,20 +47,35 @@ pub struct Fwd {
 
 impl Fwd {
     pub fn new(proto: Proto, port: u16, to_port: u16) -> Fwd {
-        Fwd { proto, port, to_port }
+        Fwd {
+            proto,
+            port,
+            to_port,
+        }
     }
 
     /// The handbook's DNAT rule (without the chain).
     pub fn ipt_dnat(&self, host: Ipv4Addr) -> String {
         let p = self.proto.as_str();
-        let syn = if self.proto == Proto::Tcp { " --syn" } else { "" };
-        format!("-d {host}/32 -p {p} -m {p}{syn} --dport {} -j DNAT --to-destination {GUEST}:{}", self.port, self.to_port)
+        let syn = if self.proto == Proto::Tcp {
+            " --syn"
+        } else {
+            ""
+        };
+        format!(
+            "-d {host}/32 -p {p} -m {p}{syn} --dport {} -j DNAT --to-destination {GUEST}:{}",
+            self.port, self.to_port
+        )
     }
 
     /// The handbook's FORWARD rule that lets the DNATed connection in.
     pub fn ipt_accept(&self) -> String {
         let p = self.proto.as_str();
-        let syn = if self.proto == Proto::Tcp { " --syn" } else { "" };
+        let syn = if self.proto == Proto::Tcp {
+            " --syn"
+        } else {
+            ""
+        };
         format!(
             "-d {GUEST}/32 -o {BRIDGE} -p {p} -m {p}{syn} -m conntrack --ctstate NEW --dport {} -j ACCEPT",
             self.to_port
@@ -68,7 +83,12 @@ impl Fwd {
     }
 
     pub fn nft_element(&self) -> String {
-        format!("{} . {} : {GUEST} . {}", self.proto.as_str(), self.port, self.to_port)
+        format!(
+            "{} . {} : {GUEST} . {}",
+            self.proto.as_str(),
+            self.port,
+            self.to_port
+        )
     }
 
     pub fn nft_key(&self) -> String {
@@ -221,7 +241,13 @@ pub fn nft_change(old: &Fwd, new: &Fwd) -> String {
 
 /// netd's definition of the same network: NAT, no DHCP or DNS (the
 /// baselines run no dnsmasq either), static guests.
-pub fn netd_definition(name: &str, bridge: &str, cidr: &str, fwds: &[Fwd], guest: Ipv4Addr) -> String {
+pub fn netd_definition(
+    name: &str,
+    bridge: &str,
+    cidr: &str,
+    fwds: &[Fwd],
+    guest: Ipv4Addr,
+) -> String {
     let mut s = format!(
         "name = \"{name}\"
 mode = \"nat\"
@@ -253,14 +279,26 @@ mod tests {
     #[test]
     fn iptables_change_targets_the_rules_iptables_writes() {
         let host = Ipv4Addr::new(198, 51, 100, 2);
-        let fwds = [Fwd::new(Proto::Tcp, 80, 80), Fwd::new(Proto::Udp, 10000, 10000)];
+        let fwds = [
+            Fwd::new(Proto::Tcp, 80, 80),
+            Fwd::new(Proto::Udp, 10000, 10000),
+        ];
         let text = iptables(host, &fwds);
-        let nat: Vec<&str> = text.lines().filter(|l| l.starts_with("-A PREROUTING")).collect();
-        let fwd: Vec<&str> = text.lines().filter(|l| l.starts_with("-A FORWARD")).collect();
+        let nat: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("-A PREROUTING"))
+            .collect();
+        let fwd: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("-A FORWARD"))
+            .collect();
         assert!(nat[1].contains("--dport 10000 "));
         // iptables -R counts from 1.
         assert!(fwd[1 + 3].contains("--dport 10000 "));
         let c = iptables_change(host, 1, &Fwd::new(Proto::Udp, 10000, 20000));
-        assert!(c.contains("-R PREROUTING 2 ") && c.contains("-R FORWARD 5 "), "{c}");
+        assert!(
+            c.contains("-R PREROUTING 2 ") && c.contains("-R FORWARD 5 "),
+            "{c}"
+        );
     }
 }

@@ -50,19 +50,39 @@ fn mount_bpffs(dir: &Path) -> Result<Mount> {
     std::fs::create_dir_all(dir)?;
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
     // SAFETY: valid C strings; a fresh bpffs instance on our own directory.
-    let rc = unsafe { libc::mount(c"bpf".as_ptr(), c.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
-        bail!("mount -t bpf on {}: {}", dir.display(), std::io::Error::last_os_error());
+        bail!(
+            "mount -t bpf on {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        );
     }
     Ok(Mount(dir.to_path_buf()))
 }
 
 fn link(ns: &str, dev: &str) -> Result<(u32, Mac)> {
-    let o = std::process::Command::new("ip").args(["-j", "-n", ns, "link", "show", "dev", dev]).output()?;
-    let v: serde_json::Value = serde_json::from_slice(&o.stdout).with_context(|| format!("ip link show {dev} in {ns}"))?;
+    let o = std::process::Command::new("ip")
+        .args(["-j", "-n", ns, "link", "show", "dev", dev])
+        .output()?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).with_context(|| format!("ip link show {dev} in {ns}"))?;
     let l = &v[0];
-    let idx = l["ifindex"].as_u64().with_context(|| format!("no ifindex for {dev}"))? as u32;
-    Ok((idx, mac(l["address"].as_str().unwrap_or("00:00:00:00:00:00"))))
+    let idx = l["ifindex"]
+        .as_u64()
+        .with_context(|| format!("no ifindex for {dev}"))? as u32;
+    Ok((
+        idx,
+        mac(l["address"].as_str().unwrap_or("00:00:00:00:00:00")),
+    ))
 }
 
 fn be(a: Ipv4Addr) -> u32 {
@@ -70,7 +90,13 @@ fn be(a: Ipv4Addr) -> u32 {
 }
 
 /// Runs every level `runs` times; `iters` new flows per sample.
-pub fn measure(bed: &Bed, levels: &[usize], runs: usize, iters: u32, repeat: u32) -> Result<Vec<TrSample>> {
+pub fn measure(
+    bed: &Bed,
+    levels: &[usize],
+    runs: usize,
+    iters: u32,
+    repeat: u32,
+) -> Result<Vec<TrSample>> {
     let host = bed.host().name.clone();
     let router = bed.t.router.name.clone();
     let dir = bed.t.dir.join("bpffs-testrun");
@@ -122,7 +148,8 @@ pub fn measure(bed: &Bed, levels: &[usize], runs: usize, iters: u32, repeat: u32
                     let mut first = None;
                     for _ in 0..iters {
                         let (src, sport) = flows.next();
-                        let p = Packet::udp(src, sport, HOST_IP, dport, &[0u8; 64]).macs(up_mac, router_mac);
+                        let p = Packet::udp(src, sport, HOST_IP, dport, &[0u8; 64])
+                            .macs(up_mac, router_mac);
                         let frame = p.frame();
                         let (rc, _, d) = dp.test_run_repeat(Hook::UplinkIngress, up, &frame, 1)?;
                         if rc != TC_ACT_REDIRECT {
@@ -132,7 +159,8 @@ pub fn measure(bed: &Bed, levels: &[usize], runs: usize, iters: u32, repeat: u32
                         first.get_or_insert(frame);
                     }
                     let frame = first.context("no runs")?;
-                    let (_, _, est) = dp.test_run_repeat(Hook::UplinkIngress, up, &frame, repeat)?;
+                    let (_, _, est) =
+                        dp.test_run_repeat(Hook::UplinkIngress, up, &frame, repeat)?;
                     out.push(TrSample {
                         forwards: n,
                         new_flow_ns: total as f64 / f64::from(iters.max(1)),
@@ -159,6 +187,9 @@ impl Flows {
         let (hi, lo) = (self.0 / per, self.0 % per);
         self.0 += 1;
         let o = UPSTREAM_IP.octets();
-        (Ipv4Addr::new(o[0], o[1], o[2], o[3].wrapping_add(hi as u8)), 1024 + lo as u16)
+        (
+            Ipv4Addr::new(o[0], o[1], o[2], o[3].wrapping_add(hi as u8)),
+            1024 + lo as u16,
+        )
     }
 }
