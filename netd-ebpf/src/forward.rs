@@ -3,8 +3,7 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED,
-        BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
@@ -40,31 +39,21 @@ pub fn route(ctx: &TcContext, in_ifindex: u32, ip: &Ipv4, saddr: u32, daddr: u32
     p.ifindex = in_ifindex;
     p.__bindgen_anon_3.ipv4_src = saddr;
     p.__bindgen_anon_4.ipv4_dst = daddr;
-    let rc = unsafe {
-        fib_lookup(
-            ctx.skb.skb as *mut _,
-            &mut p,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
+    lookup(ctx, &mut p)
+}
+
+/// Runs a prepared FIB lookup (IPv4 or IPv6) and says what to do.
+#[inline(always)]
+pub fn lookup(ctx: &TcContext, p: &mut bpf_fib_lookup) -> Route {
+    let rc = unsafe { fib_lookup(ctx.skb.skb as *mut _, p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    let neigh = match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => true,
+        BPF_FIB_LKUP_RET_NO_NEIGH => false,
+        BPF_FIB_LKUP_RET_NOT_FWDED => return Route::Local,
+        // MTU exceeded (the kernel sends the ICMP), no route, forwarding off.
+        _ => return Route::Stack,
     };
-    match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Route::Forward {
-            ifindex: p.ifindex,
-            smac: p.smac,
-            dmac: p.dmac,
-            neigh: true,
-        },
-        BPF_FIB_LKUP_RET_NO_NEIGH => Route::Forward {
-            ifindex: p.ifindex,
-            smac: p.smac,
-            dmac: p.dmac,
-            neigh: false,
-        },
-        BPF_FIB_LKUP_RET_NOT_FWDED => Route::Local,
-        BPF_FIB_LKUP_RET_FRAG_NEEDED => Route::Stack,
-        _ => Route::Stack,
-    }
+    Route::Forward { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac, neigh }
 }
 
 /// Decrements the TTL and redirects. Must only be called for packets whose
@@ -72,28 +61,30 @@ pub fn route(ctx: &TcContext, in_ifindex: u32, ip: &Ipv4, saddr: u32, daddr: u32
 /// sends the time-exceeded).
 #[inline(always)]
 pub fn redirect(ctx: &mut TcContext, ip: &Ipv4, route: &Route) -> i32 {
-    let Route::Forward {
-        ifindex,
-        smac,
-        dmac,
-        neigh,
-    } = route
-    else {
+    if !matches!(route, Route::Forward { .. }) {
         return TC_ACT_OK;
-    };
+    }
     if csum::dec_ttl(ctx, ip.off, ip.ttl).is_err() {
         return TC_ACT_SHOT;
     }
-    if *neigh {
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(dmac);
-        macs[6..].copy_from_slice(smac);
-        if ctx.store(0, &macs, 0).is_err() {
-            return TC_ACT_SHOT;
-        }
-        unsafe { bpf_redirect(*ifindex, 0) as i32 }
-    } else {
-        // The kernel resolves the neighbour and fills in the MACs.
-        unsafe { bpf_redirect_neigh(*ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+    send(ctx, route)
+}
+
+/// Sends a packet out of the route's device: with the MACs the lookup
+/// found, or through the kernel's neighbour resolution.
+#[inline(always)]
+pub fn send(ctx: &mut TcContext, route: &Route) -> i32 {
+    let Route::Forward { ifindex, smac, dmac, neigh } = route else {
+        return TC_ACT_OK;
+    };
+    if !*neigh {
+        return unsafe { bpf_redirect_neigh(*ifindex, core::ptr::null_mut(), 0, 0) as i32 };
     }
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(dmac);
+    macs[6..].copy_from_slice(smac);
+    if ctx.store(0, &macs, 0).is_err() {
+        return TC_ACT_SHOT;
+    }
+    unsafe { bpf_redirect(*ifindex, 0) as i32 }
 }

@@ -3,16 +3,13 @@
 //! advertisements and link-local traffic stay with the kernel.
 
 use aya_ebpf::{
-    bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK,
-        TC_ACT_SHOT, bpf_fib_lookup,
-    },
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
 use netd_common::{NetConfig, mode, net_flags, reason};
 
+use crate::forward::{self, Route};
 use crate::maps::{self, SUBNETS6};
 use crate::nat66;
 use crate::parse::{ETH_LEN, Malformed};
@@ -79,21 +76,10 @@ fn routes_v6(net: &NetConfig) -> bool {
     }
 }
 
-pub enum Route6 {
-    Forward {
-        ifindex: u32,
-        smac: [u8; 6],
-        dmac: [u8; 6],
-        neigh: bool,
-    },
-    Local,
-    Stack,
-}
-
 /// Not inlined: the lookup's 64-byte parameter block stays off the stack
 /// of the callers' deeper call chains.
 #[inline(never)]
-pub fn route(ctx: &TcContext, in_ifindex: u32, ip: &Ipv6) -> Route6 {
+pub fn route(ctx: &TcContext, in_ifindex: u32, ip: &Ipv6) -> Route {
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     p.family = AF_INET6;
     p.l4_protocol = ip.next_header;
@@ -101,62 +87,20 @@ pub fn route(ctx: &TcContext, in_ifindex: u32, ip: &Ipv6) -> Route6 {
     p.ifindex = in_ifindex;
     p.__bindgen_anon_3.ipv6_src = ip.saddr;
     p.__bindgen_anon_4.ipv6_dst = ip.daddr;
-    let rc = unsafe {
-        fib_lookup(
-            ctx.skb.skb as *mut _,
-            &mut p,
-            core::mem::size_of::<bpf_fib_lookup>() as i32,
-            0,
-        )
-    };
-    match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Route6::Forward {
-            ifindex: p.ifindex,
-            smac: p.smac,
-            dmac: p.dmac,
-            neigh: true,
-        },
-        BPF_FIB_LKUP_RET_NO_NEIGH => Route6::Forward {
-            ifindex: p.ifindex,
-            smac: p.smac,
-            dmac: p.dmac,
-            neigh: false,
-        },
-        BPF_FIB_LKUP_RET_NOT_FWDED => Route6::Local,
-        _ => Route6::Stack,
-    }
+    forward::lookup(ctx, &mut p)
 }
 
 /// Decrements the hop limit (IPv6 has no header checksum) and redirects.
 #[inline(always)]
-pub fn redirect(ctx: &mut TcContext, ip: &Ipv6, r: &Route6, len: u32) -> i32 {
-    let Route6::Forward {
-        ifindex,
-        smac,
-        dmac,
-        neigh,
-    } = r
-    else {
+pub fn redirect(ctx: &mut TcContext, ip: &Ipv6, r: &Route, len: u32) -> i32 {
+    if !matches!(r, Route::Forward { .. }) {
         return stats::pass(reason::SLOW_PATH, len);
-    };
-    if ctx
-        .store(ETH_LEN + HOP_LIMIT_OFF, &(ip.hop_limit - 1), 0)
-        .is_err()
-    {
+    }
+    if ctx.store(ETH_LEN + HOP_LIMIT_OFF, &(ip.hop_limit - 1), 0).is_err() {
         return TC_ACT_SHOT;
     }
     stats::count(reason::REDIRECT, len);
-    if *neigh {
-        let mut macs = [0u8; 12];
-        macs[..6].copy_from_slice(dmac);
-        macs[6..].copy_from_slice(smac);
-        if ctx.store(0, &macs, 0).is_err() {
-            return TC_ACT_SHOT;
-        }
-        unsafe { bpf_redirect(*ifindex, 0) as i32 }
-    } else {
-        unsafe { bpf_redirect_neigh(*ifindex, core::ptr::null_mut(), 0, 0) as i32 }
-    }
+    forward::send(ctx, r)
 }
 
 /// Guest -> world over IPv6: a program of its own (tail call from the
@@ -189,9 +133,9 @@ fn from_guest(ctx: &mut TcContext, net: &NetConfig, bridge: u32, len: u32) -> i3
     }
     let r = route(ctx, bridge, &ip);
     let out = match r {
-        Route6::Forward { ifindex, .. } => ifindex,
-        Route6::Local => return stats::pass(reason::PASS, len),
-        Route6::Stack => return stats::pass(reason::SLOW_PATH, len),
+        Route::Forward { ifindex, .. } => ifindex,
+        Route::Local => return stats::pass(reason::PASS, len),
+        Route::Stack => return stats::pass(reason::SLOW_PATH, len),
     };
     if theirs != 0 {
         let open = |n: &NetConfig| n.mode == mode::ROUTE || n.mode == mode::OPEN;

@@ -10,7 +10,8 @@ use aya_ebpf::{
 use netd_common::{CtKey6, NetConfig, dir, nat_kind, reason};
 
 use crate::ct;
-use crate::ipv6::{self, Ipv6, Route6};
+use crate::forward::Route;
+use crate::ipv6::{self, Ipv6};
 use crate::maps::UPLINKS;
 use crate::nat::{self, SnatRequest};
 use crate::parse::{
@@ -165,7 +166,7 @@ pub fn masquerade_stage(ctx: &mut TcContext) -> i32 {
         return stats::drop(reason::DROP_MALFORMED, len);
     };
     let r = ipv6::route(ctx, bridge, &ip);
-    let Route6::Forward { ifindex: out, .. } = r else {
+    let Route::Forward { ifindex: out, .. } = r else {
         return stats::pass(reason::SLOW_PATH, len);
     };
     masquerade(ctx, net, bridge, out, &ip, &r, len)
@@ -178,7 +179,7 @@ fn masquerade(
     bridge: u32,
     out: u32,
     ip: &Ipv6,
-    r: &Route6,
+    r: &Route,
     len: u32,
 ) -> i32 {
     let Some(l4) = l4(ctx, ip) else {
