@@ -3,7 +3,8 @@
 
 use aya_ebpf::{
     bindings::{
-        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK,
+        TC_ACT_SHOT, bpf_fib_lookup,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
@@ -45,7 +46,14 @@ pub fn route(ctx: &TcContext, in_ifindex: u32, ip: &Ipv4, saddr: u32, daddr: u32
 /// Runs a prepared FIB lookup (IPv4 or IPv6) and says what to do.
 #[inline(always)]
 pub fn lookup(ctx: &TcContext, p: &mut bpf_fib_lookup) -> Route {
-    let rc = unsafe { fib_lookup(ctx.skb.skb as *mut _, p, core::mem::size_of::<bpf_fib_lookup>() as i32, 0) };
+    let rc = unsafe {
+        fib_lookup(
+            ctx.skb.skb as *mut _,
+            p,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
     let neigh = match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => true,
         BPF_FIB_LKUP_RET_NO_NEIGH => false,
@@ -53,7 +61,12 @@ pub fn lookup(ctx: &TcContext, p: &mut bpf_fib_lookup) -> Route {
         // MTU exceeded (the kernel sends the ICMP), no route, forwarding off.
         _ => return Route::Stack,
     };
-    Route::Forward { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac, neigh }
+    Route::Forward {
+        ifindex: p.ifindex,
+        smac: p.smac,
+        dmac: p.dmac,
+        neigh,
+    }
 }
 
 /// Decrements the TTL and redirects. Must only be called for packets whose
@@ -74,7 +87,13 @@ pub fn redirect(ctx: &mut TcContext, ip: &Ipv4, route: &Route) -> i32 {
 /// found, or through the kernel's neighbour resolution.
 #[inline(always)]
 pub fn send(ctx: &mut TcContext, route: &Route) -> i32 {
-    let Route::Forward { ifindex, smac, dmac, neigh } = route else {
+    let Route::Forward {
+        ifindex,
+        smac,
+        dmac,
+        neigh,
+    } = route
+    else {
         return TC_ACT_OK;
     };
     if !*neigh {

@@ -96,7 +96,10 @@ pub fn redirect(ctx: &mut TcContext, ip: &Ipv6, r: &Route, len: u32) -> i32 {
     if !matches!(r, Route::Forward { .. }) {
         return stats::pass(reason::SLOW_PATH, len);
     }
-    if ctx.store(ETH_LEN + HOP_LIMIT_OFF, &(ip.hop_limit - 1), 0).is_err() {
+    if ctx
+        .store(ETH_LEN + HOP_LIMIT_OFF, &(ip.hop_limit - 1), 0)
+        .is_err()
+    {
         return TC_ACT_SHOT;
     }
     stats::count(reason::REDIRECT, len);

@@ -14,9 +14,23 @@
 //!   permanent neighbours: 192.168.122.10-40 and 192.168.123.10-40 (see
 //!   [`gmac`], [`hmac`]), the router 198.51.100.1 ([`ROUTER_MAC`])
 //! ```
+//!
+//! [`env_modes`] adds, once per test binary, a network of every other mode
+//! and IPv6 (see [`Modes`]):
+//!
+//! ```text
+//!   br0 also 2001:db8:122::1/64                 (NAT without NAT66: IPv6 routed)
+//!   br2 192.168.124.1/24 2001:db8:124::1/64     ROUTE    (port p2, peer q2)
+//!   br3 192.168.125.1/24 2001:db8:125::1/64     ISOLATED (port p3, peer q3)
+//!   br4 192.168.126.1/24 fd00:126::1/64         NAT + NAT66, ports 1024-65535
+//!   up0 also 2001:db8:100::2/64 (the NAT66 address), default via 2001:db8:100::1
+//!   permanent neighbours: guests .10-40 / ::10-40 of each (see [`gmac`],
+//!   [`rmac`], [`imac`], [`mmac`]), the router 2001:db8:100::1 ([`ROUTER_MAC`]);
+//!   net.ipv6.conf.all.forwarding=1
+//! ```
 
 use std::cell::Cell;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,7 +39,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use crate::packet::*;
 use anyhow::{Context, Result, bail};
 use netd::dataplane::{Dataplane, Hook, maps};
-use netd_common::{CtEntry, CtKey, NetConfig, mode};
+use netd_common::{CtEntry, CtKey, NetConfig, mode, net_flags};
 
 pub const TC_ACT_OK: u32 = 0;
 pub const TC_ACT_SHOT: u32 = 2;
@@ -57,6 +71,60 @@ pub fn hmac(n: u8) -> Mac {
     [0x52, 0x54, 0x00, 0x00, 0x01, n]
 }
 pub const GUESTS: std::ops::RangeInclusive<u8> = 10..=40;
+
+// The networks of [`env_modes`].
+pub const GW2: Ipv4Addr = Ipv4Addr::new(192, 168, 124, 1);
+pub const GW3: Ipv4Addr = Ipv4Addr::new(192, 168, 125, 1);
+pub const GW4: Ipv4Addr = Ipv4Addr::new(192, 168, 126, 1);
+pub const BR2_MAC: Mac = [0x52, 0x54, 0x00, 0xaa, 0x00, 0x03];
+pub const BR3_MAC: Mac = [0x52, 0x54, 0x00, 0xaa, 0x00, 0x04];
+pub const BR4_MAC: Mac = [0x52, 0x54, 0x00, 0xaa, 0x00, 0x05];
+pub const GW0_6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x122, 0, 0, 0, 0, 1);
+pub const GW2_6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x124, 0, 0, 0, 0, 1);
+pub const GW3_6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x125, 0, 0, 0, 0, 1);
+pub const GW4_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x126, 0, 0, 0, 0, 0, 1);
+/// up0's IPv6 address: NAT66 masquerades to it.
+pub const NAT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 2);
+pub const ROUTER6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
+pub const REMOTE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x113, 0, 0, 0, 0, 0x10);
+
+fn v6(prefix: [u16; 3], n: u8) -> Ipv6Addr {
+    Ipv6Addr::new(prefix[0], prefix[1], prefix[2], 0, 0, 0, 0, u16::from(n))
+}
+/// Guest `n` of br0 over IPv6 (2001:db8:122::n, MAC [`gmac`]).
+pub fn g6(n: u8) -> Ipv6Addr {
+    v6([0x2001, 0xdb8, 0x122], n)
+}
+/// Guest `n` of br2, the routed network: 192.168.124.n, 2001:db8:124::n.
+pub fn r4(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 124, n)
+}
+pub fn r6(n: u8) -> Ipv6Addr {
+    v6([0x2001, 0xdb8, 0x124], n)
+}
+pub fn rmac(n: u8) -> Mac {
+    [0x52, 0x54, 0x00, 0x00, 0x02, n]
+}
+/// Guest `n` of br3, the isolated network: 192.168.125.n, 2001:db8:125::n.
+pub fn i4(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 125, n)
+}
+pub fn i6(n: u8) -> Ipv6Addr {
+    v6([0x2001, 0xdb8, 0x125], n)
+}
+pub fn imac(n: u8) -> Mac {
+    [0x52, 0x54, 0x00, 0x00, 0x03, n]
+}
+/// Guest `n` of br4, the NAT66 network: 192.168.126.n, fd00:126::n.
+pub fn m4(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(192, 168, 126, n)
+}
+pub fn m6(n: u8) -> Ipv6Addr {
+    v6([0xfd00, 0x126, 0], n)
+}
+pub fn mmac(n: u8) -> Mac {
+    [0x52, 0x54, 0x00, 0x00, 0x04, n]
+}
 
 pub fn be(a: Ipv4Addr) -> u32 {
     u32::from(a).to_be()
@@ -130,6 +198,19 @@ pub struct Env {
     pub br0: u32,
     pub br1: u32,
     pub up0: u32,
+    /// Set up by [`env_modes`], once.
+    modes: Option<Result<Modes, String>>,
+}
+
+/// The ifindexes of the networks [`env_modes`] adds.
+#[derive(Clone, Copy, Debug)]
+pub struct Modes {
+    /// Routed (mode ROUTE).
+    pub br2: u32,
+    /// Isolated.
+    pub br3: u32,
+    /// NAT with NAT66.
+    pub br4: u32,
 }
 
 static ENV: OnceLock<Result<Mutex<Env>, String>> = OnceLock::new();
@@ -318,7 +399,117 @@ impl Env {
             br0,
             br1,
             up0,
+            modes: None,
         })
+    }
+
+    /// The networks of [`env_modes`]. Panics when it was not called.
+    pub fn modes(&self) -> Modes {
+        match &self.modes {
+            Some(Ok(m)) => *m,
+            Some(Err(e)) => panic!("modes environment: {e}"),
+            None => panic!("modes environment not set up: use env_modes()"),
+        }
+    }
+
+    /// Adds the bridges, addresses, routes and networks of [`env_modes`].
+    fn setup_modes(&self) -> Result<Modes> {
+        let ns = &self.ns;
+        let mut script: Vec<String> = Vec::new();
+        for (br, mac, port, v4, v6) in [
+            ("br2", BR2_MAC, "2", GW2, GW2_6),
+            ("br3", BR3_MAC, "3", GW3, GW3_6),
+            ("br4", BR4_MAC, "4", GW4, GW4_6),
+        ] {
+            script.extend([
+                format!("link add {br} address {} type bridge", fmt_mac(mac)),
+                format!("addr add {v4}/24 dev {br}"),
+                format!("link add name p{port} type veth peer name q{port}"),
+                format!("link set p{port} master {br}"),
+                format!("link set p{port} up"),
+                format!("link set q{port} up"),
+                format!("link set {br} up"),
+                format!("addr add {v6}/64 dev {br} nodad"),
+            ]);
+        }
+        script.extend([
+            format!("addr add {GW0_6}/64 dev br0 nodad"),
+            format!("addr add {NAT6}/64 dev up0 nodad"),
+            format!(
+                "neigh add {ROUTER6} lladdr {} dev up0 nud permanent",
+                fmt_mac(ROUTER_MAC)
+            ),
+            format!("route add default via {ROUTER6} dev up0"),
+        ]);
+        for n in GUESTS {
+            for (addr, mac, br) in [
+                (g6(n).to_string(), gmac(n), "br0"),
+                (r4(n).to_string(), rmac(n), "br2"),
+                (r6(n).to_string(), rmac(n), "br2"),
+                (i4(n).to_string(), imac(n), "br3"),
+                (i6(n).to_string(), imac(n), "br3"),
+                (m4(n).to_string(), mmac(n), "br4"),
+                (m6(n).to_string(), mmac(n), "br4"),
+            ] {
+                script.push(format!(
+                    "neigh add {addr} lladdr {} dev {br} nud permanent",
+                    fmt_mac(mac)
+                ));
+            }
+        }
+        let batch = std::env::temp_dir().join(format!("ndbpf-{}-modes.ip", std::process::id()));
+        std::fs::write(&batch, script.join("\n") + "\n")?;
+        let r = ip(ns, &["-batch", batch.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&batch);
+        r?;
+        let o = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                ns,
+                "sysctl",
+                "-qw",
+                "net.ipv6.conf.all.forwarding=1",
+            ])
+            .output()?;
+        if !o.status.success() {
+            bail!("sysctl in {ns}: {}", String::from_utf8_lossy(&o.stderr));
+        }
+        let m = Modes {
+            br2: ifindex(ns, "br2")?,
+            br3: ifindex(ns, "br3")?,
+            br4: ifindex(ns, "br4")?,
+        };
+
+        let maps = &self.maps;
+        let net = |gw: Ipv4Addr, mode, flags| {
+            let subnet = Ipv4Addr::from(u32::from(gw) & 0xffff_ff00);
+            NetConfig {
+                subnet: be(subnet),
+                mask: be(Ipv4Addr::new(255, 255, 255, 0)),
+                gateway: be(gw),
+                nat_addr: 0,
+                port_min: 1024,
+                port_max: 65535,
+                uplink_ifindex: 0,
+                mode,
+                flags,
+                ..Default::default()
+            }
+        };
+        for (br, gw, gw6, mode, flags) in [
+            (m.br2, GW2, GW2_6, mode::ROUTE, 0),
+            (m.br3, GW3, GW3_6, mode::ISOLATED, 0),
+            (m.br4, GW4, GW4_6, mode::NAT, net_flags::NAT66),
+        ] {
+            let cfg = net(gw, mode, flags);
+            let sn = Ipv4Addr::from(u32::from_be(cfg.subnet));
+            maps::add_network(maps, br, &cfg, Some((sn, 24)))?;
+            maps::add_subnet6(maps, br, (gw6, 64))?;
+        }
+        maps::add_subnet6(maps, self.br0, (GW0_6, 64))?;
+        maps::set_uplink(maps, self.up0, Some(NAT), Some(NAT6))?;
+        Ok(m)
     }
 
     /// Moves the calling thread into the test namespace (once per thread).
@@ -451,6 +642,31 @@ pub fn env() -> MutexGuard<'static, Env> {
     let g = e.lock().unwrap_or_else(PoisonError::into_inner);
     g.enter();
     g
+}
+
+/// The shared environment with the networks of every mode and IPv6 (see
+/// [`Modes`]) set up, locked for the calling test, with the thread in the
+/// test namespace.
+pub fn env_modes() -> MutexGuard<'static, Env> {
+    let mut g = env();
+    if g.modes.is_none() {
+        let m = g.setup_modes().map_err(|e| format!("{e:#}"));
+        g.modes = Some(m);
+    }
+    g.modes();
+    g
+}
+
+/// The ifindex of `name` in `ns`.
+fn ifindex(ns: &str, name: &str) -> Result<u32> {
+    let links: serde_json::Value =
+        serde_json::from_str(&ip(ns, &["-j", "link", "show", "dev", name])?)?;
+    links
+        .as_array()
+        .and_then(|a| a.first())
+        .and_then(|l| l["ifindex"].as_u64())
+        .map(|i| i as u32)
+        .with_context(|| format!("no {name} in {ns}"))
 }
 
 pub fn from_guest(n: u8, mut p: Packet) -> Packet {

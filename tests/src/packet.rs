@@ -1,29 +1,40 @@
-//! Crafted Ethernet/IPv4 frames for BPF_PROG_TEST_RUN tests, and a checker
-//! that reads them back.
+//! Crafted Ethernet/IPv4 and Ethernet/IPv6 frames for BPF_PROG_TEST_RUN
+//! tests, and checkers that read them back.
 //!
 //! Every checksum here is computed from scratch over the whole header or
 //! segment (RFC 1071 sum over the bytes, plus the pseudo-header for TCP and
-//! UDP), never updated incrementally, so it is independent of the
-//! datapath's own RFC 1624 arithmetic and of the kernel's csum helpers.
+//! UDP, and for ICMPv6 the IPv6 one of RFC 8200 section 8.1), never updated
+//! incrementally, so it is independent of the datapath's own RFC 1624
+//! arithmetic and of the kernel's csum helpers.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 pub type Mac = [u8; 6];
 
 pub const ETH_LEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 pub const ICMP_ECHOREPLY: u8 = 0;
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
 pub const ICMP_ECHO: u8 = 8;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
+
+pub const ICMPV6_DEST_UNREACH: u8 = 1;
+pub const ICMPV6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMPV6_TIME_EXCEEDED: u8 = 3;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+pub const ICMPV6_ECHO_REPLY: u8 = 129;
+pub const ICMPV6_ROUTER_SOLICIT: u8 = 133;
+pub const ICMPV6_NEIGHBOUR_SOLICIT: u8 = 135;
 
 pub const TCP_FIN: u8 = 0x01;
 pub const TCP_SYN: u8 = 0x02;
@@ -99,6 +110,50 @@ pub fn csum_matches(stored: u16, computed: u16, proto: u8) -> bool {
         return true;
     }
     proto != IPPROTO_UDP && (stored | computed == 0xffff) && (stored == 0 || computed == 0)
+}
+
+/// The IPv6 pseudo-header (RFC 8200 section 8.1: source, destination,
+/// upper-layer length as 32 bits, three zero bytes, next header) followed
+/// by `segment`: what TCP, UDP and ICMPv6 checksums cover over IPv6.
+pub fn with_pseudo_header6(
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    next_header: u8,
+    segment: &[u8],
+) -> Vec<u8> {
+    let mut v = Vec::with_capacity(40 + segment.len());
+    v.extend_from_slice(&src.octets());
+    v.extend_from_slice(&dst.octets());
+    v.extend_from_slice(&(segment.len() as u32).to_be_bytes());
+    v.extend_from_slice(&[0, 0, 0, next_header]);
+    v.extend_from_slice(segment);
+    v
+}
+
+/// Offset of the checksum inside a TCP, UDP or ICMPv6 header.
+pub fn l4_csum_offset6(next_header: u8) -> Option<usize> {
+    match next_header {
+        IPPROTO_TCP => Some(16),
+        IPPROTO_UDP => Some(6),
+        IPPROTO_ICMPV6 => Some(2),
+        _ => None,
+    }
+}
+
+/// The checksum a TCP, UDP or ICMPv6 segment over IPv6 should carry,
+/// computed over the IPv6 pseudo-header and the segment with its checksum
+/// field taken as zero. For UDP a result of 0 is sent as 0xffff.
+pub fn l4_checksum6(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, segment: &[u8]) -> u16 {
+    let mut seg = segment.to_vec();
+    let off = l4_csum_offset6(next_header).expect("TCP, UDP or ICMPv6");
+    seg[off] = 0;
+    seg[off + 1] = 0;
+    let c = checksum(&with_pseudo_header6(src, dst, next_header, &seg));
+    if next_header == IPPROTO_UDP && c == 0 {
+        0xffff
+    } else {
+        c
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -389,6 +444,227 @@ impl Packet {
     }
 }
 
+/// An Ethernet + IPv6 packet (no extension headers), described field by
+/// field. `L4::Icmp` is ICMPv6 here (its checksum covers the IPv6
+/// pseudo-header). Build it with [`Packet6::frame`]; the payload length and
+/// every checksum are filled in from scratch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet6 {
+    pub dst_mac: Mac,
+    pub src_mac: Mac,
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub traffic_class: u8,
+    /// 20 bits.
+    pub flow_label: u32,
+    pub hop_limit: u8,
+    /// Set by the constructors, needed for `L4::Raw`.
+    pub next_header: u8,
+    pub l4: L4,
+}
+
+impl Packet6 {
+    fn base(src: Ipv6Addr, dst: Ipv6Addr, next_header: u8, l4: L4) -> Packet6 {
+        Packet6 {
+            dst_mac: [0; 6],
+            src_mac: [0; 6],
+            src,
+            dst,
+            traffic_class: 0,
+            flow_label: 0x12345,
+            hop_limit: 64,
+            next_header,
+            l4,
+        }
+    }
+
+    pub fn tcp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, flags: u8) -> Packet6 {
+        let l4 = L4::Tcp {
+            sport,
+            dport,
+            seq: 0x1000_0000,
+            ack: 0,
+            flags,
+            window: 64800,
+            payload: Vec::new(),
+        };
+        Packet6::base(src, dst, IPPROTO_TCP, l4)
+    }
+
+    pub fn udp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, payload: &[u8]) -> Packet6 {
+        let l4 = L4::Udp {
+            sport,
+            dport,
+            payload: payload.to_vec(),
+            csum: true,
+        };
+        Packet6::base(src, dst, IPPROTO_UDP, l4)
+    }
+
+    pub fn icmp_echo(
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        request: bool,
+        id: u16,
+        seq: u16,
+        payload: &[u8],
+    ) -> Packet6 {
+        let mut rest = [0u8; 4];
+        rest[..2].copy_from_slice(&id.to_be_bytes());
+        rest[2..].copy_from_slice(&seq.to_be_bytes());
+        let ty = if request {
+            ICMPV6_ECHO_REQUEST
+        } else {
+            ICMPV6_ECHO_REPLY
+        };
+        let l4 = L4::Icmp {
+            ty,
+            code: 0,
+            rest,
+            payload: payload.to_vec(),
+        };
+        Packet6::base(src, dst, IPPROTO_ICMPV6, l4)
+    }
+
+    /// Any other ICMPv6 message (neighbour discovery, errors).
+    pub fn icmp(
+        src: Ipv6Addr,
+        dst: Ipv6Addr,
+        ty: u8,
+        code: u8,
+        rest: [u8; 4],
+        payload: &[u8],
+    ) -> Packet6 {
+        let l4 = L4::Icmp {
+            ty,
+            code,
+            rest,
+            payload: payload.to_vec(),
+        };
+        Packet6::base(src, dst, IPPROTO_ICMPV6, l4)
+    }
+
+    pub fn macs(mut self, dst: Mac, src: Mac) -> Packet6 {
+        self.dst_mac = dst;
+        self.src_mac = src;
+        self
+    }
+
+    pub fn sport(&self) -> u16 {
+        match &self.l4 {
+            L4::Tcp { sport, .. } | L4::Udp { sport, .. } => *sport,
+            _ => panic!("no source port"),
+        }
+    }
+
+    pub fn set_sport(&mut self, port: u16) {
+        match &mut self.l4 {
+            L4::Tcp { sport, .. } | L4::Udp { sport, .. } => *sport = port,
+            _ => panic!("no source port"),
+        }
+    }
+
+    pub fn set_dport(&mut self, port: u16) {
+        match &mut self.l4 {
+            L4::Tcp { dport, .. } | L4::Udp { dport, .. } => *dport = port,
+            _ => panic!("no destination port"),
+        }
+    }
+
+    /// Sets the identifier of an ICMPv6 echo request or reply.
+    pub fn set_echo_id(&mut self, id: u16) {
+        match &mut self.l4 {
+            L4::Icmp { rest, .. } => rest[..2].copy_from_slice(&id.to_be_bytes()),
+            _ => panic!("not ICMPv6"),
+        }
+    }
+
+    /// The bytes after the IPv6 header, checksum included.
+    pub fn l4_bytes(&self) -> Vec<u8> {
+        let mut v = Vec::new();
+        let mut csum = true;
+        match &self.l4 {
+            L4::Tcp {
+                sport,
+                dport,
+                seq,
+                ack,
+                flags,
+                window,
+                payload,
+            } => {
+                v.extend_from_slice(&sport.to_be_bytes());
+                v.extend_from_slice(&dport.to_be_bytes());
+                v.extend_from_slice(&seq.to_be_bytes());
+                v.extend_from_slice(&ack.to_be_bytes());
+                v.push(5 << 4);
+                v.push(*flags);
+                v.extend_from_slice(&window.to_be_bytes());
+                v.extend_from_slice(&[0, 0, 0, 0]); // checksum, urgent pointer
+                v.extend_from_slice(payload);
+            }
+            L4::Udp {
+                sport,
+                dport,
+                payload,
+                csum: with,
+            } => {
+                v.extend_from_slice(&sport.to_be_bytes());
+                v.extend_from_slice(&dport.to_be_bytes());
+                v.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+                v.extend_from_slice(&[0, 0]);
+                v.extend_from_slice(payload);
+                csum = *with;
+            }
+            L4::Icmp {
+                ty,
+                code,
+                rest,
+                payload,
+            } => {
+                v.push(*ty);
+                v.push(*code);
+                v.extend_from_slice(&[0, 0]);
+                v.extend_from_slice(rest);
+                v.extend_from_slice(payload);
+            }
+            L4::Raw(b) => return b.clone(),
+        }
+        let proto = match self.l4 {
+            L4::Tcp { .. } => IPPROTO_TCP,
+            L4::Udp { .. } => IPPROTO_UDP,
+            _ => IPPROTO_ICMPV6,
+        };
+        if csum {
+            let off = l4_csum_offset6(proto).unwrap();
+            let c = l4_checksum6(self.src, self.dst, proto, &v);
+            v[off..off + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        v
+    }
+
+    /// The IPv6 packet: the fixed header, then `l4_bytes`.
+    pub fn ip_bytes(&self) -> Vec<u8> {
+        let l4 = self.l4_bytes();
+        let mut h = Vec::with_capacity(40 + l4.len());
+        let word =
+            (6u32 << 28) | (u32::from(self.traffic_class) << 20) | (self.flow_label & 0xfffff);
+        h.extend_from_slice(&word.to_be_bytes());
+        h.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+        h.push(self.next_header);
+        h.push(self.hop_limit);
+        h.extend_from_slice(&self.src.octets());
+        h.extend_from_slice(&self.dst.octets());
+        h.extend_from_slice(&l4);
+        h
+    }
+
+    /// The whole Ethernet frame.
+    pub fn frame(&self) -> Vec<u8> {
+        eth(self.dst_mac, self.src_mac, ETH_P_IPV6, &self.ip_bytes())
+    }
+}
+
 pub fn eth(dst: Mac, src: Mac, ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(ETH_LEN + payload.len());
     v.extend_from_slice(&dst);
@@ -527,6 +803,107 @@ impl<'a> Frame<'a> {
     pub fn ip(&self) -> Ip<'a> {
         Ip(&self.0[ETH_LEN..])
     }
+    pub fn ip6(&self) -> Ip6<'a> {
+        Ip6(&self.0[ETH_LEN..])
+    }
+}
+
+/// An IPv6 packet (no Ethernet header) as bytes, with accessors. Extension
+/// headers are not walked: `l4` is what follows the fixed header.
+#[derive(Clone, Copy)]
+pub struct Ip6<'a>(pub &'a [u8]);
+
+impl<'a> Ip6<'a> {
+    pub fn version(&self) -> u8 {
+        self.0[0] >> 4
+    }
+    pub fn payload_len(&self) -> usize {
+        usize::from(u16::from_be_bytes([self.0[4], self.0[5]]))
+    }
+    pub fn next_header(&self) -> u8 {
+        self.0[6]
+    }
+    pub fn hop_limit(&self) -> u8 {
+        self.0[7]
+    }
+    pub fn src(&self) -> Ipv6Addr {
+        Ipv6Addr::from(<[u8; 16]>::try_from(&self.0[8..24]).unwrap())
+    }
+    pub fn dst(&self) -> Ipv6Addr {
+        Ipv6Addr::from(<[u8; 16]>::try_from(&self.0[24..40]).unwrap())
+    }
+    /// The bytes after the fixed header, up to the payload length or the
+    /// end of what is there, whichever comes first.
+    pub fn l4(&self) -> &'a [u8] {
+        let end = (40 + self.payload_len()).min(self.0.len());
+        &self.0[40.min(end)..end]
+    }
+    pub fn sport(&self) -> u16 {
+        let l = self.l4();
+        u16::from_be_bytes([l[0], l[1]])
+    }
+    pub fn dport(&self) -> u16 {
+        let l = self.l4();
+        u16::from_be_bytes([l[2], l[3]])
+    }
+    /// The stored L4 checksum (TCP, UDP or ICMPv6).
+    pub fn l4_csum(&self) -> u16 {
+        let off = l4_csum_offset6(self.next_header()).expect("a protocol with a checksum");
+        let l = self.l4();
+        u16::from_be_bytes([l[off], l[off + 1]])
+    }
+    pub fn icmp_type(&self) -> u8 {
+        self.l4()[0]
+    }
+    pub fn echo_id(&self) -> u16 {
+        let l = self.l4();
+        u16::from_be_bytes([l[4], l[5]])
+    }
+}
+
+/// Checks an IPv6 packet from scratch: version, payload length against the
+/// bytes there, and the TCP/UDP/ICMPv6 checksum over the IPv6
+/// pseudo-header (a UDP checksum of 0 is an error: it is mandatory over
+/// IPv6). Returns the problems found.
+pub fn verify_ip6(ip: Ip6) -> Vec<String> {
+    let mut errs = Vec::new();
+    if ip.0.len() < 40 || ip.version() != 6 {
+        errs.push("not a complete IPv6 header".to_string());
+        return errs;
+    }
+    if 40 + ip.payload_len() != ip.0.len() {
+        errs.push(format!(
+            "IPv6 payload length {} but {} bytes after the header",
+            ip.payload_len(),
+            ip.0.len() - 40
+        ));
+    }
+    let proto = ip.next_header();
+    let Some(off) = l4_csum_offset6(proto) else {
+        return errs;
+    };
+    let l4 = ip.l4();
+    if l4.len() < off + 2 {
+        errs.push("L4 header cut".to_string());
+        return errs;
+    }
+    let stored = u16::from_be_bytes([l4[off], l4[off + 1]]);
+    let name = match proto {
+        IPPROTO_TCP => "TCP",
+        IPPROTO_UDP => "UDP",
+        _ => "ICMPv6",
+    };
+    if proto == IPPROTO_UDP && stored == 0 {
+        errs.push("UDP checksum 0 over IPv6".to_string());
+        return errs;
+    }
+    let want = l4_checksum6(ip.src(), ip.dst(), proto, l4);
+    if !csum_matches(stored, want, proto) {
+        errs.push(format!(
+            "{name} checksum {stored:#06x}, computed {want:#06x}"
+        ));
+    }
+    errs
 }
 
 /// Checks every checksum of an IPv4 packet from scratch: the header's, the
@@ -638,6 +1015,15 @@ pub fn verify_datagram_l4(
 /// Offsets (in the frame) of every checksum field [`verify_ip`] checks.
 fn csum_fields(frame: &[u8]) -> Vec<(usize, u8)> {
     let mut v = Vec::new();
+    if frame.len() >= ETH_LEN + 40 && Frame(frame).ethertype() == ETH_P_IPV6 {
+        let proto = Frame(frame).ip6().next_header();
+        if let Some(off) = l4_csum_offset6(proto)
+            && ETH_LEN + 40 + off + 2 <= frame.len()
+        {
+            v.push((ETH_LEN + 40 + off, proto));
+        }
+        return v;
+    }
     if frame.len() < ETH_LEN + 20 || Frame(frame).ethertype() != ETH_P_IP {
         return v;
     }
@@ -683,19 +1069,25 @@ fn normalise(frame: &[u8]) -> Vec<u8> {
     f
 }
 
-/// Asserts that `out` has valid checksums throughout (recomputed from
-/// scratch) and equals `want` byte for byte.
+/// Asserts that `out` (IPv4 or IPv6) has valid checksums throughout
+/// (recomputed from scratch) and equals `want` byte for byte.
 #[track_caller]
 pub fn assert_frame(what: &str, out: &[u8], want: &[u8]) {
-    if out.len() >= ETH_LEN && Frame(out).ethertype() == ETH_P_IP {
-        let errs = verify_ip(Frame(out).ip());
-        assert!(
-            errs.is_empty(),
-            "{what}: bad checksums: {}\n{}",
-            errs.join("; "),
-            hexdump(out)
-        );
-    }
+    let errs = if out.len() < ETH_LEN {
+        Vec::new()
+    } else if Frame(out).ethertype() == ETH_P_IP {
+        verify_ip(Frame(out).ip())
+    } else if Frame(out).ethertype() == ETH_P_IPV6 {
+        verify_ip6(Frame(out).ip6())
+    } else {
+        Vec::new()
+    };
+    assert!(
+        errs.is_empty(),
+        "{what}: bad checksums: {}\n{}",
+        errs.join("; "),
+        hexdump(out)
+    );
     if normalise(out) != normalise(want) {
         panic!(
             "{what}: output differs from the expected frame\n{}",
@@ -753,6 +1145,41 @@ mod tests {
             0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
         ];
         assert_eq!(checksum(&h), 0xb861);
+    }
+
+    #[test]
+    fn icmpv6_checksum_by_hand() {
+        // Echo request ::1 -> ::1, id 0, seq 0, no data. The pseudo-header
+        // adds 1 + 1 (addresses), 8 (length) and 58 (next header); the
+        // message 0x8000 (type 128): the sum is 0x8044.
+        let p = Packet6::icmp_echo(Ipv6Addr::LOCALHOST, Ipv6Addr::LOCALHOST, true, 0, 0, b"");
+        let c = (!0x8044u16).to_be_bytes();
+        assert_eq!(p.l4_bytes(), [0x80, 0, c[0], c[1], 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn built_ipv6_packets_verify() {
+        let a: Ipv6Addr = "2001:db8::10".parse().unwrap();
+        let b: Ipv6Addr = "2001:db8:1::1".parse().unwrap();
+        for p in [
+            Packet6::tcp(a, 1234, b, 80, TCP_SYN),
+            Packet6::udp(a, 53, b, 5353, b"hello"),
+            Packet6::icmp_echo(a, b, true, 7, 1, b"ping"),
+        ] {
+            let f = p.frame();
+            assert_eq!(Frame(&f).ethertype(), ETH_P_IPV6);
+            let ip = Frame(&f).ip6();
+            assert!(verify_ip6(ip).is_empty(), "{:?}", verify_ip6(ip));
+            assert_eq!((ip.src(), ip.dst(), ip.hop_limit()), (a, b, 64));
+            // A flipped bit in an address (pseudo-header only) is caught.
+            let mut bad = f.clone();
+            bad[ETH_LEN + 8 + 15] ^= 1;
+            assert_eq!(verify_ip6(Frame(&bad).ip6()).len(), 1);
+            // So is one in the hop limit's neighbour, the payload length.
+            let mut bad = f.clone();
+            bad[ETH_LEN + 5] ^= 1;
+            assert!(!verify_ip6(Frame(&bad).ip6()).is_empty());
+        }
     }
 
     #[test]

@@ -38,7 +38,48 @@ fn test(extra: &[String]) -> Result<()> {
     cargo(&["build", "-p", "netd"])?;
     let mut args = vec!["test", "--workspace", "--exclude", "netd-ebpf"];
     args.extend(extra.iter().map(String::as_str));
-    cargo(&args)
+    let (ok, passed, failed) = cargo_counting(&args)?;
+    // One line for people and CI alike: the sum over every test binary.
+    println!("\nnetd: {passed} passed, {failed} failed");
+    if !ok {
+        bail!("some tests failed");
+    }
+    Ok(())
+}
+
+/// Runs cargo, echoing its output, and adds up the "test result:" lines.
+fn cargo_counting(args: &[&str]) -> Result<(bool, u64, u64)> {
+    use std::io::{BufRead, BufReader};
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut child = Command::new(cargo)
+        .args(args)
+        .env("NETD_BIN", netd_bin())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim().strip_suffix(word).map(|n| {
+                            n.trim()
+                                .trim_start_matches("ok.")
+                                .trim_start_matches("FAILED.")
+                                .trim()
+                                .parse::<u64>()
+                                .unwrap_or(0)
+                        })
+                    })
+                    .unwrap_or(0)
+            };
+            passed += count(" passed");
+            failed += count(" failed");
+        }
+    }
+    Ok((child.wait()?.success(), passed, failed))
 }
 
 pub fn cargo(args: &[&str]) -> Result<()> {

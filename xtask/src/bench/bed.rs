@@ -54,6 +54,18 @@ pub fn base_forwards() -> Vec<Fwd> {
     ]
 }
 
+/// The base forwards, `n` UDP forwards from SCALE_BASE, and a TCP forward
+/// on the last UDP port (none when `n` is 0).
+pub fn scale_set(n: usize) -> Vec<Fwd> {
+    let mut all = base_forwards();
+    all.extend(scale_forwards(n, SCALE_BASE));
+    if n > 0 {
+        let last = SCALE_BASE + n as u16 - 1;
+        all.push(Fwd::new(Proto::Tcp, last, last));
+    }
+    all
+}
+
 pub fn scale_forwards(n: usize, base: u16) -> Vec<Fwd> {
     (0..n)
         .map(|i| Fwd::new(Proto::Udp, base + i as u16, base + i as u16))
@@ -138,37 +150,40 @@ impl Bed {
     }
 
     /// Installs exactly `n` scaling forwards (and the base ones), the
-    /// fastest way each dataplane offers. The datapath state is what `n`
-    /// separate forwards give: n DNAT + n FORWARD rules, n map elements, n
-    /// map entries (netd: one port-range forward expands to one entry per
-    /// port, exactly as n single-port forwards do).
+    /// fastest way each dataplane offers: `n` UDP forwards on ports
+    /// SCALE_BASE.., and one TCP forward on the last of those ports (for the
+    /// connection rate through the last forward). The datapath state is what
+    /// that many separate forwards give: a DNAT and a FORWARD rule each,
+    /// a map element each, a map entry each (netd: one port-range forward
+    /// expands to one entry per port, exactly as single-port forwards do).
     pub fn set_scale(&mut self, n: usize) -> Result<()> {
-        let mut all = base_forwards();
-        all.extend(scale_forwards(n, SCALE_BASE));
+        let all = scale_set(n);
         match self.kind {
             Kind::Libvirt => {
                 let f = self.file("iptables.rules", &rules::iptables(HOST_IP, &all));
                 self.timed(&["iptables-restore", &f])?;
             }
             Kind::Nftables => {
-                let text = if self.scale == 0 && n == 0 {
-                    rules::nft(HOST_IP, &all)
-                } else {
-                    rules::nft_replace(&all)
-                };
-                let f = self.file("nft.rules", &text);
+                let f = self.file("nft.rules", &rules::nft(HOST_IP, &all));
                 self.timed(&["nft", "-f", &f])?;
             }
             Kind::Netd => {
                 if self.scale > 0 {
-                    let port = format!("{SCALE_BASE}");
-                    self.api_delete("bench", "udp", &port)?;
+                    let last = format!("{}", SCALE_BASE + self.scale as u16 - 1);
+                    self.api_delete("bench", "udp", &SCALE_BASE.to_string())?;
+                    self.api_delete("bench", "tcp", &last)?;
                 }
                 if n > 0 {
                     let last = SCALE_BASE + n as u16 - 1;
                     let port = format!("{SCALE_BASE}-{last}");
                     let to = format!("{}:{SCALE_BASE}-{last}", rules::GUEST);
                     self.api_add("bench", "udp", &port, &to)?;
+                    self.api_add(
+                        "bench",
+                        "tcp",
+                        &last.to_string(),
+                        &format!("{}:{last}", rules::GUEST),
+                    )?;
                 }
             }
         }
@@ -191,6 +206,16 @@ impl Bed {
             );
         }
         v["secs"].as_f64().context("time: no secs")
+    }
+
+    /// netd's packet counters by reason (None for the baselines).
+    pub fn netd_reasons(&self) -> Option<std::collections::BTreeMap<&'static str, u64>> {
+        if self.kind != Kind::Netd {
+            return None;
+        }
+        let dir = self.t.bpffs().join("maps");
+        let v = netd::dataplane::maps::reason_stats(&dir).ok()?;
+        Some(v.into_iter().map(|(k, c)| (k, c.packets)).collect())
     }
 
     pub fn client(&self) -> netd::api::client::Client {

@@ -250,6 +250,18 @@ pub fn conn_nat(b: &Bed, secs: f64) -> Result<ConnSample> {
     )
 }
 
+/// Short TCP connections upstream -> host:port -> guest:port.
+pub fn conn_via(b: &Bed, port: u16, secs: f64) -> Result<ConnSample> {
+    conn(
+        b,
+        &b.guest.ns,
+        port,
+        &b.t.upstream,
+        format!("{HOST_IP}:{port}"),
+        secs,
+    )
+}
+
 /// Short TCP connections upstream -> guest through the 6000 forward.
 pub fn conn_fwd(b: &Bed, secs: f64) -> Result<ConnSample> {
     conn(

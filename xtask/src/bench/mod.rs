@@ -46,9 +46,18 @@ struct Opts {
     out: PathBuf,
     /// A netd binary to use as it is (default: build one).
     netd: Option<PathBuf>,
+    /// Measure groups to run (empty: all) and dataplanes to build.
+    only: Vec<String>,
+    kinds: Vec<Kind>,
 }
 
+const GROUPS: [&str; 7] = ["tcp", "udp", "conn", "rr", "scaling", "testrun", "control"];
+
 impl Opts {
+    fn wants(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|g| g == group)
+    }
+
     fn parse(args: &[String]) -> Result<Opts> {
         let quick = args.iter().any(|a| a == "--quick");
         let mut o = if quick {
@@ -68,6 +77,8 @@ impl Opts {
                 testrun_repeat: 20_000,
                 out: crate::workspace_root().join("target/bench"),
                 netd: None,
+                only: Vec::new(),
+                kinds: Kind::ALL.to_vec(),
             }
         } else {
             Opts {
@@ -86,6 +97,8 @@ impl Opts {
                 testrun_repeat: 200_000,
                 out: crate::workspace_root().join("target/bench"),
                 netd: None,
+                only: Vec::new(),
+                kinds: Kind::ALL.to_vec(),
             }
         };
         let mut it = args.iter();
@@ -95,9 +108,34 @@ impl Opts {
                 "--runs" => o.runs = it.next().context("--runs N")?.parse()?,
                 "--out" => o.out = PathBuf::from(it.next().context("--out DIR")?),
                 "--netd" => o.netd = Some(PathBuf::from(it.next().context("--netd PATH")?)),
-                _ => {
-                    bail!("usage: cargo xtask bench [--quick] [--runs N] [--out DIR] [--netd PATH]")
+                "--only" => {
+                    o.only = it
+                        .next()
+                        .context("--only GROUP,...")?
+                        .split(',')
+                        .map(str::to_string)
+                        .collect();
+                    if let Some(g) = o.only.iter().find(|g| !GROUPS.contains(&g.as_str())) {
+                        bail!("--only: unknown group {g:?} (groups: {})", GROUPS.join(","));
+                    }
                 }
+                "--dataplanes" => {
+                    o.kinds = it
+                        .next()
+                        .context("--dataplanes NAME,...")?
+                        .split(',')
+                        .map(|n| {
+                            Kind::ALL
+                                .into_iter()
+                                .find(|k| k.name() == n)
+                                .with_context(|| format!("no dataplane {n:?}"))
+                        })
+                        .collect::<Result<_>>()?;
+                }
+                _ => bail!(
+                    "usage: cargo xtask bench [--quick] [--runs N] [--out DIR] [--netd PATH] [--only {}] [--dataplanes libvirt,nftables,netd]",
+                    GROUPS.join(",")
+                ),
             }
         }
         if o.runs == 0 {
@@ -138,7 +176,7 @@ pub fn run(args: &[String]) -> Result<()> {
     declare(&mut r, &o);
     {
         let mut beds = Vec::new();
-        for k in Kind::ALL {
+        for &k in &o.kinds {
             eprintln!("bench: building the {} bed", k.name());
             beds.push(
                 Bed::new(k, &netd_bin, &helper)
@@ -149,10 +187,18 @@ pub fn run(args: &[String]) -> Result<()> {
             measure::check(b).with_context(|| format!("{}: sanity check", b.kind.name()))?;
         }
         datapath(&mut r, &o, &mut beds);
-        scaling(&mut r, &o, &mut beds);
-        control_plane(&mut r, &o, &mut beds);
+        if o.wants("scaling") {
+            scaling(&mut r, &o, &mut beds);
+        }
+        if o.wants("testrun") {
+            test_run(&mut r, &o, &mut beds);
+        }
+        if o.wants("control") {
+            control_plane(&mut r, &o, &mut beds);
+        }
         // The beds (namespaces, daemons, rules) go here, whatever happened.
     }
+    failure_notes(&mut r);
     machine["load_after"] = loadavg().into();
     machine["elapsed_secs"] = started.elapsed().as_secs_f64().into();
     write_outputs(&r, &o, &machine)?;
@@ -167,95 +213,105 @@ pub fn run(args: &[String]) -> Result<()> {
 }
 
 fn declare(r: &mut Results, o: &Opts) {
-    r.def(
-        "tcp_out",
-        "TCP bulk guest→upstream (NAT)",
-        "Gbit/s",
-        Better::Higher,
-    );
+    use Better::{Higher, Lower};
+    r.def("tcp_out", "TCP bulk guest→upstream (NAT)", "Gbit/s", Higher);
     r.def(
         "tcp_in",
         "TCP bulk upstream→guest (forward)",
         "Gbit/s",
-        Better::Higher,
+        Higher,
     );
     r.def(
         "udp_out",
         "UDP 64 B guest→upstream (NAT), received",
         "pkt/s",
-        Better::Higher,
+        Higher,
     );
     r.def(
         "conn_nat",
         "New TCP connections guest→upstream (NAT)",
         "conn/s",
-        Better::Higher,
+        Higher,
     );
     r.def(
         "conn_fwd",
         "New TCP connections upstream→guest (forward)",
         "conn/s",
-        Better::Higher,
+        Higher,
     );
     r.def(
         "rr_p50",
         "TCP request-response 64 B (NAT), p50",
         "µs",
-        Better::Lower,
+        Lower,
     );
     r.def(
         "rr_p99",
         "TCP request-response 64 B (NAT), p99",
         "µs",
-        Better::Lower,
+        Lower,
     );
     r.def(
         "cpu_sys",
-        "CPU system time per million packets (UDP NAT)",
-        "ms",
-        Better::Lower,
+        "CPU system time (UDP NAT run)",
+        "s per million packets",
+        Lower,
     );
     r.def(
         "cpu_softirq",
-        "CPU irq+softirq time per million packets (UDP NAT)",
-        "ms",
-        Better::Lower,
+        "CPU irq+softirq time (UDP NAT run)",
+        "s per million packets",
+        Lower,
     );
     for &n in &o.levels {
         r.def(
             &format!("fwd_udp_{n}"),
             &format!("UDP 64 B through the last of {n} forwards"),
             "pkt/s",
-            Better::Higher,
+            Higher,
         );
     }
     r.def(
-        "fwd_udp_flatness",
-        "Forward path, last-forward rate at 10,000 / at 1",
+        "fwd_udp_flat",
+        "UDP through the last forward: rate at 10,000 / at 1",
         "ratio",
-        Better::Higher,
+        Higher,
+    );
+    for &n in &o.levels {
+        r.def(
+            &format!("fwd_conn_{n}"),
+            &format!("New TCP connections through the last of {n} forwards"),
+            "conn/s",
+            Higher,
+        );
+    }
+    r.def(
+        "fwd_conn_flat",
+        "Connections through the last forward: rate at 10,000 / at 1",
+        "ratio",
+        Higher,
     );
     for &n in &o.levels {
         r.def(
             &format!("tr_new_{n}"),
             &format!("test_run uplink ingress, new flow, {n} forwards"),
             "ns",
-            Better::Lower,
+            Lower,
         );
     }
     for &n in &o.levels {
         r.def(
             &format!("tr_est_{n}"),
-            &format!("test_run uplink ingress, established, {n} forwards"),
+            &format!("test_run uplink ingress, established flow, {n} forwards"),
             "ns",
-            Better::Lower,
+            Lower,
         );
     }
     r.def(
         "install",
         &format!("Install {} forwards", o.cp_forwards),
         "s",
-        Better::Lower,
+        Lower,
     );
     r.def(
         "install_bulk",
@@ -264,117 +320,196 @@ fn declare(r: &mut Results, o: &Opts) {
             o.cp_forwards
         ),
         "s",
-        Better::Lower,
+        Lower,
     );
     r.def(
         "change_one",
         &format!("Change one forward with {} installed", o.cp_forwards),
         "ms",
-        Better::Lower,
+        Lower,
     );
     r.def(
         "rss",
         "netd daemon RSS (10,000 forwards defined)",
         "MiB",
-        Better::Lower,
+        Lower,
     );
     r.def(
         "bpf_mem",
         "netd BPF maps, kernel memory (memlock)",
         "MiB",
-        Better::Lower,
+        Lower,
     );
-    r.note("cpu_sys", "machine-wide /proc/stat deltas over the UDP NAT run, divided by packets received: includes the generator's and receiver's system calls and anything else running");
+    r.note(
+        "cpu_sys",
+        "machine-wide /proc/stat deltas over the UDP NAT run divided by the packets received; they include the generator's and the receiver's system calls, and anything else the machine was running",
+    );
+    r.note(
+        "fwd_udp_1",
+        "a one-way flow from upstream: conntrack never sees a reply, so for the filter rules every packet is NEW",
+    );
     r.note(
         "install",
-        "libvirt: iptables-restore of the whole rule set (DNAT + FORWARD rule per forward); nftables: nft -f adding the elements to the map; netd: one HTTP API request per forward",
+        "libvirt: iptables-restore of the whole rule set (a DNAT and a FORWARD rule per forward); nftables: nft -f adding the elements to the map; netd: one HTTP API request per forward",
     );
-    r.note("change_one", "libvirt: iptables -R of the DNAT and the FORWARD rule; nftables: nft -f delete + add element; netd: API DELETE + POST");
+    r.note(
+        "change_one",
+        "libvirt: iptables -R of the DNAT and of the FORWARD rule; nftables: nft -f deleting and adding the element; netd: API DELETE + POST",
+    );
 }
 
-/// Runs `f` on every bed, `runs` times, beds interleaved.
+/// Runs `f` on every bed, `runs` times, beds interleaved. For netd, the
+/// datapath's counters by reason over each run go to the details.
 fn each<F>(r: &mut Results, o: &Opts, beds: &mut [Bed], what: &str, mut f: F)
 where
     F: FnMut(&mut Results, &mut Bed) -> Result<String>,
 {
     for run in 0..o.runs {
         for b in beds.iter_mut() {
+            let before = b.netd_reasons();
             match f(r, b) {
                 Ok(s) => eprintln!("bench: {what} [{}] run {}: {s}", b.kind.name(), run + 1),
                 Err(e) => r.error(format!("{what} [{}]: {e:#}", b.kind.name())),
+            }
+            if let (Some(a), Some(z)) = (before, b.netd_reasons()) {
+                let delta: std::collections::BTreeMap<&str, u64> = z
+                    .iter()
+                    .map(|(k, v)| (*k, v - a.get(k).copied().unwrap_or(0)))
+                    .filter(|(_, v)| *v > 0)
+                    .collect();
+                r.detail(
+                    "netd_reasons",
+                    b.kind,
+                    json!({ "measure": what, "run": run + 1, "packets": delta }),
+                );
             }
         }
     }
 }
 
 fn datapath(r: &mut Results, o: &Opts, beds: &mut [Bed]) {
-    each(r, o, beds, "TCP bulk out", |r, b| {
-        let g = measure::tcp_out(b, o.tcp_secs)?;
-        r.push("tcp_out", b.kind, g);
-        Ok(format!("{g:.2} Gbit/s"))
-    });
-    each(r, o, beds, "TCP bulk in via forward", |r, b| {
-        let g = measure::tcp_in(b, o.tcp_secs)?;
-        r.push("tcp_in", b.kind, g);
-        Ok(format!("{g:.2} Gbit/s"))
-    });
-    each(r, o, beds, "UDP 64 B out", |r, b| {
-        let s = measure::udp_out(b, o.udp_secs)?;
-        r.push("udp_out", b.kind, s.pps);
-        r.push("cpu_sys", b.kind, s.sys_per_mpkt * 1e3);
-        r.push("cpu_softirq", b.kind, s.softirq_per_mpkt * 1e3);
-        r.detail(
-            "udp_out",
-            b.kind,
-            json!({ "sent": s.sent, "received": s.received, "pps": s.pps }),
-        );
-        Ok(format!(
-            "{:.0} pps ({} of {} arrived)",
-            s.pps, s.received, s.sent
-        ))
-    });
-    each(r, o, beds, "connections via NAT", |r, b| {
-        let s = measure::conn_nat(b, o.conn_secs)?;
-        r.push("conn_nat", b.kind, s.rate);
-        r.detail("conn_nat", b.kind, json!({ "ok": s.ok, "fail": s.fail }));
-        Ok(format!("{:.0}/s ({} failed)", s.rate, s.fail))
-    });
-    each(r, o, beds, "connections via forward", |r, b| {
-        let s = measure::conn_fwd(b, o.conn_secs)?;
-        r.push("conn_fwd", b.kind, s.rate);
-        r.detail("conn_fwd", b.kind, json!({ "ok": s.ok, "fail": s.fail }));
-        Ok(format!("{:.0}/s ({} failed)", s.rate, s.fail))
-    });
-    each(r, o, beds, "TCP request-response", |r, b| {
-        let (p50, p99) = measure::latency(b, o.rr_secs)?;
-        r.push("rr_p50", b.kind, p50);
-        r.push("rr_p99", b.kind, p99);
-        Ok(format!("p50 {p50:.1} µs, p99 {p99:.1} µs"))
-    });
+    if o.wants("tcp") {
+        each(r, o, beds, "TCP bulk out", |r, b| {
+            let g = measure::tcp_out(b, o.tcp_secs)?;
+            r.push("tcp_out", b.kind, g);
+            Ok(format!("{g:.2} Gbit/s"))
+        });
+        each(r, o, beds, "TCP bulk in via forward", |r, b| {
+            let g = measure::tcp_in(b, o.tcp_secs)?;
+            r.push("tcp_in", b.kind, g);
+            Ok(format!("{g:.2} Gbit/s"))
+        });
+    }
+    if o.wants("udp") {
+        each(r, o, beds, "UDP 64 B out", |r, b| {
+            let s = measure::udp_out(b, o.udp_secs)?;
+            r.push("udp_out", b.kind, s.pps);
+            r.push("cpu_sys", b.kind, s.sys_per_mpkt);
+            r.push("cpu_softirq", b.kind, s.softirq_per_mpkt);
+            r.detail("udp_out", b.kind, udp_detail(&s));
+            Ok(format!(
+                "{:.0} pps ({} of {} arrived)",
+                s.pps, s.received, s.sent
+            ))
+        });
+    }
+    if o.wants("conn") {
+        each(r, o, beds, "connections via NAT", |r, b| {
+            let s = measure::conn_nat(b, o.conn_secs)?;
+            r.push("conn_nat", b.kind, s.rate);
+            r.detail("conn_nat", b.kind, json!({ "ok": s.ok, "fail": s.fail }));
+            Ok(format!("{:.0}/s ({} failed)", s.rate, s.fail))
+        });
+        each(r, o, beds, "connections via forward", |r, b| {
+            let s = measure::conn_fwd(b, o.conn_secs)?;
+            r.push("conn_fwd", b.kind, s.rate);
+            r.detail("conn_fwd", b.kind, json!({ "ok": s.ok, "fail": s.fail }));
+            Ok(format!("{:.0}/s ({} failed)", s.rate, s.fail))
+        });
+    }
+    if o.wants("rr") {
+        each(r, o, beds, "TCP request-response", |r, b| {
+            let (p50, p99) = measure::latency(b, o.rr_secs)?;
+            r.push("rr_p50", b.kind, p50);
+            r.push("rr_p99", b.kind, p99);
+            Ok(format!("p50 {p50:.1} µs, p99 {p99:.1} µs"))
+        });
+    }
 }
 
+/// Connection tests count failed connections (each costs its client thread
+/// a 1 s connect or read timeout): say so under the table.
+fn failure_notes(r: &mut Results) {
+    let ids: Vec<String> = r
+        .metrics
+        .iter()
+        .map(|m| m.id.clone())
+        .filter(|id| id.contains("conn"))
+        .collect();
+    for id in ids {
+        let Some(rows) = r.details.get(&id) else {
+            continue;
+        };
+        let mut per: Vec<String> = Vec::new();
+        for k in Kind::ALL {
+            let (ok, fail) =
+                rows.iter()
+                    .filter(|v| v["dataplane"] == k.name())
+                    .fold((0, 0), |(o, f), v| {
+                        (
+                            o + v["ok"].as_u64().unwrap_or(0),
+                            f + v["fail"].as_u64().unwrap_or(0),
+                        )
+                    });
+            if fail > 0 {
+                per.push(format!("{} {fail} of {}", k.name(), ok + fail));
+            }
+        }
+        if !per.is_empty() {
+            let old = r
+                .metrics
+                .iter()
+                .find(|m| m.id == id)
+                .and_then(|m| m.note.clone());
+            let add = format!(
+                "failed connections (each stalls its client thread for the 1 s timeout): {}",
+                per.join(", ")
+            );
+            r.note(&id, &old.map(|o| format!("{o}; {add}")).unwrap_or(add));
+        }
+    }
+}
+
+fn udp_detail(s: &measure::UdpSample) -> serde_json::Value {
+    json!({ "sent": s.sent, "received": s.received, "pps": s.pps,
+            "sys_s_per_mpkt": s.sys_per_mpkt, "softirq_s_per_mpkt": s.softirq_per_mpkt })
+}
+
+/// The forward path with 1, 1,000 and 10,000 forwards: UDP through the
+/// last one (a one-way flow: every packet is in conntrack state NEW for
+/// the filter rules) and new TCP connections through the last one.
 fn scaling(r: &mut Results, o: &Opts, beds: &mut [Bed]) {
     for &n in &o.levels {
         let mut ready = vec![true; beds.len()];
         for (i, b) in beds.iter_mut().enumerate() {
             let t = Instant::now();
-            if let Err(e) = b.set_scale(n) {
-                r.error(format!(
-                    "installing {n} forwards [{}]: {e:#}",
-                    b.kind.name()
-                ));
-                ready[i] = false;
-            } else {
-                eprintln!(
-                    "bench: {} forwards installed [{}] in {:.2}s",
-                    n,
+            match b.set_scale(n) {
+                Ok(()) => eprintln!(
+                    "bench: {n} forwards installed [{}] in {:.2}s",
                     b.kind.name(),
                     t.elapsed().as_secs_f64()
-                );
+                ),
+                Err(e) => {
+                    r.error(format!(
+                        "installing {n} forwards [{}]: {e:#}",
+                        b.kind.name()
+                    ));
+                    ready[i] = false;
+                }
             }
         }
         let port = SCALE_BASE + n as u16 - 1;
-        let id = format!("fwd_udp_{n}");
+        let (udp_id, conn_id) = (format!("fwd_udp_{n}"), format!("fwd_conn_{n}"));
         for run in 0..o.runs {
             for (i, b) in beds.iter_mut().enumerate() {
                 if !ready[i] {
@@ -382,21 +517,34 @@ fn scaling(r: &mut Results, o: &Opts, beds: &mut [Bed]) {
                 }
                 match measure::udp_fwd(b, port, o.scale_secs) {
                     Ok(s) => {
-                        r.push(&id, b.kind, s.pps);
-                        r.detail(
-                            &id,
-                            b.kind,
-                            json!({ "sent": s.sent, "received": s.received, "pps": s.pps }),
-                        );
+                        r.push(&udp_id, b.kind, s.pps);
+                        r.detail(&udp_id, b.kind, udp_detail(&s));
                         eprintln!(
-                            "bench: UDP via forward {n} [{}] run {}: {:.0} pps",
+                            "bench: UDP via the last of {n} forwards [{}] run {}: {:.0} pps",
                             b.kind.name(),
                             run + 1,
                             s.pps
                         );
                     }
                     Err(e) => r.error(format!(
-                        "UDP through forward {n} [{}]: {e:#}",
+                        "UDP through the last of {n} forwards [{}]: {e:#}",
+                        b.kind.name()
+                    )),
+                }
+                match measure::conn_via(b, port, o.scale_secs) {
+                    Ok(s) => {
+                        r.push(&conn_id, b.kind, s.rate);
+                        r.detail(&conn_id, b.kind, json!({ "ok": s.ok, "fail": s.fail }));
+                        eprintln!(
+                            "bench: connections via the last of {n} forwards [{}] run {}: {:.0}/s ({} failed)",
+                            b.kind.name(),
+                            run + 1,
+                            s.rate,
+                            s.fail
+                        );
+                    }
+                    Err(e) => r.error(format!(
+                        "connections through the last of {n} forwards [{}]: {e:#}",
                         b.kind.name()
                     )),
                 }
@@ -404,43 +552,48 @@ fn scaling(r: &mut Results, o: &Opts, beds: &mut [Bed]) {
         }
     }
     let (first, last) = (o.levels[0], *o.levels.last().unwrap_or(&1));
-    for k in Kind::ALL {
-        if let (Some(a), Some(z)) = (
-            r.get(&format!("fwd_udp_{first}"), k),
-            r.get(&format!("fwd_udp_{last}"), k),
-        ) {
-            r.push("fwd_udp_flatness", k, z.median / a.median);
+    for what in ["udp", "conn"] {
+        for k in Kind::ALL {
+            let a = r.get(&format!("fwd_{what}_{first}"), k);
+            let z = r.get(&format!("fwd_{what}_{last}"), k);
+            if let (Some(a), Some(z)) = (a, z) {
+                r.push(&format!("fwd_{what}_flat"), k, z.median / a.median);
+            }
         }
     }
-    if let Some(b) = beds.iter().find(|b| b.kind == Kind::Netd) {
-        match testrun::measure(b, &o.levels, o.runs, o.testrun_iters, o.testrun_repeat) {
-            Ok(samples) => {
-                for s in samples {
-                    r.push(&format!("tr_new_{}", s.forwards), Kind::Netd, s.new_flow_ns);
-                    r.push(
-                        &format!("tr_est_{}", s.forwards),
-                        Kind::Netd,
-                        s.established_ns,
-                    );
-                    eprintln!(
-                        "bench: test_run {} forwards: new flow {:.0} ns, established {:.0} ns",
-                        s.forwards, s.new_flow_ns, s.established_ns
-                    );
-                    if s.not_redirected > 0 {
-                        r.error(format!(
-                            "test_run: {} of the new flows were not redirected",
-                            s.not_redirected
-                        ));
-                    }
-                    r.detail(
-                        "test_run",
-                        Kind::Netd,
-                        serde_json::to_value(&s).unwrap_or_default(),
-                    );
+}
+
+fn test_run(r: &mut Results, o: &Opts, beds: &mut [Bed]) {
+    let Some(b) = beds.iter().find(|b| b.kind == Kind::Netd) else {
+        return;
+    };
+    match testrun::measure(b, &o.levels, o.runs, o.testrun_iters, o.testrun_repeat) {
+        Ok(samples) => {
+            for s in samples {
+                r.push(&format!("tr_new_{}", s.forwards), Kind::Netd, s.new_flow_ns);
+                r.push(
+                    &format!("tr_est_{}", s.forwards),
+                    Kind::Netd,
+                    s.established_ns,
+                );
+                eprintln!(
+                    "bench: test_run {} forwards: new flow {:.0} ns, established {:.0} ns",
+                    s.forwards, s.new_flow_ns, s.established_ns
+                );
+                if s.not_redirected > 0 {
+                    r.error(format!(
+                        "test_run: {} of the new flows were not redirected",
+                        s.not_redirected
+                    ));
                 }
+                r.detail(
+                    "test_run",
+                    Kind::Netd,
+                    serde_json::to_value(&s).unwrap_or_default(),
+                );
             }
-            Err(e) => r.error(format!("test_run: {e:#}")),
         }
+        Err(e) => r.error(format!("test_run: {e:#}")),
     }
 }
 

@@ -198,13 +198,13 @@ const COLORS: [plotters::style::RGBColor; 3] = [
     plotters::style::RGBColor(0x2c, 0xa0, 0x2c), // netd
 ];
 
-/// The chart: the forward-path scaling curve, and bars for the throughput
+/// The chart: the forward-path scaling curves, and bars for the throughput
 /// and rate measures (medians; whiskers span min–max).
 pub fn svg(r: &Results, levels: &[usize], title: &str) -> Result<String> {
     use plotters::prelude::*;
     let mut buf = String::new();
     {
-        let root = SVGBackend::with_string(&mut buf, (1260, 470)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut buf, (1200, 860)).into_drawing_area();
         root.fill(&WHITE)?;
         let (top, body) = root.split_vertically(36);
         top.draw(&Text::new(
@@ -212,82 +212,117 @@ pub fn svg(r: &Results, levels: &[usize], title: &str) -> Result<String> {
             (12, 10),
             ("sans-serif", 17).into_font().color(&BLACK),
         ))?;
-        let panels = body.split_evenly((1, 3));
-
-        // 1. Scaling: UDP through the last forward.
-        let mut ymax: f64 = 1.0;
-        for k in Kind::ALL {
-            for &n in levels {
-                if let Some(s) = r.get(&format!("fwd_udp_{n}"), k) {
-                    ymax = ymax.max(s.max / 1e3);
-                }
-            }
-        }
-        let xmax = levels.iter().copied().max().unwrap_or(10_000) as f64 * 2.0;
-        let mut c = ChartBuilder::on(&panels[0])
-            .caption("UDP 64 B through the last forward", ("sans-serif", 15))
-            .margin(12)
-            .x_label_area_size(36)
-            .y_label_area_size(56)
-            .build_cartesian_2d((0.5f64..xmax).log_scale(), 0f64..ymax * 1.15)?;
-        c.configure_mesh()
-            .x_desc("forwards installed (log)")
-            .y_desc("k packets/s received")
-            .x_label_formatter(&|x| fmt_num(*x))
-            .draw()?;
-        for (i, k) in Kind::ALL.into_iter().enumerate() {
-            let col = COLORS[i];
-            let pts: Vec<(f64, Stats)> = levels
-                .iter()
-                .filter_map(|&n| r.get(&format!("fwd_udp_{n}"), k).map(|s| (n as f64, s)))
-                .collect();
-            if pts.is_empty() {
-                continue;
-            }
-            c.draw_series(LineSeries::new(
-                pts.iter().map(|(x, s)| (*x, s.median / 1e3)),
-                col.stroke_width(2),
-            ))?
-            .label(k.name())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)));
-            c.draw_series(
-                pts.iter()
-                    .map(|(x, s)| Circle::new((*x, s.median / 1e3), 3, col.filled())),
-            )?;
-            c.draw_series(pts.iter().map(|(x, s)| {
-                PathElement::new(
-                    vec![(*x, s.min / 1e3), (*x, s.max / 1e3)],
-                    col.stroke_width(1),
-                )
-            }))?;
-        }
-        c.configure_series_labels()
-            .position(SeriesLabelPosition::LowerLeft)
-            .border_style(BLACK.mix(0.3))
-            .background_style(WHITE.mix(0.9))
-            .draw()?;
-
-        // 2. and 3. Grouped bars.
-        let groups2: &[(&str, &str, f64)] = &[
-            ("tcp_out", "TCP NAT out", 1.0),
-            ("tcp_in", "TCP fwd in", 1.0),
+        let panels = body.split_evenly((2, 2));
+        curve(
+            r,
+            &panels[0],
+            levels,
+            "fwd_udp",
+            "UDP 64 B through the last forward (one-way flow)",
+            "k packets/s received",
+        )?;
+        curve(
+            r,
+            &panels[1],
+            levels,
+            "fwd_conn",
+            "New TCP connections through the last forward",
+            "k connections/s",
+        )?;
+        let tcp: &[(&str, &str, f64)] = &[
+            ("tcp_out", "NAT guest→upstream", 1.0),
+            ("tcp_in", "forward upstream→guest", 1.0),
         ];
-        bars(r, &panels[1], "TCP bulk (iperf3)", "Gbit/s", groups2)?;
-        let groups3: &[(&str, &str, f64)] = &[
-            ("udp_out", "UDP 64 B kpps", 1e-3),
-            ("conn_nat", "conn/s NAT (k)", 1e-3),
-            ("conn_fwd", "conn/s fwd (k)", 1e-3),
+        bars(r, &panels[2], "TCP bulk (iperf3)", "Gbit/s", tcp)?;
+        let rates: &[(&str, &str, f64)] = &[
+            ("udp_out", "UDP 64 B NAT, kpps", 1e-3),
+            ("conn_nat", "conn/s NAT, k", 1e-3),
+            ("conn_fwd", "conn/s forward, k", 1e-3),
         ];
         bars(
             r,
-            &panels[2],
+            &panels[3],
             "Small packets and new connections",
             "thousands per second",
-            groups3,
+            rates,
         )?;
         root.present()?;
     }
     Ok(buf)
+}
+
+/// A scaling curve: metric `{prefix}_{n}` against n (log scale), in thousands.
+fn curve<DB: plotters::prelude::DrawingBackend>(
+    r: &Results,
+    area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
+    levels: &[usize],
+    prefix: &str,
+    caption: &str,
+    ydesc: &str,
+) -> Result<()>
+where
+    DB::ErrorType: 'static,
+{
+    use plotters::prelude::*;
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e}");
+    let mut ymax: f64 = 0.1;
+    for k in Kind::ALL {
+        for &n in levels {
+            if let Some(s) = r.get(&format!("{prefix}_{n}"), k) {
+                ymax = ymax.max(s.max / 1e3);
+            }
+        }
+    }
+    let xmax = levels.iter().copied().max().unwrap_or(10_000) as f64 * 2.0;
+    let mut c = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 15))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d((0.5f64..xmax).log_scale(), 0f64..ymax * 1.15)
+        .map_err(err)?;
+    c.configure_mesh()
+        .x_desc("forwards installed (log scale)")
+        .y_desc(ydesc)
+        .x_label_formatter(&|x| fmt_num(*x))
+        .draw()
+        .map_err(err)?;
+    for (i, k) in Kind::ALL.into_iter().enumerate() {
+        let col = COLORS[i];
+        let pts: Vec<(f64, Stats)> = levels
+            .iter()
+            .filter_map(|&n| r.get(&format!("{prefix}_{n}"), k).map(|s| (n as f64, s)))
+            .collect();
+        if pts.is_empty() {
+            continue;
+        }
+        c.draw_series(LineSeries::new(
+            pts.iter().map(|(x, s)| (*x, s.median / 1e3)),
+            col.stroke_width(2),
+        ))
+        .map_err(err)?
+        .label(k.name())
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], col.stroke_width(2)));
+        c.draw_series(
+            pts.iter()
+                .map(|(x, s)| Circle::new((*x, s.median / 1e3), 3, col.filled())),
+        )
+        .map_err(err)?;
+        c.draw_series(pts.iter().map(|(x, s)| {
+            PathElement::new(
+                vec![(*x, s.min / 1e3), (*x, s.max / 1e3)],
+                col.stroke_width(1),
+            )
+        }))
+        .map_err(err)?;
+    }
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
+        .border_style(BLACK.mix(0.3))
+        .background_style(WHITE.mix(0.9))
+        .draw()
+        .map_err(err)?;
+    Ok(())
 }
 
 fn bars<DB: plotters::prelude::DrawingBackend>(

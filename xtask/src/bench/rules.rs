@@ -225,11 +225,6 @@ pub fn nft_add(fwds: &[Fwd]) -> String {
     s
 }
 
-/// `nft -f` text replacing every forward in the map (one transaction).
-pub fn nft_replace(fwds: &[Fwd]) -> String {
-    format!("flush map ip {NFT_TABLE} forwards\n{}", nft_add(fwds))
-}
-
 /// `nft -f` text changing one forward's target (one transaction).
 pub fn nft_change(old: &Fwd, new: &Fwd) -> String {
     format!(
