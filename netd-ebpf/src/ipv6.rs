@@ -147,6 +147,11 @@ fn from_guest(ctx: &mut TcContext, net: &NetConfig, bridge: u32, len: u32) -> i3
         }
     }
     if net.mode == mode::NAT && !routes_v6(net) {
+        // `forward dev=` ties the masquerade to one uplink, as for IPv4
+        // (`theirs` is 0 here: NAT networks reach no other network).
+        if net.uplink_ifindex != 0 && out != net.uplink_ifindex {
+            return stats::drop(reason::DROP_UPLINK_RESTRICTED, len);
+        }
         // Masquerade runs in a program of its own: its stack would not fit
         // on top of this one.
         unsafe { maps::TAILS.tail_call(ctx, netd_common::tail::NAT66) };
@@ -186,7 +191,9 @@ pub fn to_guest(ctx: &mut TcContext) -> i32 {
     if !routes_v6(net) {
         return stats::drop(reason::DROP_POLICY, len);
     }
-    if net.mode == mode::ROUTE && net.uplink_ifindex != 0 && net.uplink_ifindex != ifindex {
+    // Routed IPv6 of a NAT network is tied to its uplink too, both ways
+    // (from_guest applies the same test on the way out).
+    if net.mode != mode::OPEN && net.uplink_ifindex != 0 && net.uplink_ifindex != ifindex {
         return stats::drop(reason::DROP_UPLINK_RESTRICTED, len);
     }
     if ip.hop_limit <= 1 {

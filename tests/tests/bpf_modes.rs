@@ -338,6 +338,79 @@ fn ipv6_spoofed_sources_dropped() {
 }
 
 #[test]
+fn ipv6_malformed_dropped() {
+    netd_tests::require_root!();
+    let e = env_modes();
+    let br2 = e.modes().br2;
+    let whole = Packet6::udp(r6(10), 40060, REMOTE6, 53, b"x")
+        .macs(BR2_MAC, rmac(10))
+        .frame();
+    // Cut inside the addresses.
+    e.dropped(
+        "truncated IPv6 header",
+        Hook::BridgeIngress,
+        br2,
+        &whole[..ETH_LEN + 30],
+        "drop_malformed",
+    );
+    // IPv6 by its ethertype, IPv4 by its version.
+    let mut v4 = whole.clone();
+    v4[ETH_LEN] = 0x45;
+    e.dropped(
+        "version 4 under ETH_P_IPV6",
+        Hook::BridgeIngress,
+        br2,
+        &v4,
+        "drop_malformed",
+    );
+}
+
+#[test]
+fn ipv6_errors_reach_routed_guests() {
+    netd_tests::require_root!();
+    let e = env_modes();
+    // A router on the path reports the MTU to a routed guest's flow: it
+    // must arrive, or path MTU discovery (IPv6 routers never fragment)
+    // breaks.
+    let big = Packet6::tcp(r6(14), 40070, REMOTE6, 443, TCP_ACK).macs(BR2_MAC, rmac(14));
+    let quoted = big.ip_bytes();
+    let mut ptb = Packet6::icmp(
+        ROUTER6,
+        r6(14),
+        ICMPV6_PACKET_TOO_BIG,
+        0,
+        1280u32.to_be_bytes(),
+        &quoted,
+    );
+    ptb.hop_limit = 255;
+    routed_in(
+        &e,
+        "packet too big to a routed guest",
+        &from_router6(ptb),
+        rmac(14),
+        BR2_MAC,
+    );
+    let mut unreach = Packet6::icmp(REMOTE6, r6(14), ICMPV6_DEST_UNREACH, 4, [0; 4], &quoted);
+    unreach.hop_limit = 50;
+    routed_in(
+        &e,
+        "port unreachable to a routed guest",
+        &from_router6(unreach),
+        rmac(14),
+        BR2_MAC,
+    );
+    // And a guest's own errors leave as they are.
+    let mut te = Packet6::icmp(r6(14), REMOTE6, ICMPV6_TIME_EXCEEDED, 0, [0; 4], &quoted);
+    te.hop_limit = 64;
+    routed_out(
+        &e,
+        "time exceeded from a routed guest",
+        e.modes().br2,
+        &te.macs(BR2_MAC, rmac(14)),
+    );
+}
+
+#[test]
 fn ipv6_policy_isolated_and_between_networks() {
     netd_tests::require_root!();
     let e = env_modes();
@@ -476,6 +549,20 @@ fn nat66_udp_out_and_back_port_taken() {
     unmasq_ok(&e, "UDP back to .13", &a13, 13, 5000);
     let a12 = from_router6(Packet6::udp(REMOTE6, 53, NAT6, 5000, b"answer 12"));
     unmasq_ok(&e, "UDP back to .12", &a12, 12, 5000);
+}
+
+#[test]
+fn nat66_port_below_the_range_is_moved_into_it() {
+    netd_tests::require_root!();
+    let e = env_modes();
+    let ntp = from_m6(18, Packet6::udp(m6(18), 123, REMOTE6, 123, b"ntp request"));
+    let (rc, out) = on_bridge(&e, e.modes().br4, &ntp);
+    assert_eq!(rc, TC_ACT_REDIRECT, "NTP: verdict\n{}", hexdump(&out));
+    let port = Frame(&out).ip6().sport();
+    assert!(port >= 1024, "port {port} outside 1024-65535");
+    assert_frame("NTP out", &out, &snat6_of(&ntp, port).frame());
+    let answer = from_router6(Packet6::udp(REMOTE6, 123, NAT6, port, b"ntp answer"));
+    unmasq_ok(&e, "NTP back", &answer, 18, 123);
 }
 
 #[test]
@@ -704,6 +791,25 @@ fn isolated_icmp_error_not_answered() {
     }
 }
 
+#[test]
+fn isolated_packet_with_ip_options_dropped_silently() {
+    netd_tests::require_root!();
+    let e = env_modes();
+    // Options would shift the quote: such (rare) packets are not answered.
+    let mut p = Packet::udp(i4(16), 40500, REMOTE, 7000, b"opts");
+    p.options = vec![1, 1, 1, 0];
+    let f = p.macs(BR3_MAC, imac(16)).frame();
+    let sent = e.stat("reject_sent");
+    e.dropped(
+        "UDP with IP options",
+        Hook::BridgeIngress,
+        e.modes().br3,
+        &f,
+        "drop_policy",
+    );
+    assert_eq!(e.stat("reject_sent"), sent);
+}
+
 /// Pins the calling thread to the CPU it runs on (the reject budget is per
 /// CPU) until dropped.
 struct Pinned(libc::cpu_set_t);
@@ -874,9 +980,16 @@ fn uplink_restriction_applies_to_ipv6() {
                 .frame(),
         ),
     ];
+    let mut wrong = Vec::new();
     for (what, hook, ifindex, frame) in &cases {
-        e.dropped(what, *hook, *ifindex, frame, "drop_uplink_restricted");
+        let before = e.stat("drop_uplink_restricted");
+        let (rc, out) = e.run(*hook, *ifindex, frame);
+        let counted = e.stat("drop_uplink_restricted") - before;
+        if (rc, counted, &out) != (TC_ACT_SHOT, 1, frame) {
+            wrong.push(format!("{what}: verdict {rc}, counted {counted}"));
+        }
     }
+    assert!(wrong.is_empty(), "not dropped as restricted: {wrong:#?}");
     // Tied to the uplink they use: all through.
     for br in [m.br2, m.br4, e.br0] {
         r.restrict(br, e.up0);

@@ -195,20 +195,29 @@ async fn forwards_of(
     Ok(Json(d.state.lock().await.list_forwards(Some(&name))?))
 }
 
+/// One forward, or a batch (`{"forwards": [...]}`) applied all or none with
+/// a single write of the definition.
 async fn forward_add(
     State(d): Shared,
     Path(name): Path<String>,
-    Json(r): Json<ForwardRequest>,
+    Json(r): Json<ForwardAdd>,
 ) -> ApiResult<NameResponse> {
-    let to =
-        r.to.ok_or_else(|| anyhow::anyhow!("a forward needs a target (--to)"))?;
-    let f = crate::config::Forward {
-        proto: r.proto,
-        port: r.port,
-        to,
-        address: r.address,
+    let reqs = match r {
+        ForwardAdd::One(f) => vec![f],
+        ForwardAdd::Batch { forwards } => forwards,
     };
-    d.state.lock().await.add_forward(&name, f).await?;
+    let mut fs = Vec::with_capacity(reqs.len());
+    for r in reqs {
+        let to =
+            r.to.ok_or_else(|| anyhow::anyhow!("a forward needs a target (--to)"))?;
+        fs.push(crate::config::Forward {
+            proto: r.proto,
+            port: r.port,
+            to,
+            address: r.address,
+        });
+    }
+    d.state.lock().await.add_forwards(&name, fs).await?;
     Ok(Json(NameResponse { name }))
 }
 

@@ -143,3 +143,11 @@ pub struct ForwardRequest {
     pub to: Option<String>,
     pub address: Option<std::net::Ipv4Addr>,
 }
+
+/// The body of POST /v1/networks/NAME/forwards.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ForwardAdd {
+    Batch { forwards: Vec<ForwardRequest> },
+    One(ForwardRequest),
+}

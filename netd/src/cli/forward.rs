@@ -2,7 +2,7 @@
 
 use super::output::{Format, OutputArgs, Table, print_json};
 use crate::api::client::Client;
-use crate::api::wire::{ForwardRequest, NameResponse};
+use crate::api::wire::{ForwardAdd, ForwardRequest, NameResponse};
 use crate::config::Proto;
 use crate::daemon::ForwardInfo;
 use anyhow::Result;
@@ -24,6 +24,12 @@ pub enum Command {
         /// Host address (default: every address of the network's uplinks).
         #[arg(long)]
         address: Option<Ipv4Addr>,
+    },
+    /// Add many forwards at once, all or none, from a TOML file of
+    /// `[[forwards]]` tables (the definition's own format).
+    Import {
+        name: String,
+        file: std::path::PathBuf,
     },
     /// Stop forwarding; open connections carry on until they close.
     Remove {
@@ -65,6 +71,7 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
             println!("{} {port} -> {to} added to {name}", proto.as_str());
             Ok(())
         }
+        Command::Import { name, file } => import(client, name, file),
         Command::Remove {
             name,
             proto,
@@ -114,4 +121,33 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn import(client: &Client, name: &str, file: &std::path::Path) -> Result<()> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        forwards: Vec<crate::config::Forward>,
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+    let f: File = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.message().trim()))?;
+    let n = f.forwards.len();
+    let forwards = f
+        .forwards
+        .into_iter()
+        .map(|f| ForwardRequest {
+            proto: f.proto,
+            port: f.port,
+            to: Some(f.to),
+            address: f.address,
+        })
+        .collect();
+    let _: NameResponse = client.post(
+        &format!("/v1/networks/{name}/forwards"),
+        &ForwardAdd::Batch { forwards },
+    )?;
+    println!("{n} forwards added to {name}");
+    Ok(())
 }

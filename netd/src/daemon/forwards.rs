@@ -34,21 +34,45 @@ fn port_pairs(f: &Forward) -> Result<Vec<(u16, Ipv4Addr, u16)>> {
         .collect())
 }
 
-/// Two forwards clash when they share a protocol, an address (no address
-/// means every uplink address) and a port.
-fn clash(a: &Forward, b: &Forward) -> bool {
-    if a.proto != b.proto {
-        return false;
+/// Every forwarded (proto, port), with who holds it on which address, so
+/// checking a new forward costs its own ports, not every forward there is.
+#[derive(Default)]
+struct PortIndex {
+    by_port:
+        std::collections::HashMap<(config::Proto, u16), Vec<(Option<Ipv4Addr>, String, String)>>,
+}
+
+impl PortIndex {
+    fn insert(&mut self, f: &Forward, network: &str) {
+        let Ok(r) = PortRange::from_str(&f.port) else {
+            return;
+        };
+        for p in r.start..=r.end {
+            self.by_port.entry((f.proto, p)).or_default().push((
+                f.address,
+                network.to_string(),
+                f.to.clone(),
+            ));
+        }
     }
-    if let (Some(x), Some(y)) = (a.address, b.address)
-        && x != y
-    {
-        return false;
+
+    /// Two forwards clash when they share a protocol, an address (no address
+    /// means every uplink address) and a port.
+    fn clash(&self, f: &Forward) -> Option<(String, String)> {
+        let r = PortRange::from_str(&f.port).ok()?;
+        (r.start..=r.end).find_map(|p| {
+            self.by_port
+                .get(&(f.proto, p))?
+                .iter()
+                .find_map(|(addr, net, to)| {
+                    let same_addr = match (addr, f.address) {
+                        (Some(x), Some(y)) => *x == y,
+                        _ => true,
+                    };
+                    same_addr.then(|| (net.clone(), to.clone()))
+                })
+        })
     }
-    let (Ok(ra), Ok(rb)) = (PortRange::from_str(&a.port), PortRange::from_str(&b.port)) else {
-        return false;
-    };
-    ra.start <= rb.end && rb.start <= ra.end
 }
 
 fn same_forward(f: &Forward, proto: config::Proto, port: &str, address: Option<Ipv4Addr>) -> bool {
@@ -139,32 +163,49 @@ impl State {
         maps::remove_forwards(&dir, &mine)
     }
 
-    pub async fn add_forward(&mut self, name: &str, f: Forward) -> Result<()> {
+    /// Adds forwards to a network, all or none: each is validated and
+    /// checked against every forward of every network (and the others of
+    /// the batch), the definition is stored once, and only the new map keys
+    /// are written, so other flows never notice.
+    pub async fn add_forwards(&mut self, name: &str, new: Vec<Forward>) -> Result<()> {
         let mut net = self
             .definition_of(name)
             .ok_or_else(|| anyhow!("network {name:?} is not defined"))?
             .clone();
-        config::validate_forward(&net, &f)?;
+        let mut taken = PortIndex::default();
         let everyone = self
             .defs
             .values()
             .chain(self.running.values().map(|r| &r.record.definition));
         for other in everyone {
-            if let Some(c) = other.forwards.iter().find(|o| clash(o, &f)) {
+            for f in &other.forwards {
+                taken.insert(f, &other.name);
+            }
+        }
+        for f in &new {
+            config::validate_forward(&net, f)?;
+            if let Some((owner, to)) = taken.clash(f) {
                 bail!(
-                    "{} port {} on {} is already forwarded by network {:?} to {}",
+                    "{} port {} on {} is already forwarded by network {owner:?} to {to}",
                     f.proto.as_str(),
                     f.port,
                     f.address
                         .map(|a| a.to_string())
                         .unwrap_or_else(|| "the uplink addresses".into()),
-                    other.name,
-                    c.to
                 );
             }
+            taken.insert(f, name);
         }
-        net.forwards.push(f);
-        self.replace_definition(net).await
+        let mut added = net.clone();
+        added.forwards = new.clone();
+        net.forwards.extend(new);
+        self.store_definition(net)?;
+        if let Some(run) = self.running.get(name) {
+            let (idx, uplinks) = (run.record.bridge_ifindex, run.record.uplinks.clone());
+            let entries = self.forward_entries(&added, idx, &uplinks).await;
+            maps::add_forwards(&self.dp.maps_dir(), &entries)?;
+        }
+        Ok(())
     }
 
     pub async fn remove_forward(
@@ -178,21 +219,30 @@ impl State {
             .definition_of(name)
             .ok_or_else(|| anyhow!("network {name:?} is not defined"))?
             .clone();
-        let before = net.forwards.len();
-        net.forwards
-            .retain(|f| !same_forward(f, proto, port, address));
-        if net.forwards.len() == before {
+        let (gone, kept): (Vec<Forward>, Vec<Forward>) = net
+            .forwards
+            .drain(..)
+            .partition(|f| same_forward(f, proto, port, address));
+        if gone.is_empty() {
             bail!(
                 "network {name:?} has no {} forward on port {port}",
                 proto.as_str()
             );
         }
-        self.replace_definition(net).await
+        net.forwards = kept;
+        let mut removed = net.clone();
+        removed.forwards = gone;
+        self.store_definition(net)?;
+        if let Some(run) = self.running.get(name) {
+            let (idx, uplinks) = (run.record.bridge_ifindex, run.record.uplinks.clone());
+            let entries = self.forward_entries(&removed, idx, &uplinks).await;
+            maps::remove_forwards(&self.dp.maps_dir(), &entries)?;
+        }
+        Ok(())
     }
 
-    /// Stores a changed definition (persistent or running) and applies its
-    /// forwards. Other flows are untouched: only the changed map keys move.
-    async fn replace_definition(&mut self, net: Network) -> Result<()> {
+    /// Stores a changed definition, persistent or running.
+    fn store_definition(&mut self, net: Network) -> Result<()> {
         let name = net.name.clone();
         if self.defs.contains_key(&name) {
             self.store.save_definition(&net)?;
@@ -201,7 +251,6 @@ impl State {
         if let Some(run) = self.running.get_mut(&name) {
             run.record.definition = net;
             self.save_running();
-            self.sync_forwards(&name).await?;
         }
         Ok(())
     }
