@@ -36,10 +36,12 @@ fn port_pairs(f: &Forward) -> Result<Vec<(u16, Ipv4Addr, u16)>> {
 
 /// Every forwarded (proto, port), with who holds it on which address, so
 /// checking a new forward costs its own ports, not every forward there is.
+/// Who holds a forwarded port: (host address or any, network, target).
+type Holder = (Option<Ipv4Addr>, String, String);
+
 #[derive(Default)]
 struct PortIndex {
-    by_port:
-        std::collections::HashMap<(config::Proto, u16), Vec<(Option<Ipv4Addr>, String, String)>>,
+    by_port: std::collections::HashMap<(config::Proto, u16), Vec<Holder>>,
 }
 
 impl PortIndex {
