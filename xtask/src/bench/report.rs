@@ -2,11 +2,11 @@
 
 use super::bed::Kind;
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Better {
     Higher,
@@ -14,7 +14,7 @@ pub enum Better {
 }
 
 /// One row of the table.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Metric {
     pub id: String,
     pub label: String,
@@ -27,7 +27,7 @@ pub struct Metric {
     pub note: Option<String>,
 }
 
-#[derive(Default, Serialize)]
+#[derive(Default, Serialize, Deserialize)]
 pub struct Results {
     pub metrics: Vec<Metric>,
     /// Per-sample details (packets sent, failures, ...), by metric id.
@@ -233,18 +233,28 @@ pub fn svg(r: &Results, levels: &[usize], title: &str) -> Result<String> {
             ("tcp_out", "NAT guest→upstream", 1.0),
             ("tcp_in", "forward upstream→guest", 1.0),
         ];
-        bars(r, &panels[2], "TCP bulk (iperf3)", "Gbit/s", tcp)?;
+        bars(
+            r,
+            &panels[2],
+            "TCP bulk, one iperf3 stream",
+            "Gbit/s",
+            tcp,
+            false,
+        )?;
         let rates: &[(&str, &str, f64)] = &[
-            ("udp_out", "UDP 64 B NAT, kpps", 1e-3),
-            ("conn_nat", "conn/s NAT, k", 1e-3),
-            ("conn_fwd", "conn/s forward, k", 1e-3),
+            ("tcp_out", "TCP NAT", 1.0),
+            ("tcp_in", "TCP fwd", 1.0),
+            ("udp_out", "UDP 64 B", 1.0),
+            ("conn_nat", "conn/s NAT", 1.0),
+            ("conn_fwd", "conn/s fwd", 1.0),
         ];
         bars(
             r,
             &panels[3],
-            "Small packets and new connections",
-            "thousands per second",
+            "Throughput and rates relative to libvirt",
+            "× libvirt (iptables)",
             rates,
+            true,
         )?;
         root.present()?;
     }
@@ -282,9 +292,10 @@ where
         .build_cartesian_2d((0.5f64..xmax).log_scale(), 0f64..ymax * 1.15)
         .map_err(err)?;
     c.configure_mesh()
+        .max_light_lines(1)
         .x_desc("forwards installed (log scale)")
         .y_desc(ydesc)
-        .x_label_formatter(&|x| fmt_num(*x))
+        .x_label_formatter(&|x| format!("{}", x.round() as u64))
         .draw()
         .map_err(err)?;
     for (i, k) in Kind::ALL.into_iter().enumerate() {
@@ -325,100 +336,118 @@ where
     Ok(())
 }
 
+/// Grouped bars, one group per metric `(id, name, scale)`. `relative`:
+/// each dataplane's median over libvirt's (libvirt = 1).
 fn bars<DB: plotters::prelude::DrawingBackend>(
     r: &Results,
     area: &plotters::prelude::DrawingArea<DB, plotters::coord::Shift>,
     caption: &str,
     ydesc: &str,
     groups: &[(&str, &str, f64)],
+    relative: bool,
 ) -> Result<()>
 where
     DB::ErrorType: 'static,
 {
     use plotters::prelude::*;
-    let mut ymax: f64 = 0.1;
+    use plotters::style::text_anchor::{HPos, Pos, VPos};
+    let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow::anyhow!("{e}");
+    // (median, min, max) of a bar, in the chart's unit.
+    let value = |id: &str, k: Kind, scale: f64| -> Option<(f64, f64, f64)> {
+        let s = r.get(id, k)?;
+        let div = if relative {
+            r.get(id, Kind::Libvirt)?.median
+        } else {
+            1.0 / scale
+        };
+        (div > 0.0).then(|| (s.median / div, s.min / div, s.max / div))
+    };
+    let mut ymax: f64 = if relative { 1.0 } else { 0.1 };
     for (id, _, scale) in groups {
         for k in Kind::ALL {
-            if let Some(s) = r.get(id, k) {
-                ymax = ymax.max(s.max * scale);
+            if let Some((_, _, hi)) = value(id, k, *scale) {
+                ymax = ymax.max(hi);
             }
         }
     }
     let mut c = ChartBuilder::on(area)
         .caption(caption, ("sans-serif", 15))
         .margin(12)
-        .x_label_area_size(20)
+        .x_label_area_size(28)
         .y_label_area_size(56)
-        .build_cartesian_2d(0f64..groups.len() as f64, 0f64..ymax * 1.25)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .build_cartesian_2d(0f64..groups.len() as f64, 0f64..ymax * 1.4)
+        .map_err(err)?;
     c.configure_mesh()
         .disable_x_mesh()
         .x_labels(0)
+        .max_light_lines(1)
         .y_desc(ydesc)
         .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(err)?;
+    if relative {
+        c.draw_series(std::iter::once(PathElement::new(
+            vec![(0.0, 1.0), (groups.len() as f64, 1.0)],
+            BLACK.mix(0.5).stroke_width(1),
+        )))
+        .map_err(err)?;
+    }
     let w = 0.8 / 3.0;
+    let small = |v: VPos| {
+        ("sans-serif", 10)
+            .into_font()
+            .color(&BLACK)
+            .pos(Pos::new(HPos::Center, v))
+    };
     for (i, k) in Kind::ALL.into_iter().enumerate() {
         let col = COLORS[i];
         let mut rects = Vec::new();
         let mut whiskers = Vec::new();
         let mut labels = Vec::new();
         for (g, (id, _, scale)) in groups.iter().enumerate() {
-            let Some(s) = r.get(id, k) else { continue };
+            let Some((med, lo, hi)) = value(id, k, *scale) else {
+                continue;
+            };
             let x0 = g as f64 + 0.1 + i as f64 * w;
             let x1 = x0 + w * 0.9;
-            rects.push(Rectangle::new(
-                [(x0, 0.0), (x1, s.median * scale)],
-                col.filled(),
-            ));
             let xm = (x0 + x1) / 2.0;
+            rects.push(Rectangle::new([(x0, 0.0), (x1, med)], col.filled()));
             whiskers.push(PathElement::new(
-                vec![(xm, s.min * scale), (xm, s.max * scale)],
+                vec![(xm, lo), (xm, hi)],
                 BLACK.stroke_width(1),
             ));
-            labels.push(Text::new(
-                fmt_num(s.median * scale),
-                (xm, s.max * scale + ymax * 0.02),
-                ("sans-serif", 10).into_font().color(&BLACK).pos(
-                    plotters::style::text_anchor::Pos::new(
-                        plotters::style::text_anchor::HPos::Center,
-                        plotters::style::text_anchor::VPos::Bottom,
-                    ),
-                ),
-            ));
+            let text = if relative {
+                format!("{med:.2}")
+            } else {
+                fmt_num(med)
+            };
+            labels.push(Text::new(text, (xm, hi + ymax * 0.02), small(VPos::Bottom)));
         }
         c.draw_series(rects)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .map_err(err)?
             .label(k.name())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], col.filled()));
-        c.draw_series(whiskers)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        c.draw_series(labels).map_err(|e| anyhow::anyhow!("{e}"))?;
+        c.draw_series(whiskers).map_err(err)?;
+        c.draw_series(labels).map_err(err)?;
     }
-    let names: Vec<Text<'_, (f64, f64), String>> = groups
+    // Group names under the axis (the plotting area does not clip text).
+    let names: Vec<_> = groups
         .iter()
         .enumerate()
         .map(|(g, (_, name, _))| {
-            Text::new(
-                name.to_string(),
-                (g as f64 + 0.5, ymax * 1.22),
-                ("sans-serif", 12).into_font().color(&BLACK).pos(
-                    plotters::style::text_anchor::Pos::new(
-                        plotters::style::text_anchor::HPos::Center,
-                        plotters::style::text_anchor::VPos::Top,
-                    ),
-                ),
-            )
+            let font = ("sans-serif", 12)
+                .into_font()
+                .color(&BLACK)
+                .pos(Pos::new(HPos::Center, VPos::Top));
+            Text::new(name.to_string(), (g as f64 + 0.5, -ymax * 0.03), font)
         })
         .collect();
-    c.draw_series(names).map_err(|e| anyhow::anyhow!("{e}"))?;
+    c.draw_series(names).map_err(err)?;
     c.configure_series_labels()
         .position(SeriesLabelPosition::UpperRight)
-        .margin(24)
         .border_style(BLACK.mix(0.3))
         .background_style(WHITE.mix(0.9))
         .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        .map_err(err)?;
     Ok(())
 }
 
