@@ -93,6 +93,12 @@ fn timeout_ns(proto: u8, state: u8) -> u64 {
 /// in direction `d`.
 #[inline(always)]
 fn next_state(state: u8, d: u8, flags: u8) -> u8 {
+    if d == dir::ORIGINAL && flags & TCP_SYN != 0 && flags & TCP_ACK == 0 {
+        // A fresh SYN on the tuple of a closing connection (a client reusing
+        // its port) opens a new one: both entries get the handshake timeout
+        // again, so the reply does not find them expired mid-handshake.
+        return ct_state::NEW;
+    }
     if flags & (TCP_FIN | TCP_RST) != 0 {
         return ct_state::CLOSING;
     }

@@ -698,3 +698,28 @@ fn bench_bridge_ingress_tcp_established() {
         d.as_nanos()
     );
 }
+
+// A client reusing the port of a connection that is closing: its new SYN
+// re-opens both entries with the handshake timeout, so the SYN-ACK cannot
+// find them expired half-way (which stalled new connections under load).
+#[test]
+fn syn_on_a_closing_tuple_reopens_the_connection() {
+    netd_tests::require_root!();
+    let e = env();
+    let syn = from_guest(10, Packet::tcp(g(10), 40777, REMOTE, 80, TCP_SYN));
+    e.snat_ok("SYN", &syn, 40777);
+    let fin = from_guest(10, Packet::tcp(g(10), 40777, REMOTE, 80, TCP_FIN | TCP_ACK));
+    e.snat_ok("FIN", &fin, 40777);
+    let orig = ct_key(g(10), 40777, REMOTE, 80, IPPROTO_TCP);
+    let reply = ct_key(REMOTE, 80, NAT, 40777, IPPROTO_TCP);
+    assert_eq!(e.ct(&orig).unwrap().state, ct_state::CLOSING);
+    let closing_expiry = e.ct(&reply).unwrap().expires_ns;
+
+    e.snat_ok("SYN again", &syn, 40777);
+    let (o, r) = (e.ct(&orig).unwrap(), e.ct(&reply).unwrap());
+    assert_eq!((o.state, r.state), (ct_state::NEW, ct_state::NEW));
+    // The reply entry now lives for the handshake timeout, not the 10 s of
+    // a closing connection.
+    assert!(r.expires_ns > closing_expiry + 30_000_000_000, "{r:?}");
+    assert_eq!(r.expires_ns, o.expires_ns);
+}
