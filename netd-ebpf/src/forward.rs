@@ -36,11 +36,25 @@ pub fn route(ctx: &TcContext, in_ifindex: u32, ip: &Ipv4, saddr: u32, daddr: u32
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     p.family = AF_INET;
     p.l4_protocol = ip.proto;
-    p.__bindgen_anon_1.tot_len = ip.tot_len;
+    p.__bindgen_anon_1.tot_len = mtu_check_len(ctx, ip.tot_len);
     p.ifindex = in_ifindex;
     p.__bindgen_anon_3.ipv4_src = saddr;
     p.__bindgen_anon_4.ipv4_dst = daddr;
     lookup(ctx, &mut p)
+}
+
+/// The length the FIB lookup checks against the egress MTU. A GSO packet
+/// is longer than the MTU by design and is cut into segments on the way
+/// out, so it must not be checked (it would be sent to the slow path, which
+/// a FORWARD DROP policy blocks); every other packet is, so an oversized one
+/// goes to the kernel, which answers with fragmentation-needed.
+#[inline(always)]
+pub fn mtu_check_len(ctx: &TcContext, tot_len: u16) -> u16 {
+    if unsafe { (*ctx.skb.skb).gso_size } != 0 {
+        0
+    } else {
+        tot_len
+    }
 }
 
 /// Runs a prepared FIB lookup (IPv4 or IPv6) and says what to do.

@@ -83,7 +83,7 @@ pub fn route(ctx: &TcContext, in_ifindex: u32, ip: &Ipv6) -> Route {
     let mut p: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     p.family = AF_INET6;
     p.l4_protocol = ip.next_header;
-    p.__bindgen_anon_1.tot_len = ip.payload_len.saturating_add(40);
+    p.__bindgen_anon_1.tot_len = forward::mtu_check_len(ctx, ip.payload_len.saturating_add(40));
     p.ifindex = in_ifindex;
     p.__bindgen_anon_3.ipv6_src = ip.saddr;
     p.__bindgen_anon_4.ipv6_dst = ip.daddr;

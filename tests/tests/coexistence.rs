@@ -84,6 +84,58 @@ fn docker_style_forward_drop_does_not_cut_guests_off() {
     assert!(g.ns.ping(UPSTREAM_IP, 3));
     // The guest's gateway services (DHCP renew) keep working too.
     assert!(g.dhcp().is_ok());
+    // Bulk TCP: segments larger than the MTU (GSO/GRO) must take the BPF
+    // path too, in both directions, or the FORWARD DROP stops them.
+    let guest_ip = g.ipv4_addrs()[0];
+    t.netd_ok(&[
+        "forward",
+        "add",
+        "default",
+        "--proto",
+        "tcp",
+        "--port",
+        "7300",
+        "--to",
+        &format!("{guest_ip}:7300"),
+    ]);
+    bulk(&t.upstream, &g.ns, &UPSTREAM_IP.to_string(), 7200, &t);
+    bulk(&g.ns, &t.upstream, &HOST_IP.to_string(), 7300, &t);
+}
+
+/// Sends 32 MiB from `from` to a sink in `to`, addressed as `addr:port`,
+/// and checks every byte arrived within 20 s.
+fn bulk(to: &Ns, from: &Ns, addr: &str, port: u16, t: &Topology) {
+    const BYTES: usize = 32 << 20;
+    let sink = t.dir.join(format!("bulk-{port}.count"));
+    let mut server = to.spawn(&[
+        "python3",
+        "-c",
+        &format!(
+            "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('0.0.0.0', {port})); s.listen(1)\nc,_=s.accept(); n=0\nwhile True:\n  b=c.recv(1<<20)\n  if not b: break\n  n+=len(b)\nopen('{}','w').write(str(n))\n",
+            sink.display()
+        ),
+    ]);
+    std::thread::sleep(Duration::from_millis(400));
+    let out = from.exec_timeout(
+        &[
+            "python3",
+            "-c",
+            &format!("import socket\ns=socket.create_connection(('{addr}', {port}), timeout=20)\ns.sendall(b'x' * {BYTES})\ns.close()"),
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(out.success(), "bulk send to {addr}:{port} failed: {out}");
+    assert!(
+        wait_until(Duration::from_secs(20), || sink.exists()),
+        "the sink never finished"
+    );
+    let _ = server.wait();
+    let got: usize = std::fs::read_to_string(&sink)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(got, BYTES);
 }
 
 #[test]

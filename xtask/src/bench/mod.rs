@@ -774,7 +774,7 @@ fn cp_netd(r: &mut Results, o: &Opts, b: &mut Bed) -> Result<()> {
             );
         }
         if res.is_ok() && run + 1 == o.runs {
-            memory(r, pid);
+            memory(r, pid, &b.t.bpffs().join("maps"));
             let mut cur = *fwds.last().context("no forwards")?;
             for run in 0..o.runs {
                 let new = Fwd::new(Proto::Udp, cur.port, 40000 + run as u16);
@@ -846,8 +846,10 @@ fn forwards_in_map(b: &Bed) -> Result<usize> {
 }
 
 /// The daemon's RSS and the kernel memory of the BPF maps it holds open
-/// (`memlock:` of each distinct map in /proc/PID/fdinfo).
-fn memory(r: &mut Results, pid: Option<u32>) {
+/// (`memlock:` of each distinct map in /proc/PID/fdinfo). Maps are named
+/// by matching their key size, value size and capacity with the pinned
+/// maps' descriptions.
+fn memory(r: &mut Results, pid: Option<u32>, maps_dir: &std::path::Path) {
     let Some(pid) = pid else {
         r.error("memory: the netd daemon is not running".into());
         return;
@@ -860,6 +862,26 @@ fn memory(r: &mut Results, pid: Option<u32>) {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     r.push("rss", Kind::Netd, rss_kb / 1024.0);
+    let described = netd::dataplane::maps::describe(maps_dir).unwrap_or_default();
+    let name_of = |k: u64, v: u64, m: u64| -> String {
+        let names: Vec<&str> = described
+            .iter()
+            .filter(|d| {
+                (
+                    u64::from(d.key_size),
+                    u64::from(d.value_size),
+                    u64::from(d.max_entries),
+                ) == (k, v, m)
+            })
+            .map(|d| d.name.as_str())
+            .collect();
+        if names.is_empty() {
+            format!("other (key {k} B, value {v} B, {m} entries)")
+        } else {
+            names.join("|")
+        }
+    };
+    // map id -> (name, memlock bytes)
     let mut maps = std::collections::BTreeMap::new();
     if let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
         for e in rd.flatten() {
@@ -879,15 +901,25 @@ fn memory(r: &mut Results, pid: Option<u32>) {
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .unwrap_or(0)
             };
-            maps.insert(field("map_id:"), field("memlock:"));
+            let name = name_of(
+                field("key_size:"),
+                field("value_size:"),
+                field("max_entries:"),
+            );
+            maps.insert(field("map_id:"), (name, field("memlock:")));
         }
     }
-    let total: u64 = maps.values().sum();
+    let total: u64 = maps.values().map(|(_, m)| m).sum();
+    let by_name: std::collections::BTreeMap<String, u64> =
+        maps.values().fold(Default::default(), |mut acc, (n, m)| {
+            *acc.entry(n.clone()).or_default() += m;
+            acc
+        });
     r.push("bpf_mem", Kind::Netd, total as f64 / (1024.0 * 1024.0));
     r.detail(
         "bpf_mem",
         Kind::Netd,
-        json!({ "maps": maps.len(), "memlock_bytes": total, "rss_kib": rss_kb }),
+        json!({ "maps": maps.len(), "memlock_bytes": total, "rss_kib": rss_kb, "memlock_by_map": by_name }),
     );
     eprintln!(
         "bench: netd RSS {:.1} MiB, {} BPF maps {:.1} MiB",
@@ -895,6 +927,9 @@ fn memory(r: &mut Results, pid: Option<u32>) {
         maps.len(),
         total as f64 / 1048576.0
     );
+    for (n, m) in &by_name {
+        eprintln!("bench:   {n}: {:.1} MiB", *m as f64 / 1048576.0);
+    }
 }
 
 fn first_line(cmd: &str, args: &[&str]) -> String {
