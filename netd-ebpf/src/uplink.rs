@@ -110,14 +110,7 @@ pub fn new_flow_stage(ctx: &mut TcContext) -> i32 {
     let Ok(l4) = parse::l4(ctx, &ip) else {
         return TC_ACT_OK;
     };
-    let key = CtKey {
-        saddr: ip.saddr,
-        daddr: ip.daddr,
-        sport: l4.sport,
-        dport: l4.dport,
-        proto: ip.proto,
-        _pad: [0; 3],
-    };
+    let key = flow::key(&ip, &l4);
     let (ip, l4) = (&ip, &l4);
     let Some(target) = nat::forward_target(ip.daddr, l4.dport, ip.proto) else {
         return unsolicited(ctx, ip, len);
