@@ -1124,6 +1124,26 @@ pub fn diff(got: &[u8], want: &[u8]) -> String {
     s
 }
 
+/// A UDP payload (`tail` after one adjusting word) whose checksum between
+/// these endpoints computes to zero, so a translator must send it as 0xffff.
+pub fn payload_for_zero_csum(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    tail: &[u8],
+) -> Vec<u8> {
+    let mut payload = vec![0, 0];
+    payload.extend_from_slice(tail);
+    let mut p = Packet::udp(src, sport, dst, dport, &payload);
+    if let L4::Udp { csum, .. } = &mut p.l4 {
+        *csum = false;
+    }
+    let sum = !checksum(&with_pseudo_header(src, dst, IPPROTO_UDP, &p.l4_bytes()));
+    payload[..2].copy_from_slice(&(0xffff - sum).to_be_bytes());
+    payload
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -202,26 +202,6 @@ fn port_range_forward() {
 
 // 3. UDP, with and without a checksum.
 
-/// A UDP payload (`tail` after one adjusting word) whose checksum between
-/// these endpoints computes to zero, so it must be sent as 0xffff.
-fn payload_for_zero_csum(
-    src: Ipv4Addr,
-    sport: u16,
-    dst: Ipv4Addr,
-    dport: u16,
-    tail: &[u8],
-) -> Vec<u8> {
-    let mut payload = vec![0, 0];
-    payload.extend_from_slice(tail);
-    let mut p = Packet::udp(src, sport, dst, dport, &payload);
-    if let L4::Udp { csum, .. } = &mut p.l4 {
-        *csum = false;
-    }
-    let sum = !checksum(&with_pseudo_header(src, dst, IPPROTO_UDP, &p.l4_bytes()));
-    payload[..2].copy_from_slice(&(0xffff - sum).to_be_bytes());
-    payload
-}
-
 #[test]
 fn udp_forward_checksums() {
     netd_tests::require_root!();

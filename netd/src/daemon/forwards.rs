@@ -171,7 +171,7 @@ impl State {
     /// are written, so other flows never notice.
     pub async fn add_forwards(&mut self, name: &str, new: Vec<Forward>) -> Result<()> {
         let mut net = self
-            .definition_of(name)
+            .definition(name)
             .ok_or_else(|| anyhow!("network {name:?} is not defined"))?
             .clone();
         let mut taken = PortIndex::default();
@@ -218,7 +218,7 @@ impl State {
         address: Option<Ipv4Addr>,
     ) -> Result<()> {
         let mut net = self
-            .definition_of(name)
+            .definition(name)
             .ok_or_else(|| anyhow!("network {name:?} is not defined"))?
             .clone();
         let (gone, kept): (Vec<Forward>, Vec<Forward>) = net
@@ -259,7 +259,7 @@ impl State {
 
     pub fn list_forwards(&self, name: Option<&str>) -> Result<Vec<ForwardInfo>> {
         if let Some(n) = name
-            && self.definition_of(n).is_none()
+            && self.definition(n).is_none()
         {
             bail!("network {n:?} is not defined");
         }
@@ -271,7 +271,7 @@ impl State {
             if name.is_some_and(|x| x != n) {
                 continue;
             }
-            let Some(net) = self.definition_of(n) else {
+            let Some(net) = self.definition(n) else {
                 continue;
             };
             let idx = self.running.get(n).map(|r| r.record.bridge_ifindex);

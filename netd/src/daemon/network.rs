@@ -48,11 +48,7 @@ impl State {
 
     /// The definition in force for a name: the running one if it is up
     /// (transient networks have no other), else the stored one.
-    pub(super) fn definition_of(&self, name: &str) -> Option<&Network> {
-        self.definition(name)
-    }
-
-    fn definition(&self, name: &str) -> Option<&Network> {
+    pub(super) fn definition(&self, name: &str) -> Option<&Network> {
         self.running
             .get(name)
             .map(|r| &r.record.definition)
