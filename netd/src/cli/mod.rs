@@ -62,6 +62,17 @@ impl Cli {
     }
 }
 
+/// Rust ignores SIGPIPE, so `netd status | head -1` would make println!
+/// panic ("failed printing to stdout") once the reader is gone. A client
+/// command ends quietly instead, as Unix tools do (exit 141). The daemon
+/// keeps ignoring it: a client that hangs up must not kill it.
+fn default_sigpipe() {
+    // SAFETY: restoring a signal's default disposition has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -70,6 +81,9 @@ pub fn main() -> ExitCode {
             e.exit();
         }
     };
+    if !matches!(cli.command, Command::Daemon(_)) {
+        default_sigpipe();
+    }
     let r = match &cli.command {
         Command::Daemon(a) => daemon::exec(a),
         Command::Net(c) => net::exec(c, &cli.client()),
