@@ -758,7 +758,8 @@ impl State {
                         .running
                         .get(n)
                         .map(|r| r.record.bridge.clone())
-                        .or_else(|| net.bridge.clone()),
+                        .or_else(|| net.bridge.clone())
+                        .filter(|b| !b.is_empty()),
                 })
             })
             .collect()
@@ -812,10 +813,14 @@ impl State {
             active: run.is_some(),
             autostart: self.defs.get(name).is_some_and(|d| d.autostart),
             persistent: self.defs.contains_key(name),
+            // A hostdev network has none (its record holds "").
             bridge: run
                 .map(|r| r.record.bridge.clone())
-                .or_else(|| net.bridge.clone()),
-            bridge_ifindex: run.map(|r| r.record.bridge_ifindex),
+                .or_else(|| net.bridge.clone())
+                .filter(|b| !b.is_empty()),
+            bridge_ifindex: run
+                .map(|r| r.record.bridge_ifindex)
+                .filter(|i| *i != 0),
             mac: match (&net.mac, run) {
                 (Some(m), _) => Some(m.clone()),
                 (None, Some(_)) => self.store.bridge_mac(name).ok().map(|m| format_mac(&m)),
