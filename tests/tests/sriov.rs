@@ -293,6 +293,28 @@ fn vf_pool_lifecycle() {
     refused(t, &["vf", "release", "passthrough", "--owner", "nobody"], "owner nobody holds no VF in pool passthrough");
     refused(t, &["vf", "list", "nosuch"], "is not defined");
     refused(t, &["net", "stop", "passthrough"], "has 4 VFs held");
+    let long = "x".repeat(129);
+    refused(t, &["vf", "acquire", "passthrough", "--owner", &long], "at most 128");
+    // The API answers bad bodies with a JSON error too, and changes nothing.
+    for (body, want) in [
+        (r#"{"owner":"guest9","colour":1}"#, "unknown field `colour`"),
+        (r#"{"owner":"guest9","vlan":"10"}"#, "invalid type"),
+        (r#"{"owner":"guest9","vlan":5000}"#, "VLAN 5000 is outside 1-4094"),
+        (r#"{"owner":"bad\u0007id"}"#, "control characters"),
+        (r#"{"owner":"guest9","mac":"ff:ff:ff:ff:ff:ff"}"#, "multicast"),
+    ] {
+        let sock = t.socket();
+        let o = t.host.exec(&[
+            "curl", "-s", "-w", "\n%{http_code}", "--unix-socket", sock.to_str().unwrap(),
+            "-H", "Content-Type: application/json", "-d", body,
+            "http://netd/v1/networks/passthrough/vfs/acquire",
+        ]);
+        let (json, code) = o.stdout.trim().rsplit_once('\n').expect("curl output");
+        assert_eq!(code, "400", "{body}: {o}");
+        let v: Value = serde_json::from_str(json).unwrap_or_else(|_| panic!("{body}: not JSON: {json}"));
+        let e = v["error"].as_str().unwrap();
+        assert!(e.contains(want) && !e.contains('\n'), "{body}: {e}");
+    }
     assert_eq!(vfs(t, "passthrough"), before);
     assert_eq!(vf_log(&p.log).len(), 4);
 
@@ -501,6 +523,14 @@ fn vf_pool_errors() {
     let info = t.netd_json(&["net", "info", "passthrough"]);
     assert_eq!(info["vf_pool"]["problem"], "PF eth3 does not exist");
     assert_eq!(info["connections"], 1);
+    // A corrupt pool file is an error, never an empty pool.
+    let file = t.state_dir().join("vf/passthrough.json");
+    let good = fs::read(&file).unwrap();
+    fs::write(&file, b"{\"held\": 3").unwrap();
+    refused(t, &["vf", "list", "passthrough"], "is corrupt; fix or remove it");
+    refused(t, &["vf", "acquire", "passthrough", "--owner", "b"], "is corrupt");
+    refused(t, &["net", "stop", "passthrough"], "is corrupt");
+    fs::write(&file, good).unwrap();
     // Release still works (nothing to clear), and the daemon is fine.
     let n = vf_log(&p.log).len();
     t.netd_ok(&["vf", "release", "passthrough", "--owner", "a"]);

@@ -336,6 +336,8 @@ impl super::State {
         let names: BTreeMap<u32, String> = self
             .running
             .iter()
+            // Hostdev networks have no bridge (ifindex 0).
+            .filter(|(_, r)| r.record.bridge_ifindex != 0)
             .map(|(n, r)| (r.record.bridge_ifindex, n.clone()))
             .collect();
         let name_of = |idx: u32| {

@@ -512,6 +512,7 @@ impl State {
         self.save_running();
         if transient {
             self.store.forget_mac(name);
+            self.forget_pool(name);
         }
         r.map(|()| released)
     }
