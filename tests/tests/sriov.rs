@@ -52,7 +52,11 @@ impl FakeSysfs {
             self.root.join("class/net").join(name),
         )
         .unwrap();
-        symlink(format!("../../../{addr}"), d.join("net").join(name).join("device")).unwrap();
+        symlink(
+            format!("../../../{addr}"),
+            d.join("net").join(name).join("device"),
+        )
+        .unwrap();
         symlink(
             format!("../../../devices/pci0000:00/{addr}"),
             self.root.join("bus/pci/devices").join(addr),
@@ -152,7 +156,9 @@ struct Pool {
 fn pool(name: &str, build: impl FnOnce(&FakeSysfs)) -> Pool {
     let mut t = Topology::new(name).expect("topology");
     t.host
-        .ip_ok(&["link", "add", "eth3", "type", "veth", "peer", "name", "eth3p"])
+        .ip_ok(&[
+            "link", "add", "eth3", "type", "veth", "peer", "name", "eth3p",
+        ])
         .unwrap();
     let sys = FakeSysfs::new(t.dir.join("sysfs"));
     build(&sys);
@@ -165,7 +171,9 @@ fn pool(name: &str, build: impl FnOnce(&FakeSysfs)) -> Pool {
 }
 
 fn ifindex(t: &Topology, dev: &str) -> u32 {
-    let o = t.host.exec_ok(&["cat", &format!("/sys/class/net/{dev}/ifindex")]);
+    let o = t
+        .host
+        .exec_ok(&["cat", &format!("/sys/class/net/{dev}/ifindex")]);
     o.trim().parse().unwrap()
 }
 
@@ -179,7 +187,11 @@ fn refused(t: &Topology, args: &[&str], want: &str) -> String {
         e.starts_with("error: ") && !e.contains('\n'),
         "one error line: {e:?}"
     );
-    assert!(e.contains(want), "`netd {}`: {e:?} lacks {want:?}", args.join(" "));
+    assert!(
+        e.contains(want),
+        "`netd {}`: {e:?} lacks {want:?}",
+        args.join(" ")
+    );
     e.to_string()
 }
 
@@ -189,7 +201,10 @@ fn define(t: &Topology, file: &str, text: &str) {
 }
 
 fn vfs(t: &Topology, net: &str) -> Vec<Value> {
-    t.netd_json(&["vf", "list", net]).as_array().unwrap().clone()
+    t.netd_json(&["vf", "list", net])
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 fn acquire(t: &Topology, net: &str, owner: &str, extra: &[&str]) -> Value {
@@ -215,12 +230,23 @@ fn vf_pool_lifecycle() {
     assert_eq!(p.sys.numvfs("0000:02:00.0"), "0");
     t.netd_ok(&["net", "start", "passthrough"]);
     assert_eq!(p.sys.numvfs("0000:02:00.0"), "4");
-    assert!(!t.host.ip(&["link", "show", "netd0"]).success(), "no bridge");
+    assert!(
+        !t.host.ip(&["link", "show", "netd0"]).success(),
+        "no bridge"
+    );
 
     // Discovery: the first 4 virtfn links, with netdev and driver.
     let list = vfs(t, "passthrough");
     let pcis: Vec<&str> = list.iter().map(|v| v["pci"].as_str().unwrap()).collect();
-    assert_eq!(pcis, ["0000:02:10.1", "0000:02:10.3", "0000:02:10.5", "0000:02:10.7"]);
+    assert_eq!(
+        pcis,
+        [
+            "0000:02:10.1",
+            "0000:02:10.3",
+            "0000:02:10.5",
+            "0000:02:10.7"
+        ]
+    );
     assert_eq!(list[2]["netdev"], "eth3v2");
     assert_eq!(list[2]["driver"], "ixgbevf");
     assert_eq!(list[2]["vf"], 2);
@@ -229,7 +255,11 @@ fn vf_pool_lifecycle() {
     assert_eq!(info["connections"], 0);
     assert_eq!(info["vf_pool"]["total"], 4);
     assert_eq!(info["vf_pool"]["free"], 4);
-    assert!(info["bridge"].is_null() && info["dnsmasq_pid"].is_null());
+    assert!(info["bridge"].is_null() && info["dnsmasq_pid"].is_null() && info["mac"].is_null());
+    assert!(
+        !t.state_dir().join("macs/passthrough").exists(),
+        "no bridge MAC made"
+    );
 
     // Acquire: the libvirt address line, then the full record.
     let out = t.netd_ok(&["vf", "acquire", "passthrough", "--owner", "guest1"]);
@@ -245,7 +275,10 @@ fn vf_pool_lifecycle() {
     assert!(g1_mac.starts_with("52:54:00:"), "{g1_mac}");
     let msgs = vf_log(&p.log);
     assert_eq!(msgs.len(), 1, "a repeated acquire sends nothing: {msgs:?}");
-    assert_eq!((msgs[0].pf_index, msgs[0].vf, msgs[0].vlan), (pf_index, 0, 42));
+    assert_eq!(
+        (msgs[0].pf_index, msgs[0].vf, msgs[0].vlan),
+        (pf_index, 0, 42)
+    );
     assert_eq!(msgs[0].mac, g1_mac);
     check_bytes(&msgs[0]);
 
@@ -255,7 +288,10 @@ fn vf_pool_lifecycle() {
         "guest2",
         &["--mac", "52:54:00:00:00:02", "--vlan", "100"],
     );
-    assert_eq!((g2["pci"].as_str(), g2["vlan"].as_u64()), (Some("0000:02:10.3"), Some(100)));
+    assert_eq!(
+        (g2["pci"].as_str(), g2["vlan"].as_u64()),
+        (Some("0000:02:10.3"), Some(100))
+    );
     // The same request again: the same VF, nothing sent.
     let again = acquire(
         t,
@@ -277,41 +313,132 @@ fn vf_pool_lifecycle() {
     );
     refused(
         t,
-        &["vf", "acquire", "passthrough", "--owner", "guest2", "--mac", "52:54:00:00:00:09"],
+        &[
+            "vf",
+            "acquire",
+            "passthrough",
+            "--owner",
+            "guest2",
+            "--mac",
+            "52:54:00:00:00:09",
+        ],
         "owner guest2 already holds VF 0000:02:10.3 with MAC 52:54:00:00:00:02",
     );
     refused(
         t,
-        &["vf", "acquire", "passthrough", "--owner", "guest2", "--vlan", "7"],
+        &[
+            "vf",
+            "acquire",
+            "passthrough",
+            "--owner",
+            "guest2",
+            "--vlan",
+            "7",
+        ],
         "already holds VF 0000:02:10.3 with VLAN 100",
     );
-    refused(t, &["vf", "acquire", "passthrough", "--owner", "guest5", "--vlan", "0"], "VLAN 0 is outside 1-4094");
-    refused(t, &["vf", "acquire", "passthrough", "--owner", "guest5", "--vlan", "4095"], "VLAN 4095 is outside 1-4094");
-    refused(t, &["vf", "acquire", "passthrough", "--owner", "guest5", "--mac", "52:54:00:zz:00:01"], "invalid MAC address");
-    refused(t, &["vf", "acquire", "passthrough", "--owner", "guest5", "--mac", "01:00:5e:00:00:01"], "multicast");
-    refused(t, &["vf", "acquire", "passthrough", "--owner", "has space"], "must not contain whitespace");
-    refused(t, &["vf", "release", "passthrough", "--owner", "nobody"], "owner nobody holds no VF in pool passthrough");
+    refused(
+        t,
+        &[
+            "vf",
+            "acquire",
+            "passthrough",
+            "--owner",
+            "guest5",
+            "--vlan",
+            "0",
+        ],
+        "VLAN 0 is outside 1-4094",
+    );
+    refused(
+        t,
+        &[
+            "vf",
+            "acquire",
+            "passthrough",
+            "--owner",
+            "guest5",
+            "--vlan",
+            "4095",
+        ],
+        "VLAN 4095 is outside 1-4094",
+    );
+    refused(
+        t,
+        &[
+            "vf",
+            "acquire",
+            "passthrough",
+            "--owner",
+            "guest5",
+            "--mac",
+            "52:54:00:zz:00:01",
+        ],
+        "invalid MAC address",
+    );
+    refused(
+        t,
+        &[
+            "vf",
+            "acquire",
+            "passthrough",
+            "--owner",
+            "guest5",
+            "--mac",
+            "01:00:5e:00:00:01",
+        ],
+        "multicast",
+    );
+    refused(
+        t,
+        &["vf", "acquire", "passthrough", "--owner", "has space"],
+        "must not contain whitespace",
+    );
+    refused(
+        t,
+        &["vf", "release", "passthrough", "--owner", "nobody"],
+        "owner nobody holds no VF in pool passthrough",
+    );
     refused(t, &["vf", "list", "nosuch"], "is not defined");
     refused(t, &["net", "stop", "passthrough"], "has 4 VFs held");
     let long = "x".repeat(129);
-    refused(t, &["vf", "acquire", "passthrough", "--owner", &long], "at most 128");
+    refused(
+        t,
+        &["vf", "acquire", "passthrough", "--owner", &long],
+        "at most 128",
+    );
     // The API answers bad bodies with a JSON error too, and changes nothing.
     for (body, want) in [
         (r#"{"owner":"guest9","colour":1}"#, "unknown field `colour`"),
         (r#"{"owner":"guest9","vlan":"10"}"#, "invalid type"),
-        (r#"{"owner":"guest9","vlan":5000}"#, "VLAN 5000 is outside 1-4094"),
+        (
+            r#"{"owner":"guest9","vlan":5000}"#,
+            "VLAN 5000 is outside 1-4094",
+        ),
         (r#"{"owner":"bad\u0007id"}"#, "control characters"),
-        (r#"{"owner":"guest9","mac":"ff:ff:ff:ff:ff:ff"}"#, "multicast"),
+        (
+            r#"{"owner":"guest9","mac":"ff:ff:ff:ff:ff:ff"}"#,
+            "multicast",
+        ),
     ] {
         let sock = t.socket();
         let o = t.host.exec(&[
-            "curl", "-s", "-w", "\n%{http_code}", "--unix-socket", sock.to_str().unwrap(),
-            "-H", "Content-Type: application/json", "-d", body,
+            "curl",
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "--unix-socket",
+            sock.to_str().unwrap(),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
             "http://netd/v1/networks/passthrough/vfs/acquire",
         ]);
         let (json, code) = o.stdout.trim().rsplit_once('\n').expect("curl output");
         assert_eq!(code, "400", "{body}: {o}");
-        let v: Value = serde_json::from_str(json).unwrap_or_else(|_| panic!("{body}: not JSON: {json}"));
+        let v: Value =
+            serde_json::from_str(json).unwrap_or_else(|_| panic!("{body}: not JSON: {json}"));
         let e = v["error"].as_str().unwrap();
         assert!(e.contains(want) && !e.contains('\n'), "{body}: {e}");
     }
@@ -322,24 +449,44 @@ fn vf_pool_lifecycle() {
     t.netd_ok(&["vf", "release", "passthrough", "--owner", "guest1"]);
     let msgs = vf_log(&p.log);
     let clear = msgs.last().unwrap();
-    assert_eq!((clear.vf, clear.mac.as_str(), clear.vlan), (0, "00:00:00:00:00:00", 0));
+    assert_eq!(
+        (clear.vf, clear.mac.as_str(), clear.vlan),
+        (0, "00:00:00:00:00:00", 0)
+    );
     check_bytes(clear);
     refused(
         t,
-        &["vf", "acquire", "passthrough", "--owner", "guest5", "--mac", "52:54:00:00:00:02"],
+        &[
+            "vf",
+            "acquire",
+            "passthrough",
+            "--owner",
+            "guest5",
+            "--mac",
+            "52:54:00:00:00:02",
+        ],
         "MAC 52:54:00:00:00:02 is already used in pool passthrough by VF 0000:02:10.3",
     );
     let list = vfs(t, "passthrough");
     assert_eq!(list[0]["state"], "free");
     assert!(list[0]["owner"].is_null());
     let info = t.netd_json(&["net", "info", "passthrough"]);
-    assert_eq!((info["connections"].as_u64(), info["vf_pool"]["free"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(
+        (
+            info["connections"].as_u64(),
+            info["vf_pool"]["free"].as_u64()
+        ),
+        (Some(3), Some(1))
+    );
 
     // Sticky: guest2 gets 10.3 back though 10.1 is free and comes first.
     t.netd_ok(&["vf", "release", "passthrough", "--owner", "guest2"]);
     let g2b = acquire(t, "passthrough", "guest2", &[]);
     assert_eq!(g2b["pci"], "0000:02:10.3");
-    assert_ne!(g2b["mac"], "52:54:00:00:00:02", "a new request, a derived MAC");
+    assert_ne!(
+        g2b["mac"], "52:54:00:00:00:02",
+        "a new request, a derived MAC"
+    );
 
     // Persistence: a restarted daemon shows the same pool, and guest1 gets its VF back with the same MAC.
     let state = t.state_dir().join("vf/passthrough.json");
@@ -352,20 +499,38 @@ fn vf_pool_lifecycle() {
     assert_eq!(vfs(t, "passthrough"), before);
     let g1b = acquire(t, "passthrough", "guest1", &[]);
     assert_eq!(g1b["pci"], "0000:02:10.1");
-    assert_eq!(g1b["mac"].as_str().unwrap(), g1_mac, "the derived MAC is stable");
+    assert_eq!(
+        g1b["mac"].as_str().unwrap(),
+        g1_mac,
+        "the derived MAC is stable"
+    );
 
     // Status, metrics, XML export.
     let status = t.netd_ok(&["status"]);
     assert!(
-        status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>()
-            == ["passthrough", "eth3", "4", "0", "4", "0", "-"]),
+        status
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == ["passthrough", "eth3", "4", "0", "4", "0", "-"]),
         "{status}"
     );
     let metrics = t.netd_ok(&["metrics"]);
-    assert!(metrics.lines().any(|l| l == "netd_vf_pool_size{network=\"passthrough\"} 4"), "{metrics}");
-    assert!(metrics.lines().any(|l| l == "netd_vf_pool_free{network=\"passthrough\"} 0"));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "netd_vf_pool_size{network=\"passthrough\"} 4"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "netd_vf_pool_free{network=\"passthrough\"} 0")
+    );
     let xml = t.netd_ok(&["net", "dump", "passthrough", "--xml"]);
-    assert!(xml.contains("<forward mode='hostdev' managed='yes'>") && xml.contains("<pf dev='eth3'/>"), "{xml}");
+    assert!(
+        xml.contains("<forward mode='hostdev' managed='yes'>") && xml.contains("<pf dev='eth3'/>"),
+        "{xml}"
+    );
 
     // Stop --force releases and clears all of them.
     let n = vf_log(&p.log).len();
@@ -373,8 +538,16 @@ fn vf_pool_lifecycle() {
     assert_eq!(out.trim(), "network passthrough stopped; released 4 VFs");
     let msgs = vf_log(&p.log);
     assert_eq!(msgs.len(), n + 4);
-    assert!(msgs[n..].iter().all(|m| m.mac == "00:00:00:00:00:00" && m.vlan == 0));
-    refused(t, &["vf", "acquire", "passthrough", "--owner", "guest1"], "is not running");
+    assert!(
+        msgs[n..]
+            .iter()
+            .all(|m| m.mac == "00:00:00:00:00:00" && m.vlan == 0)
+    );
+    refused(
+        t,
+        &["vf", "acquire", "passthrough", "--owner", "guest1"],
+        "is not running",
+    );
     assert_eq!(p.sys.numvfs("0000:02:00.0"), "4", "VFs stay enabled");
     assert!(t.daemon_log().lines().all(|l| !l.contains("panicked")));
 }
@@ -421,7 +594,11 @@ fn vf_concurrent_acquires() {
         .map(|o| serde_json::from_str(&o.stdout).unwrap())
         .collect();
     let failed: Vec<&Output> = results.iter().filter(|o| !o.success()).collect();
-    eprintln!("50 concurrent acquires: {} succeeded, {} refused", ok.len(), failed.len());
+    eprintln!(
+        "50 concurrent acquires: {} succeeded, {} refused",
+        ok.len(),
+        failed.len()
+    );
     assert_eq!(ok.len(), 8);
     let distinct: BTreeSet<&str> = ok.iter().map(|v| v["pci"].as_str().unwrap()).collect();
     assert_eq!(distinct.len(), 8, "{ok:?}");
@@ -429,7 +606,10 @@ fn vf_concurrent_acquires() {
     assert_eq!(macs.len(), 8);
     for o in &failed {
         assert_eq!(o.status, 1);
-        assert_eq!(o.stderr.trim(), "error: pool pool is exhausted: all 8 VFs are held");
+        assert_eq!(
+            o.stderr.trim(),
+            "error: pool pool is exhausted: all 8 VFs are held"
+        );
     }
     let msgs = vf_log(&p.log);
     assert_eq!(msgs.len(), 8);
@@ -474,41 +654,94 @@ fn vf_pool_errors() {
     });
     let t = &p.t;
     let def = |name: &str, body: &str| {
-        define(t, &format!("{name}.toml"), &format!("name = \"{name}\"\nmode = \"hostdev\"\n{body}"));
+        define(
+            t,
+            &format!("{name}.toml"),
+            &format!("name = \"{name}\"\nmode = \"hostdev\"\n{body}"),
+        );
     };
     def("nopf", "pf = \"eth9\"\n");
     refused(t, &["net", "start", "nopf"], "PF eth9 does not exist");
     def("nosriov", "pf = \"eth5\"\n");
-    refused(t, &["net", "start", "nosriov"], "PF eth5 has no SR-IOV capability");
+    refused(
+        t,
+        &["net", "start", "nosriov"],
+        "PF eth5 has no SR-IOV capability",
+    );
     def("toomany", "pf = \"eth3\"\nvfs = 9\n");
-    refused(t, &["net", "start", "toomany"], "vfs = 9 is more than PF eth3's sriov_totalvfs (8)");
+    refused(
+        t,
+        &["net", "start", "toomany"],
+        "vfs = 9 is more than PF eth3's sriov_totalvfs (8)",
+    );
     t.netd_ok(&["net", "undefine", "toomany"]);
     def("novfs", "pf = \"eth3\"\n");
-    refused(t, &["net", "start", "novfs"], "PF eth3 has no VFs enabled (sriov_numvfs is 0)");
+    refused(
+        t,
+        &["net", "start", "novfs"],
+        "PF eth3 has no VFs enabled (sriov_numvfs is 0)",
+    );
     t.netd_ok(&["net", "undefine", "novfs"]);
-    assert_eq!(p.sys.numvfs("0000:02:00.0"), "0", "refused starts write nothing");
+    assert_eq!(
+        p.sys.numvfs("0000:02:00.0"),
+        "0",
+        "refused starts write nothing"
+    );
     def("gone", "vfs_pci = [\"0000:09:00.1\"]\n");
-    refused(t, &["net", "start", "gone"], "pool gone has no usable VF (0000:09:00.1: not in sysfs)");
+    refused(
+        t,
+        &["net", "start", "gone"],
+        "pool gone has no usable VF (0000:09:00.1: not in sysfs)",
+    );
     // Bad definitions are refused at define time.
     for (body, want) in [
-        ("pf = \"eth3\"\nvlan = 4095\n", "vlan 4095 is outside 1-4094"),
+        (
+            "pf = \"eth3\"\nvlan = 4095\n",
+            "vlan 4095 is outside 1-4094",
+        ),
         ("pf = \"eth3\"\nvfs_pci = [\"0000:02:10.1\"]\n", "not both"),
-        ("vfs_pci = [\"0000:02:10.9\"]\n", "PCI function 9 is above 7"),
-        ("pf = \"eth3\"\nbridge = \"br0\"\n", "`bridge` does not apply"),
+        (
+            "vfs_pci = [\"0000:02:10.9\"]\n",
+            "PCI function 9 is above 7",
+        ),
+        (
+            "pf = \"eth3\"\nbridge = \"br0\"\n",
+            "`bridge` does not apply",
+        ),
     ] {
-        let f = t.write_file("bad.toml", &format!("name = \"bad\"\nmode = \"hostdev\"\n{body}"));
+        let f = t.write_file(
+            "bad.toml",
+            &format!("name = \"bad\"\nmode = \"hostdev\"\n{body}"),
+        );
         refused(t, &["net", "define", f.to_str().unwrap()], want);
     }
     let before = t.netd_json(&["net", "list", "--all"]);
-    assert!(before.as_array().unwrap().iter().all(|n| n["name"] != "bad"));
+    assert!(
+        before
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["name"] != "bad")
+    );
 
     // A pool started; one VF held; then the PF disappears.
     def("passthrough", "pf = \"eth3\"\nvfs = 2\n");
-    refused(t, &["vf", "acquire", "passthrough", "--owner", "a"], "network \"passthrough\" is not running");
+    refused(
+        t,
+        &["vf", "acquire", "passthrough", "--owner", "a"],
+        "network \"passthrough\" is not running",
+    );
     t.netd_ok(&["net", "start", "passthrough"]);
     // A second pool on the same PF is refused.
-    let f = t.write_file("second.toml", "name = \"second\"\nmode = \"hostdev\"\npf = \"eth3\"\n");
-    refused(t, &["net", "define", f.to_str().unwrap()], "PF eth3 is already the pool of network \"passthrough\"");
+    let f = t.write_file(
+        "second.toml",
+        "name = \"second\"\nmode = \"hostdev\"\npf = \"eth3\"\n",
+    );
+    refused(
+        t,
+        &["net", "define", f.to_str().unwrap()],
+        "PF eth3 is already the pool of network \"passthrough\"",
+    );
     let held = acquire(t, "passthrough", "a", &[]);
     fs::remove_file(p.sys.root.join("class/net/eth3")).unwrap();
     t.host.ip_ok(&["link", "del", "eth3"]).unwrap();
@@ -519,7 +752,11 @@ fn vf_pool_errors() {
     assert_eq!(list[0]["problem"], "PF eth3 does not exist");
     let table = t.netd_ok(&["vf", "list", "passthrough"]);
     assert!(table.contains("PF eth3 does not exist"), "{table}");
-    refused(t, &["vf", "acquire", "passthrough", "--owner", "b"], "pool passthrough: PF eth3 does not exist");
+    refused(
+        t,
+        &["vf", "acquire", "passthrough", "--owner", "b"],
+        "pool passthrough: PF eth3 does not exist",
+    );
     let info = t.netd_json(&["net", "info", "passthrough"]);
     assert_eq!(info["vf_pool"]["problem"], "PF eth3 does not exist");
     assert_eq!(info["connections"], 1);
@@ -527,8 +764,16 @@ fn vf_pool_errors() {
     let file = t.state_dir().join("vf/passthrough.json");
     let good = fs::read(&file).unwrap();
     fs::write(&file, b"{\"held\": 3").unwrap();
-    refused(t, &["vf", "list", "passthrough"], "is corrupt; fix or remove it");
-    refused(t, &["vf", "acquire", "passthrough", "--owner", "b"], "is corrupt");
+    refused(
+        t,
+        &["vf", "list", "passthrough"],
+        "is corrupt; fix or remove it",
+    );
+    refused(
+        t,
+        &["vf", "acquire", "passthrough", "--owner", "b"],
+        "is corrupt",
+    );
     refused(t, &["net", "stop", "passthrough"], "is corrupt");
     fs::write(&file, good).unwrap();
     // Release still works (nothing to clear), and the daemon is fine.

@@ -64,7 +64,9 @@ pub fn exec(a: &Args, client: &Client) -> Result<()> {
         .filter_map(|n| Some((n, n.vf_pool.as_ref()?)))
         .collect();
     if !pools.is_empty() {
-        let mut t = Table::new(&["VF POOL", "PF", "TOTAL", "FREE", "HELD", "MISSING", "PROBLEM"]);
+        let mut t = Table::new(&[
+            "VF POOL", "PF", "TOTAL", "FREE", "HELD", "MISSING", "PROBLEM",
+        ]);
         for (n, p) in pools {
             t.row(vec![
                 n.name.clone(),

@@ -91,7 +91,10 @@ pub fn from_libvirt(
     } else {
         for a in elems(fwd, "address") {
             if a.attribute("type").is_some_and(|t| t != "pci") {
-                bail!("<address type={:?}> is not a PCI address", a.attribute("type"));
+                bail!(
+                    "<address type={:?}> is not a PCI address",
+                    a.attribute("type")
+                );
             }
             let field = |k: &str| -> Result<u32> {
                 let v = a
@@ -105,7 +108,12 @@ pub fn from_libvirt(
                 n.ok()
                     .with_context(|| format!("<address type='pci' {k}={v:?}> is not a number"))
             };
-            let (d, b, s, f) = (field("domain")?, field("bus")?, field("slot")?, field("function")?);
+            let (d, b, s, f) = (
+                field("domain")?,
+                field("bus")?,
+                field("slot")?,
+                field("function")?,
+            );
             if d > 0xffff || b > 0xff {
                 bail!("<address type='pci' domain={d:#x} bus={b:#x}> is out of range");
             }
@@ -170,8 +178,11 @@ mod tests {
     #[test]
     fn the_seeds_pf_pool_imports_like_the_toml_form() {
         let from_xml = parse(PF_XML, true).unwrap();
-        let from_toml = parse("name = \"passthrough\"\nmode = \"hostdev\"\npf = \"eth3\"\n", false)
-            .unwrap();
+        let from_toml = parse(
+            "name = \"passthrough\"\nmode = \"hostdev\"\npf = \"eth3\"\n",
+            false,
+        )
+        .unwrap();
         assert_eq!(from_xml, from_toml);
         // Export and import again: the same definition.
         let back = parse(&xml::to_libvirt(&from_xml), true).unwrap();
@@ -188,7 +199,9 @@ mod tests {
         assert_eq!(parse(&to_toml(&from_xml), false).unwrap(), from_xml);
         let out = xml::to_libvirt(&from_xml);
         assert!(
-            out.contains("<address type='pci' domain='0x0000' bus='0x02' slot='0x11' function='0x5'/>"),
+            out.contains(
+                "<address type='pci' domain='0x0000' bus='0x02' slot='0x11' function='0x5'/>"
+            ),
             "{out}"
         );
         assert_eq!(parse(&out, true).unwrap(), from_xml);
@@ -210,7 +223,16 @@ mod tests {
         assert_eq!((a.domain, a.bus, a.slot, a.function), (0, 2, 0x10, 1));
         assert_eq!(a.to_string(), "0000:02:10.1");
         assert_eq!("02:10.1".parse::<PciAddr>().unwrap(), a);
-        for bad in ["", "0000:02:10", "0000:02:20.1", "0000:02:10.8", "00000:02:10.1", "x:02:10.1", "0000:002:10.1", "0000:02:10.1 "] {
+        for bad in [
+            "",
+            "0000:02:10",
+            "0000:02:20.1",
+            "0000:02:10.8",
+            "00000:02:10.1",
+            "x:02:10.1",
+            "0000:002:10.1",
+            "0000:02:10.1 ",
+        ] {
             let e = bad.parse::<PciAddr>().unwrap_err();
             assert!(e.contains("PCI"), "{bad}: {e}");
         }
@@ -224,21 +246,33 @@ mod tests {
             ("pf = \"eth3\"\nvfs_pci = [\"0000:02:10.1\"]\n", "not both"),
             ("vfs_pci = [\"0000:02:10.1\", \"0000:02:10.1\"]\n", "twice"),
             ("vfs_pci = [\"0000:02:10.9\"]\n", "function"),
-            ("vfs_pci = [\"0000:02:10.1\"]\nvfs = 4\n", "`vfs` needs `pf`"),
+            (
+                "vfs_pci = [\"0000:02:10.1\"]\nvfs = 4\n",
+                "`vfs` needs `pf`",
+            ),
             ("pf = \"eth3\"\nvfs = 0\n", "vfs = 0"),
             ("pf = \"eth3\"\nvlan = 0\n", "outside 1-4094"),
             ("pf = \"eth3\"\nvlan = 4095\n", "outside 1-4094"),
-            ("pf = \"eth3\"\nbridge = \"br0\"\n", "`bridge` does not apply"),
-            ("pf = \"eth3\"\n[ipv4]\naddress = \"10.0.0.1/24\"\n", "`[ipv4]` does not apply"),
+            (
+                "pf = \"eth3\"\nbridge = \"br0\"\n",
+                "`bridge` does not apply",
+            ),
+            (
+                "pf = \"eth3\"\n[ipv4]\naddress = \"10.0.0.1/24\"\n",
+                "`[ipv4]` does not apply",
+            ),
             ("pf = \"a/b\"\n", "pf"),
         ] {
             let e = format!("{:#}", parse(&format!("{base}{extra}"), false).unwrap_err());
             assert!(e.contains(want), "{extra:?}: {e}");
             assert!(!e.contains('\n'), "{e}");
         }
-        let e = parse("name = \"n\"\nmode = \"nat\"\npf = \"eth3\"\n[ipv4]\naddress = \"10.0.0.1/24\"\n", false)
-            .unwrap_err()
-            .to_string();
+        let e = parse(
+            "name = \"n\"\nmode = \"nat\"\npf = \"eth3\"\n[ipv4]\naddress = \"10.0.0.1/24\"\n",
+            false,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("only applies to mode = \"hostdev\""), "{e}");
         assert!(from_toml("name = \"p\"\nmode = \"hostdev\"\nvlan = 70000\n").is_err());
         let e = xml::from_libvirt(&LIST_XML.replace("slot='0x10'", "slot='0x40'")).unwrap_err();

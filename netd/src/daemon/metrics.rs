@@ -421,21 +421,24 @@ mod tests {
         Snapshot {
             version: "0.1.0".into(),
             uptime_secs: 42,
-            networks: vec![NetworkMetrics {
-                name: "default".into(),
-                from_guests: (10, 1000),
-                to_guests: (8, 800),
-                leases: Some(2),
-                dnsmasq: Some(DnsmasqMetrics {
-                    up: true,
-                    restarts: 1,
-                }),
-                vf_pool: None,
-            }, NetworkMetrics {
-                name: "passthrough".into(),
-                vf_pool: Some((8, 5)),
-                ..Default::default()
-            }],
+            networks: vec![
+                NetworkMetrics {
+                    name: "default".into(),
+                    from_guests: (10, 1000),
+                    to_guests: (8, 800),
+                    leases: Some(2),
+                    dnsmasq: Some(DnsmasqMetrics {
+                        up: true,
+                        restarts: 1,
+                    }),
+                    vf_pool: None,
+                },
+                NetworkMetrics {
+                    name: "passthrough".into(),
+                    vf_pool: Some((8, 5)),
+                    ..Default::default()
+                },
+            ],
             reasons: reason::NAMES
                 .iter()
                 .enumerate()

@@ -819,11 +819,11 @@ impl State {
                 .map(|r| r.record.bridge.clone())
                 .or_else(|| net.bridge.clone())
                 .filter(|b| !b.is_empty()),
-            bridge_ifindex: run
-                .map(|r| r.record.bridge_ifindex)
-                .filter(|i| *i != 0),
+            bridge_ifindex: run.map(|r| r.record.bridge_ifindex).filter(|i| *i != 0),
             mac: match (&net.mac, run) {
                 (Some(m), _) => Some(m.clone()),
+                // No bridge, so no bridge MAC (and none generated for it).
+                (None, _) if net.mode == Mode::Hostdev => None,
                 (None, Some(_)) => self.store.bridge_mac(name).ok().map(|m| format_mac(&m)),
                 _ => None,
             },

@@ -159,7 +159,10 @@ impl State {
             }
         }
         // Held VFs sysfs lost (their PF disappeared) still count.
-        let lost = held.keys().filter(|p| !d.vfs.iter().any(|v| v.pci == **p)).count() as u32;
+        let lost = held
+            .keys()
+            .filter(|p| !d.vfs.iter().any(|v| v.pci == **p))
+            .count() as u32;
         s.total += lost;
         s.held += lost;
         s
@@ -299,12 +302,16 @@ impl State {
 }
 
 fn record(network: &str, pci: PciAddr, v: Option<&Vf>, a: Option<&Assignment>) -> VfRecord {
-    let missing = v.map_or(Some("not found in sysfs".to_string()), |v| v.missing.clone());
+    let missing = v.map_or(Some("not found in sysfs".to_string()), |v| {
+        v.missing.clone()
+    });
     VfRecord {
         network: network.to_string(),
         pci: pci.to_string(),
         address_xml: pci.libvirt_xml(),
-        pf: v.and_then(|v| v.pf.clone()).or_else(|| a.map(|a| a.pf.clone())),
+        pf: v
+            .and_then(|v| v.pf.clone())
+            .or_else(|| a.map(|a| a.pf.clone())),
         vf: v.and_then(|v| v.index).or_else(|| a.map(|a| a.index)),
         netdev: v.and_then(|v| v.netdev.clone()),
         driver: v.and_then(|v| v.driver.clone()),

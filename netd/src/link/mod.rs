@@ -8,9 +8,9 @@
 mod error;
 mod events;
 mod sysctl;
-mod vf;
 #[cfg(test)]
 mod tests;
+mod vf;
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -33,11 +33,11 @@ use rtnetlink::{LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder}
 pub use self::error::{NetlinkError, errno_of};
 use self::error::{is_errno, nl, nl_lazy};
 pub use self::events::{LinkEvent, subscribe};
-pub use self::vf::{VfConfig, vf_config_bytes};
 pub use self::sysctl::{
     ifindex_of, ifname_of, netns_cookie, set_ipv4_forwarding, set_ipv6_forwarding, set_sysctl,
     sysctl,
 };
+pub use self::vf::{VfConfig, vf_config_bytes};
 
 /// A link as netd sees it.
 #[derive(Clone, Debug, serde::Serialize)]

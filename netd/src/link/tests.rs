@@ -419,7 +419,10 @@ fn vf_message_is_parsed_by_the_kernel() {
         ensure!(e.to_string().contains("setting VF 0 of pf0"), "{e}");
 
         // The same request with IFLA_VF_MAC 8 bytes long instead of 36.
-        use netlink_packet_route::{RouteNetlinkMessage, link::{LinkVfInfo, VfInfo}};
+        use netlink_packet_route::{
+            RouteNetlinkMessage,
+            link::{LinkVfInfo, VfInfo},
+        };
         use rtnetlink::packet_core::{DefaultNla, NetlinkPayload};
         let mut msg = super::vf::vf_config_message(&c);
         if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::SetLink(m)) = &mut msg.payload {
@@ -438,7 +441,10 @@ fn vf_message_is_parsed_by_the_kernel() {
             "truncated VF message: {e:#}"
         );
         // A PF index that does not exist: ENODEV, not a parse error.
-        let gone = VfConfig { pf_index: 999_999, ..c };
+        let gone = VfConfig {
+            pf_index: 999_999,
+            ..c
+        };
         let e = nl.set_vf(&gone).await.unwrap_err();
         ensure!(errno_of(&e) == Some(libc::ENODEV), "{e:#}");
         Ok(())

@@ -64,7 +64,11 @@ impl Sriov {
                 },
             },
             None => Discovered {
-                vfs: net.vfs_pci.iter().map(|a| self.sysfs.vf_by_addr(*a)).collect(),
+                vfs: net
+                    .vfs_pci
+                    .iter()
+                    .map(|a| self.sysfs.vf_by_addr(*a))
+                    .collect(),
                 pf_problem: None,
                 pf: None,
             },

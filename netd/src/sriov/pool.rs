@@ -49,7 +49,11 @@ pub enum Decision {
     /// The owner holds this VF already, as asked: nothing to do.
     Holds(PciAddr),
     /// Hand out this VF with this MAC and VLAN.
-    Take { vf: PciAddr, mac: Mac, vlan: Option<Vlan> },
+    Take {
+        vf: PciAddr,
+        mac: Mac,
+        vlan: Option<Vlan>,
+    },
 }
 
 pub fn path(state_dir: &Path, network: &str) -> PathBuf {
@@ -124,7 +128,9 @@ impl Pool {
                 bail!(
                     "owner {} already holds VF {pci} with VLAN {}; release it first to ask for VLAN {}",
                     req.owner,
-                    a.vlan.map(|v| v.to_string()).unwrap_or_else(|| "none".into()),
+                    a.vlan
+                        .map(|v| v.to_string())
+                        .unwrap_or_else(|| "none".into()),
                     req.vlan.map(|v| v.to_string()).unwrap_or_default()
                 );
             }
@@ -147,14 +153,21 @@ impl Pool {
         let free: Vec<&Vf> = vfs.iter().filter(usable).collect();
         let remembered = self.last.get(&req.owner);
         // Its own VF if free; else one no other owner remembers; else any.
-        let claimed = |v: &&&Vf| self.last.iter().any(|(o, p)| *p == v.pci && o != &req.owner);
+        let claimed = |v: &&&Vf| {
+            self.last
+                .iter()
+                .any(|(o, p)| *p == v.pci && o != &req.owner)
+        };
         let pick = free
             .iter()
             .find(|v| Some(&v.pci) == remembered)
             .or_else(|| free.iter().find(|v| !claimed(v)))
             .or_else(|| free.first());
         let Some(vf) = pick else {
-            let missing = vfs.iter().filter(|v| v.missing.is_some() && !self.held.contains_key(&v.pci)).count();
+            let missing = vfs
+                .iter()
+                .filter(|v| v.missing.is_some() && !self.held.contains_key(&v.pci))
+                .count();
             let extra = if missing > 0 {
                 format!(" ({missing} more are missing)")
             } else {
@@ -247,7 +260,10 @@ mod tests {
         let mut p = Pool::default();
         take(&mut p, &v, &req("a")).unwrap();
         let e = take(&mut p, &v, &req("b")).unwrap_err().to_string();
-        assert_eq!(e, "pool pool is exhausted: all 1 VFs are held (1 more are missing)");
+        assert_eq!(
+            e,
+            "pool pool is exhausted: all 1 VFs are held (1 more are missing)"
+        );
     }
 
     #[test]
@@ -260,11 +276,18 @@ mod tests {
         r.vlan = Some("10".parse().unwrap());
         let a = take(&mut p, &v, &r).unwrap();
         assert_eq!(take(&mut p, &v, &r).unwrap(), a, "same request again");
-        assert_eq!(take(&mut p, &v, &req("a")).unwrap(), a, "no mac/vlan: what it holds");
+        assert_eq!(
+            take(&mut p, &v, &req("a")).unwrap(),
+            a,
+            "no mac/vlan: what it holds"
+        );
         let mut r2 = r.clone();
         r2.mac = Some("52:54:00:00:00:02".parse().unwrap());
         let e = take(&mut p, &v, &r2).unwrap_err().to_string();
-        assert!(e.contains("already holds VF") && e.contains("MAC 52:54:00:00:00:02"), "{e}");
+        assert!(
+            e.contains("already holds VF") && e.contains("MAC 52:54:00:00:00:02"),
+            "{e}"
+        );
         let mut r3 = r.clone();
         r3.vlan = Some("11".parse().unwrap());
         let e = take(&mut p, &v, &r3).unwrap_err().to_string();
@@ -273,7 +296,10 @@ mod tests {
         let mut rb = req("b");
         rb.mac = r.mac;
         let e = take(&mut p, &v, &rb).unwrap_err().to_string();
-        assert!(e.starts_with("MAC 52:54:00:00:00:01 is already used in pool pool by VF"), "{e}");
+        assert!(
+            e.starts_with("MAC 52:54:00:00:00:01 is already used in pool pool by VF"),
+            "{e}"
+        );
         assert_eq!(p.held.len(), 1, "refusals change nothing");
     }
 
@@ -284,9 +310,17 @@ mod tests {
         let p = Pool::default();
         let r = req("a");
         let d = p
-            .decide("pool", &v, &r, derived_mac("pool", &r.owner), Some("7".parse().unwrap()))
+            .decide(
+                "pool",
+                &v,
+                &r,
+                derived_mac("pool", &r.owner),
+                Some("7".parse().unwrap()),
+            )
             .unwrap();
-        let Decision::Take { vlan, mac, .. } = d else { panic!() };
+        let Decision::Take { vlan, mac, .. } = d else {
+            panic!()
+        };
         assert_eq!(vlan.map(Vlan::get), Some(7));
         assert_eq!(mac, derived_mac("pool", &r.owner));
     }

@@ -218,8 +218,13 @@ impl Sysfs {
             return Ok(false);
         }
         let p = self.pf_device(&pf.name).join("sriov_numvfs");
-        std::fs::write(&p, format!("{want}\n"))
-            .with_context(|| format!("enabling {want} VFs on {}: writing {}", pf.name, p.display()))?;
+        std::fs::write(&p, format!("{want}\n")).with_context(|| {
+            format!(
+                "enabling {want} VFs on {}: writing {}",
+                pf.name,
+                p.display()
+            )
+        })?;
         Ok(true)
     }
 }
@@ -256,7 +261,12 @@ pub(crate) mod fake {
                 std::thread::current().id()
             ));
             let _ = std::fs::remove_dir_all(&root);
-            for d in ["class/net", "bus/pci/devices", "bus/pci/drivers/ixgbevf", "devices/pci0000:00"] {
+            for d in [
+                "class/net",
+                "bus/pci/devices",
+                "bus/pci/drivers/ixgbevf",
+                "devices/pci0000:00",
+            ] {
                 std::fs::create_dir_all(root.join(d)).unwrap();
             }
             Tree { root }
@@ -274,10 +284,22 @@ pub(crate) mod fake {
             std::fs::create_dir_all(d.join("net").join(name)).unwrap();
             std::fs::write(d.join("sriov_totalvfs"), format!("{total}\n")).unwrap();
             std::fs::write(d.join("sriov_numvfs"), format!("{num}\n")).unwrap();
-            symlink(format!("../../devices/pci0000:00/{addr}/net/{name}"), self.root.join("class/net").join(name)).unwrap();
+            symlink(
+                format!("../../devices/pci0000:00/{addr}/net/{name}"),
+                self.root.join("class/net").join(name),
+            )
+            .unwrap();
             // class/net/NAME is a link to .../ADDR/net/NAME; its `device` points back at ADDR.
-            symlink("../../../".to_string() + addr, d.join("net").join(name).join("device")).unwrap();
-            symlink(format!("../../../devices/pci0000:00/{addr}"), self.root.join("bus/pci/devices").join(addr)).unwrap();
+            symlink(
+                "../../../".to_string() + addr,
+                d.join("net").join(name).join("device"),
+            )
+            .unwrap();
+            symlink(
+                format!("../../../devices/pci0000:00/{addr}"),
+                self.root.join("bus/pci/devices").join(addr),
+            )
+            .unwrap();
             let mut vfs = Vec::new();
             for i in 0..links {
                 let vf = format!("{}:{:02x}.{}", &addr[..7], 0x10 + i / 4, (i % 4) * 2 + 1);
@@ -286,7 +308,11 @@ pub(crate) mod fake {
                 symlink("../../../bus/pci/drivers/ixgbevf", vd.join("driver")).unwrap();
                 symlink(format!("../{addr}"), vd.join("physfn")).unwrap();
                 symlink(format!("../{vf}"), d.join(format!("virtfn{i}"))).unwrap();
-                symlink(format!("../../../devices/pci0000:00/{vf}"), self.root.join("bus/pci/devices").join(&vf)).unwrap();
+                symlink(
+                    format!("../../../devices/pci0000:00/{vf}"),
+                    self.root.join("bus/pci/devices").join(&vf),
+                )
+                .unwrap();
                 vfs.push(vf);
             }
             vfs
@@ -351,7 +377,10 @@ mod tests {
         std::fs::remove_file(t.vf_dir("0000:03:00.0").join("sriov_totalvfs")).unwrap();
         let e = s.pf("eth4").unwrap_err();
         assert_eq!(e, PfError::NoSriov("eth4".into()));
-        assert_eq!(e.to_string(), "PF eth4 has no SR-IOV capability (no sriov_totalvfs)");
+        assert_eq!(
+            e.to_string(),
+            "PF eth4 has no SR-IOV capability (no sriov_totalvfs)"
+        );
     }
 
     #[test]
@@ -364,7 +393,15 @@ mod tests {
         let s = Sysfs::new(&t.root);
         let found = s.pf_vfs(&s.pf("eth3").unwrap());
         let why: Vec<Option<&str>> = found.iter().map(|v| v.missing.as_deref()).collect();
-        assert_eq!(why, [Some("no netdev"), Some("no driver"), Some("device is gone"), None]);
+        assert_eq!(
+            why,
+            [
+                Some("no netdev"),
+                Some("no driver"),
+                Some("device is gone"),
+                None
+            ]
+        );
         let gone = s.vf_by_addr("0000:09:00.1".parse().unwrap());
         assert_eq!(gone.missing.as_deref(), Some("not in sysfs"));
         let pf_itself = s.vf_by_addr("0000:02:00.0".parse().unwrap());
