@@ -510,6 +510,12 @@ fn vf_pool_lifecycle() {
     assert!(
         status
             .lines()
+            .any(|l| l.starts_with("WARN") && l.contains("passthrough: all 4 VFs are held")),
+        "{status}"
+    );
+    assert!(
+        status
+            .lines()
             .any(|l| l.split_whitespace().collect::<Vec<_>>()
                 == ["passthrough", "eth3", "4", "0", "4", "0", "-"]),
         "{status}"
@@ -776,12 +782,63 @@ fn vf_pool_errors() {
     );
     refused(t, &["net", "stop", "passthrough"], "is corrupt");
     fs::write(&file, good).unwrap();
+    // status says so.
+    let o = t.netd(&["status"]);
+    assert!(
+        o.stdout.lines().any(|l| l.starts_with("FAIL")
+            && l.contains("vf-pool")
+            && l.contains("passthrough: PF eth3 does not exist")),
+        "{o}"
+    );
     // Release still works (nothing to clear), and the daemon is fine.
     let n = vf_log(&p.log).len();
     t.netd_ok(&["vf", "release", "passthrough", "--owner", "a"]);
     assert_eq!(vf_log(&p.log).len(), n, "no PF: nothing sent");
     assert!(vfs(t, "passthrough").is_empty());
-    t.netd_ok(&["status"]);
+    let status = t.netd_ok(&["status"]);
+    assert!(
+        status.contains("passthrough: PF eth3 does not exist"),
+        "{status}"
+    );
     t.netd_ok(&["net", "stop", "passthrough"]);
     assert!(t.daemon_log().lines().all(|l| !l.contains("panicked")));
+}
+
+/// Without the test log the daemon sends the VF message to the PF for real.
+/// A veth has no VFs, so the kernel parses the message and answers
+/// EOPNOTSUPP: the acquire fails in one line and nothing is recorded.
+#[test]
+fn vf_real_send_path() {
+    require_netd!();
+    let mut t = Topology::new("vf_real_send_path").expect("topology");
+    t.host
+        .ip_ok(&[
+            "link", "add", "eth3", "type", "veth", "peer", "name", "eth3p",
+        ])
+        .unwrap();
+    let sys = FakeSysfs::new(t.dir.join("sysfs"));
+    sys.pf("eth3", "0000:02:00.0", 4, 2, 2);
+    let root = sys.root.to_string_lossy().into_owned();
+    t.start_daemon_with(&["--sysfs-root", &root])
+        .expect("daemon");
+    define(
+        &t,
+        "p.toml",
+        "name = \"p\"\nmode = \"hostdev\"\npf = \"eth3\"\n",
+    );
+    t.netd_ok(&["net", "start", "p"]);
+    let before = vfs(&t, "p");
+    refused(
+        &t,
+        &["vf", "acquire", "p", "--owner", "guest1", "--vlan", "5"],
+        "setting VF 0 of eth3",
+    );
+    let e = refused(&t, &["vf", "acquire", "p", "--owner", "guest1"], "VLAN 0");
+    assert!(e.ends_with("Operation not supported (os error 95)"), "{e}");
+    assert_eq!(vfs(&t, "p"), before, "nothing held");
+    assert!(
+        !t.state_dir().join("vf/p.json").exists(),
+        "nothing recorded"
+    );
+    t.netd_ok(&["net", "stop", "p"]);
 }

@@ -27,6 +27,7 @@ pub enum Command {
         /// Who holds the VF: usually the libvirt domain's UUID.
         #[arg(long)]
         owner: String,
+        /// Unicast MAC for the VF (default: derived from network and owner).
         #[arg(long)]
         mac: Option<String>,
         /// VLAN id, 1-4094 (default: the network's `vlan`, else none).

@@ -301,6 +301,49 @@ impl State {
     }
 }
 
+impl State {
+    /// `status` checks of running pools: FAIL when the PF cannot serve,
+    /// WARN when VFs are missing or none is free.
+    pub(super) fn vf_pool_checks(&self) -> Vec<crate::api::wire::Check> {
+        use super::doctor::{FAIL, OK, WARN, check};
+        let mut out = Vec::new();
+        for run in self.running.values() {
+            let net = &run.record.definition;
+            if net.mode != Mode::Hostdev {
+                continue;
+            }
+            let p = self.vf_pool_summary(net);
+            let name = &net.name;
+            out.push(match &p.problem {
+                Some(why) => check(
+                    FAIL,
+                    "vf-pool",
+                    format!("{name}: {why}; held VFs can only be released."),
+                ),
+                None if p.missing > 0 => check(
+                    WARN,
+                    "vf-pool",
+                    format!(
+                        "{name}: {} of {} VFs are missing (device, netdev or driver gone); `netd vf list {name}` says which.",
+                        p.missing, p.total
+                    ),
+                ),
+                None if p.free == 0 => check(
+                    WARN,
+                    "vf-pool",
+                    format!("{name}: all {} VFs are held; the next acquire will fail.", p.total),
+                ),
+                None => check(
+                    OK,
+                    "vf-pool",
+                    format!("{name}: {} of {} VFs free.", p.free, p.total),
+                ),
+            });
+        }
+        out
+    }
+}
+
 fn record(network: &str, pci: PciAddr, v: Option<&Vf>, a: Option<&Assignment>) -> VfRecord {
     let missing = v.map_or(Some("not found in sysfs".to_string()), |v| {
         v.missing.clone()
