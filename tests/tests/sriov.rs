@@ -730,6 +730,23 @@ fn vf_pool_errors() {
             .all(|n| n["name"] != "bad")
     );
 
+    // VF commands on a network that is not a pool.
+    define(
+        t,
+        "lan.toml",
+        "name = \"lan\"\nmode = \"isolated\"\n[ipv4]\naddress = \"10.77.0.1/24\"\n",
+    );
+    refused(
+        t,
+        &["vf", "list", "lan"],
+        "network \"lan\" is an isolated network, not a hostdev VF pool",
+    );
+    refused(
+        t,
+        &["vf", "release", "lan", "--owner", "a"],
+        "not a hostdev VF pool",
+    );
+    refused(t, &["vf", "list", "a/b"], "must not contain '/'");
     // A pool started; one VF held; then the PF disappears.
     def("passthrough", "pf = \"eth3\"\nvfs = 2\n");
     refused(

@@ -23,7 +23,12 @@ impl State {
             .ok_or_else(|| anyhow!("network {name:?} is not defined"))?;
         if net.mode != Mode::Hostdev {
             bail!(
-                "network {name:?} is a {} network, not a hostdev VF pool",
+                "network {name:?} is {} {} network, not a hostdev VF pool",
+                if net.mode == Mode::Isolated {
+                    "an"
+                } else {
+                    "a"
+                },
                 net.mode.as_str()
             );
         }
