@@ -859,3 +859,74 @@ fn vf_real_send_path() {
     );
     t.netd_ok(&["net", "stop", "p"]);
 }
+
+/// The daemon is SIGKILLed while 20 acquires run. After a restart the pool
+/// file is whole, every owner told "yes" holds its VF, and nothing is
+/// recorded that was not programmed first.
+#[test]
+fn vf_pool_survives_a_kill_during_acquires() {
+    require_netd!();
+    let mut p = pool("vf_pool_survives_a_kill", |s| {
+        s.pf("eth3", "0000:02:00.0", 8, 8, 8);
+    });
+    define(
+        &p.t,
+        "p.toml",
+        "name = \"p\"\nmode = \"hostdev\"\npf = \"eth3\"\n",
+    );
+    p.t.netd_ok(&["net", "start", "p"]);
+    let pid = p.t.daemon_pid().unwrap() as i32;
+    let t = &p.t;
+    let results: Vec<Output> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..20)
+            .map(|i| {
+                s.spawn(move || {
+                    let owner = format!("vm-{i:02}");
+                    t.netd(&["vf", "acquire", "p", "--owner", &owner, "-o", "json"])
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        // SAFETY: plain syscall on the daemon this test started.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let told_yes: Vec<Value> = results
+        .iter()
+        .filter(|o| o.success())
+        .map(|o| serde_json::from_str(&o.stdout).unwrap())
+        .collect();
+    p.t.restart_daemon().unwrap();
+    let list = vfs(&p.t, "p");
+    let held: Vec<&Value> = list.iter().filter(|v| v["state"] == "held").collect();
+    let sent = vf_log(&p.log);
+    eprintln!(
+        "kill during 20 acquires: {} answered yes, {} held after restart, {} messages sent",
+        told_yes.len(),
+        held.len(),
+        sent.len()
+    );
+    for v in &told_yes {
+        let row = list.iter().find(|r| r["pci"] == v["pci"]).unwrap();
+        assert_eq!(row["owner"], v["owner"], "{row}");
+    }
+    for h in &held {
+        let idx = h["vf"].as_u64().unwrap() as u32;
+        let mac = h["mac"].as_str().unwrap();
+        assert!(
+            sent.iter().any(|m| m.vf == idx && m.mac == mac),
+            "recorded but never programmed: {h}"
+        );
+    }
+    assert!(held.len() <= 8 && sent.len() <= 8);
+    // The pool keeps working: the rest of the VFs are handed out.
+    let free = list.iter().filter(|v| v["state"] == "free").count();
+    for i in 0..free {
+        acquire(&p.t, "p", &format!("late-{i}"), &[]);
+    }
+    refused(
+        &p.t,
+        &["vf", "acquire", "p", "--owner", "late-x"],
+        "exhausted",
+    );
+}
