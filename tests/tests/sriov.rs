@@ -730,6 +730,33 @@ fn vf_pool_errors() {
             .all(|n| n["name"] != "bad")
     );
 
+    // VFs enabled by the start whose drivers never register a netdev: the
+    // start waits 5 s, fails, and puts sriov_numvfs back to 0.
+    t.host
+        .ip_ok(&[
+            "link", "add", "eth6", "type", "veth", "peer", "name", "eth6p",
+        ])
+        .unwrap();
+    for vf in p.sys.pf("eth6", "0000:06:00.0", 4, 0, 2) {
+        fs::remove_dir_all(p.sys.dev(&vf).join("net")).unwrap();
+    }
+    def("slow", "pf = \"eth6\"\nvfs = 2\n");
+    let t0 = std::time::Instant::now();
+    refused(
+        t,
+        &["net", "start", "slow"],
+        "pool slow has no usable VF (0000:06:10.1: no netdev, 0000:06:10.3: no netdev)",
+    );
+    assert!(
+        t0.elapsed() >= std::time::Duration::from_secs(5),
+        "waited for drivers"
+    );
+    assert_eq!(p.sys.numvfs("0000:06:00.0"), "0", "rolled back");
+    assert!(
+        !t.netd_json(&["net", "info", "slow"])["active"]
+            .as_bool()
+            .unwrap()
+    );
     // VF commands on a network that is not a pool.
     define(
         t,

@@ -91,7 +91,18 @@ impl State {
                 None => {}
             }
         }
-        let d = self.sriov.discover(net);
+        let mut d = self.sriov.discover(net);
+        if enabled_here.is_some() {
+            // The kernel makes the VFs at once, but their drivers bind and
+            // register netdevs a little later: give them up to 5 s.
+            for _ in 0..50 {
+                if d.vfs.iter().any(|v| v.missing.is_none()) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                d = self.sriov.discover(net);
+            }
+        }
         if !d.vfs.iter().any(|v| v.missing.is_none()) {
             if let Some(p) = &enabled_here {
                 // Put sriov_numvfs back as it was.
