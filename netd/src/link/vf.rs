@@ -73,7 +73,7 @@ impl Netlink {
                 "setting VF {} of {} to MAC {} VLAN {}",
                 c.vf,
                 super::describe(c.pf_index),
-                crate::daemon::store::format_mac(&c.mac),
+                c.mac.map(|b| format!("{b:02x}")).join(":"),
                 c.vlan
             )
         })

@@ -86,7 +86,7 @@ impl Sriov {
                     "pf_index={} vf={} mac={} vlan={} bytes={hex}\n",
                     c.pf_index,
                     c.vf,
-                    crate::daemon::store::format_mac(&c.mac),
+                    Mac(c.mac),
                     c.vlan
                 );
                 std::fs::OpenOptions::new()

@@ -67,7 +67,7 @@ impl FromStr for Mac {
 
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&crate::daemon::store::format_mac(&self.0))
+        f.write_str(&self.0.map(|b| format!("{b:02x}")).join(":"))
     }
 }
 
