@@ -9,6 +9,7 @@ mod metrics;
 mod net;
 mod output;
 mod status;
+mod vf;
 
 use crate::api::client::Client;
 use clap::{Parser, Subcommand};
@@ -50,6 +51,9 @@ enum Command {
     Status(status::Args),
     /// Prometheus metrics (text format), as GET /metrics serves them.
     Metrics(metrics::Args),
+    /// SR-IOV VF pools (hostdev networks): hand VFs to guests.
+    #[command(subcommand)]
+    Vf(vf::Command),
 }
 
 impl Cli {
@@ -92,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::Bpf(c) => bpf::exec(c),
         Command::Status(a) => status::exec(a, &cli.client()),
         Command::Metrics(a) => metrics::exec(a, &cli.client()),
+        Command::Vf(c) => vf::exec(c, &cli.client()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -37,6 +37,7 @@ pub fn check_network_name(name: &str) -> Result<()> {
 
 pub fn validate(net: &Network) -> Result<()> {
     check_network_name(&net.name)?;
+    super::hostdev::validate_hostdev(net)?;
     if let Some(b) = &net.bridge {
         check_interface_name("bridge name", b)?;
     }

@@ -10,6 +10,7 @@ mod status;
 pub mod store;
 mod teardown;
 mod uplink;
+mod vf;
 
 pub use forwards::ForwardInfo;
 pub use network::State;
@@ -30,6 +31,8 @@ pub struct Options {
     pub cgroup: Option<std::path::PathBuf>,
     /// Also serve GET /metrics over TCP here (off when None).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where VF pools are found and how VFs are programmed.
+    pub sriov: crate::sriov::Sriov,
 }
 
 pub struct Daemon {
@@ -53,7 +56,7 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let nl = Netlink::connect().await?;
     crate::link::set_ipv4_forwarding(true).context("enabling IPv4 forwarding")?;
-    let mut state = State::new(&paths, nl, dp)?;
+    let mut state = State::new(&paths, nl, dp, opts.sriov.clone())?;
     state.adopt_previous().await;
     state.autostart().await;
     let daemon = Arc::new(Daemon {
