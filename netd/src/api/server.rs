@@ -5,12 +5,13 @@ use crate::daemon::Daemon;
 use anyhow::{Context, Result};
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    body::Bytes,
+    extract::{FromRequest, Path, Query, Request, State},
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde::Deserialize;
+use serde::{Deserialize, de::DeserializeOwned};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
@@ -27,7 +28,62 @@ impl From<anyhow::Error> for ApiError {
         } else {
             StatusCode::BAD_REQUEST
         };
-        ApiError(code, msg.replace('\n', " "))
+        ApiError(code, crate::config::one_line(&msg))
+    }
+}
+
+/// A JSON request body, decoded with [`decode`]: refusals are one-line JSON
+/// naming the field, like every other error of the API (axum's own `Json`
+/// answers in plain text and without the field's path).
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> std::result::Result<Self, ApiError> {
+        // Bytes keeps axum's body limit (2 MiB, answered with 413).
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| ApiError(r.status(), crate::config::one_line(&r.body_text())))?;
+        decode(&bytes)
+            .map(Body)
+            .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))
+    }
+}
+
+/// Decodes a request body. The message names the refused field's path
+/// (`forwards[1].port: invalid port " 81": ...`) and is one line.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
+    de.end().map_err(|e| {
+        format!(
+            "invalid JSON body: {}",
+            crate::config::one_line(&e.to_string())
+        )
+    })?;
+    Ok(v)
+}
+
+fn path_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
+    let path = e.path().to_string();
+    let msg = crate::config::one_line(&e.into_inner().to_string());
+    if path == "." || path.is_empty() {
+        format!("invalid request body: {msg}")
+    } else {
+        format!("{path}: {msg}")
+    }
+}
+
+/// The forwards of a POST .../forwards body: one, or `{"forwards": [...]}`.
+pub fn decode_forward_add(bytes: &[u8]) -> std::result::Result<Vec<ForwardRequest>, String> {
+    let v: serde_json::Value = decode(bytes)?;
+    if v.get("forwards").is_some() {
+        let b: ForwardBatch = serde_path_to_error::deserialize(v).map_err(path_error)?;
+        Ok(b.forwards)
+    } else {
+        let one: ForwardRequest = serde_path_to_error::deserialize(v).map_err(path_error)?;
+        Ok(vec![one])
     }
 }
 
@@ -44,7 +100,15 @@ pub async fn serve(daemon: Arc<Daemon>) -> Result<()> {
     let _ = std::fs::remove_file(&sock);
     let listener = tokio::net::UnixListener::bind(&sock)
         .with_context(|| format!("binding {}", sock.display()))?;
-    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+    // Root only (0600), or root and one group (0660, `--socket-group`).
+    match daemon.socket_group {
+        Some((ref name, gid)) => {
+            std::os::unix::fs::chown(&sock, None, Some(gid))
+                .with_context(|| format!("giving {} to group {name}", sock.display()))?;
+            std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))?;
+        }
+        None => std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?,
+    }
     tracing::info!("listening on {}", sock.display());
     axum::serve(listener, router(daemon)).await?;
     Ok(())
@@ -93,7 +157,7 @@ async fn list(State(d): Shared, Query(q): Query<ListQuery>) -> ApiResult<Vec<Net
     Ok(Json(d.state.lock().await.list(q.all)))
 }
 
-async fn define(State(d): Shared, Json(req): Json<DefineRequest>) -> ApiResult<NameResponse> {
+async fn define(State(d): Shared, Body(req): Body<DefineRequest>) -> ApiResult<NameResponse> {
     let mut s = d.state.lock().await;
     let name = if req.transient {
         s.create(&req.text, req.xml).await?
@@ -125,7 +189,7 @@ async fn stop(State(d): Shared, Path(name): Path<String>) -> ApiResult<NameRespo
 async fn autostart(
     State(d): Shared,
     Path(name): Path<String>,
-    Json(req): Json<AutostartRequest>,
+    Body(req): Body<AutostartRequest>,
 ) -> ApiResult<NameResponse> {
     d.state.lock().await.set_autostart(&name, req.enable)?;
     Ok(Json(NameResponse { name }))
@@ -150,7 +214,7 @@ async fn dump(
 async fn hosts(
     State(d): Shared,
     Path(name): Path<String>,
-    Json(req): Json<HostRequest>,
+    Body(req): Body<HostRequest>,
 ) -> ApiResult<NameResponse> {
     d.state
         .lock()
@@ -200,16 +264,15 @@ async fn forwards_of(
 async fn forward_add(
     State(d): Shared,
     Path(name): Path<String>,
-    Json(r): Json<ForwardAdd>,
+    body: Bytes,
 ) -> ApiResult<NameResponse> {
-    let reqs = match r {
-        ForwardAdd::One(f) => vec![f],
-        ForwardAdd::Batch { forwards } => forwards,
-    };
+    let reqs =
+        decode_forward_add(&body).map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))?;
     let mut fs = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let to =
-            r.to.ok_or_else(|| anyhow::anyhow!("a forward needs a target (--to)"))?;
+    for (i, r) in reqs.into_iter().enumerate() {
+        let to = r
+            .to
+            .ok_or_else(|| anyhow::anyhow!("forwards[{i}].to: a forward needs a target (--to)"))?;
         fs.push(crate::config::Forward {
             proto: r.proto,
             port: r.port,
@@ -224,12 +287,12 @@ async fn forward_add(
 async fn forward_remove(
     State(d): Shared,
     Path(name): Path<String>,
-    Json(r): Json<ForwardRequest>,
+    Body(r): Body<ForwardRequest>,
 ) -> ApiResult<NameResponse> {
     d.state
         .lock()
         .await
-        .remove_forward(&name, r.proto, &r.port, r.address)
+        .remove_forward(&name, r.proto, r.port, r.address)
         .await?;
     Ok(Json(NameResponse { name }))
 }

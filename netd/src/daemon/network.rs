@@ -128,12 +128,12 @@ impl State {
                     "subnet {} overlaps network {:?} ({})",
                     net.ipv4
                         .as_ref()
-                        .map(|v| v.address.as_str())
+                        .map(|v| v.address.to_string())
                         .unwrap_or_default(),
                     o.name,
                     o.ipv4
                         .as_ref()
-                        .map(|v| v.address.as_str())
+                        .map(|v| v.address.to_string())
                         .unwrap_or_default()
                 );
             }
@@ -208,12 +208,17 @@ impl State {
         // a failed start leaves the definition as it was.
         let chose_bridge = net.bridge.is_none() && net.mode.owns_bridge();
         if chose_bridge {
-            net.bridge = Some(self.free_bridge_name().await?);
+            let free = self.free_bridge_name().await?;
+            net.bridge = Some(free.parse().map_err(anyhow::Error::msg)?);
         }
         let had_mac = self.store.has_mac(&name);
         let mut run = Running {
             record: RunRecord {
-                bridge: net.bridge.clone().unwrap_or_default(),
+                bridge: net
+                    .bridge
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
                 bridge_ifindex: 0,
                 created_bridge: false,
                 uplinks: vec![],
@@ -380,7 +385,7 @@ impl State {
     /// The configured uplink, else whatever holds the default route now.
     async fn uplink_for(&self, net: &Network) -> Result<Option<String>> {
         if let Some(u) = &net.uplink {
-            return Ok(Some(u.clone()));
+            return Ok(Some(u.to_string()));
         }
         let oif = self.nl.default_route_v4().await?.and_then(|r| r.oif);
         let name = oif.and_then(crate::link::ifname_of);
@@ -455,7 +460,7 @@ impl State {
             .defs
             .values()
             .chain(self.running.values().map(|r| &r.record.definition))
-            .filter_map(|n| n.bridge.clone())
+            .filter_map(|n| n.bridge.as_ref().map(ToString::to_string))
             .collect();
         for i in 0..1024 {
             let name = format!("netd{i}");
@@ -642,22 +647,18 @@ impl State {
         &mut self,
         name: &str,
         add: bool,
-        mac: &str,
+        mac: &config::Mac,
         ip: Ipv4Addr,
-        host: Option<String>,
+        host: Option<config::HostName>,
     ) -> Result<()> {
         let mut net = self.require(name)?.clone();
-        let mac = config::normalize_mac(mac).map_err(anyhow::Error::msg)?;
+        let mac = mac.clone();
         let v4 = net
             .ipv4
             .as_mut()
             .ok_or_else(|| anyhow!("network {name:?} has no IPv4 subnet"))?;
         if add {
-            if v4
-                .hosts
-                .iter()
-                .any(|h| h.mac.eq_ignore_ascii_case(&mac) || h.ip == ip)
-            {
+            if v4.hosts.iter().any(|h| h.mac == mac || h.ip == ip) {
                 bail!("a host entry with MAC {mac} or IP {ip} already exists");
             }
             v4.hosts.push(config::Host {
@@ -667,8 +668,7 @@ impl State {
             });
         } else {
             let before = v4.hosts.len();
-            v4.hosts
-                .retain(|h| !(h.mac.eq_ignore_ascii_case(&mac) && h.ip == ip));
+            v4.hosts.retain(|h| !(h.mac == mac && h.ip == ip));
             if v4.hosts.len() == before {
                 bail!("no host entry with MAC {mac} and IP {ip}");
             }
@@ -712,7 +712,7 @@ impl State {
                         .running
                         .get(n)
                         .map(|r| r.record.bridge.clone())
-                        .or_else(|| net.bridge.clone()),
+                        .or_else(|| net.bridge.as_ref().map(ToString::to_string)),
                 })
             })
             .collect()
@@ -723,7 +723,7 @@ impl State {
         let run = self.running.get(name);
         let mut notes = Vec::new();
         let uplink = match &net.uplink {
-            Some(u) => Some(u.clone()),
+            Some(u) => Some(u.to_string()),
             None => self
                 .nl
                 .default_route_v4()
@@ -766,15 +766,15 @@ impl State {
             persistent: self.defs.contains_key(name),
             bridge: run
                 .map(|r| r.record.bridge.clone())
-                .or_else(|| net.bridge.clone()),
+                .or_else(|| net.bridge.as_ref().map(ToString::to_string)),
             bridge_ifindex: run.map(|r| r.record.bridge_ifindex),
             mac: match (&net.mac, run) {
-                (Some(m), _) => Some(m.clone()),
+                (Some(m), _) => Some(m.to_string()),
                 (None, Some(_)) => self.store.bridge_mac(name).ok().map(|m| format_mac(&m)),
                 _ => None,
             },
-            ipv4: net.ipv4.as_ref().map(|v| v.address.clone()),
-            ipv6: net.ipv6.as_ref().map(|v| v.address.clone()),
+            ipv4: net.ipv4.as_ref().map(|v| v.address.to_string()),
+            ipv6: net.ipv6.as_ref().map(|v| v.address.to_string()),
             dhcp_range: net
                 .ipv4
                 .as_ref()

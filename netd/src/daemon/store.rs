@@ -33,14 +33,22 @@ struct RunFile {
 }
 
 impl Store {
+    /// Creates the daemon's folders, private to root: definitions, leases
+    /// (MACs, host names) and run records are nobody else's business. The
+    /// run dir is 0711: dnsmasq, after dropping root, must still pass through
+    /// it to reread its host files, but cannot list it. Modes are set on
+    /// every start, so folders made by an older netd are narrowed too.
     pub fn new(paths: &Paths) -> Result<Store> {
-        for d in [
-            paths.networks_dir(),
-            paths.state_dir.clone(),
-            paths.state_dir.join("macs"),
-            paths.run_dir.clone(),
+        use std::os::unix::fs::PermissionsExt;
+        for (d, mode) in [
+            (paths.networks_dir(), 0o700),
+            (paths.state_dir.clone(), 0o700),
+            (paths.state_dir.join("macs"), 0o700),
+            (paths.run_dir.clone(), 0o711),
         ] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("setting the mode of {}", d.display()))?;
         }
         Ok(Store {
             paths: paths.clone(),
@@ -135,9 +143,24 @@ pub fn format_mac(m: &[u8; 6]) -> String {
         .join(":")
 }
 
+/// Writes a state file (mode 0600) through a temp file and a rename, so a
+/// crash leaves the old or the new file, never half of one.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let tmp = path.with_extension("tmp~");
-    std::fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    (|| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // A temp file left by an older netd keeps its mode through open.
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(data)
+    })()
+    .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -423,11 +423,78 @@ impl ForwardEntry {
     }
 }
 
-/// Installs forwards. The map update is per key, so the datapath sees each
-/// forward appear whole.
+/// The forward map has no room for a change: what is used, what there is,
+/// and how many more entries the change needs.
+#[derive(Debug)]
+pub struct ForwardMapFull {
+    pub in_use: u64,
+    pub max: u32,
+    pub more: u64,
+}
+
+impl std::fmt::Display for ForwardMapFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "forward map full: {} of {} entries in use, {} more needed; nothing was added (raise netd daemon --forwards-max)",
+            self.in_use, self.max, self.more
+        )
+    }
+}
+
+impl std::error::Error for ForwardMapFull {}
+
+/// (entries in use, max entries) of the forward map.
+pub fn forward_fill(dir: &Path) -> Result<(u64, u32)> {
+    let data = MapData::from_pin(dir.join(names::FORWARDS))?;
+    let info = data.info()?;
+    Ok((count_keys(&data, info.key_size())?, info.max_entries()))
+}
+
+/// Installs forwards, all or none. The map update is per key, so the
+/// datapath sees each forward appear whole. Free room is checked first (a
+/// full hash map refuses an insert with E2BIG); should a write still fail,
+/// every key written so far gets back what it held before, or goes.
 pub fn add_forwards(dir: &Path, entries: &[ForwardEntry]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
     let mut m = forwards(dir)?;
     let mut rev = forwards_rev(dir)?;
+    let new_keys: std::collections::HashSet<ForwardKey> = entries
+        .iter()
+        .map(ForwardEntry::key)
+        .filter(|k| m.get(k, 0).is_err())
+        .collect();
+    let new_rev: std::collections::HashSet<ForwardKey> = entries
+        .iter()
+        .map(ForwardEntry::guest_key)
+        .filter(|k| rev.get(k, 0).is_err())
+        .collect();
+    for (name, more) in [
+        (names::FORWARDS, new_keys.len()),
+        (names::FORWARDS_REV, new_rev.len()),
+    ] {
+        let map = MapData::from_pin(dir.join(name))?;
+        let info = map.info()?;
+        let in_use = count_keys(&map, info.key_size())?;
+        if in_use + more as u64 > u64::from(info.max_entries()) {
+            return Err(ForwardMapFull {
+                in_use,
+                max: info.max_entries(),
+                more: more as u64,
+            }
+            .into());
+        }
+    }
+    // What each written key held before: restored on failure.
+    let mut undo: Vec<(
+        ForwardKey,
+        Option<ForwardTarget>,
+        ForwardKey,
+        Option<ForwardKey>,
+    )> = Vec::new();
+    let mut result = Ok(());
     for e in entries {
         let t = ForwardTarget {
             addr: u32::from(e.guest.0).to_be(),
@@ -437,8 +504,36 @@ pub fn add_forwards(dir: &Path, entries: &[ForwardEntry]) -> Result<()> {
             _pad2: 0,
             hits: 0,
         };
-        m.insert(e.key(), t, 0)?;
-        rev.insert(e.guest_key(), e.key(), 0)?;
+        let (k, gk) = (e.key(), e.guest_key());
+        undo.push((k, m.get(&k, 0).ok(), gk, rev.get(&gk, 0).ok()));
+        if let Err(err) = m.insert(k, t, 0).and_then(|()| rev.insert(gk, k, 0)) {
+            result = Err(err);
+            break;
+        }
+    }
+    if let Err(err) = result {
+        for (k, old, gk, old_rev) in undo.into_iter().rev() {
+            let _ = match old {
+                Some(v) => m.insert(k, v, 0),
+                None => m.remove(&k),
+            };
+            let _ = match old_rev {
+                Some(v) => rev.insert(gk, v, 0),
+                None => rev.remove(&gk),
+            };
+        }
+        if let aya::maps::MapError::SyscallError(ref s) = err
+            && s.io_error.raw_os_error() == Some(libc::E2BIG)
+        {
+            let (in_use, max) = forward_fill(dir)?;
+            return Err(ForwardMapFull {
+                in_use,
+                max,
+                more: entries.len() as u64,
+            }
+            .into());
+        }
+        return Err(anyhow::Error::new(err).context("writing the forward map (nothing was added)"));
     }
     Ok(())
 }
