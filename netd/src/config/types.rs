@@ -219,19 +219,23 @@ fn check_ifname(s: &str) -> Result<String, String> {
     if s.starts_with('-') {
         return bad("it starts with '-'");
     }
-    // The kernel refuses '/', ':' and whitespace; control characters (a NUL
-    // would cut the name short in the kernel) have no business in a name.
-    if s.chars()
-        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    // The kernel refuses '/', ':' and whitespace, and a NUL cuts a name
+    // short there. Names also reach dnsmasq's config (`interface=`), where
+    // '#' and '\' mean something: so the portable set, and nothing else.
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
-        return bad("no '/', ':', whitespace or control characters");
+        return bad(
+            "letters, digits, '-', '_' and '.' only (no '/', ':', whitespace or control characters)",
+        );
     }
     Ok(s.to_string())
 }
 
 checked_string!(
-    /// A Linux interface name: 1-15 bytes, no '/', ':', whitespace, control
-    /// characters, no leading '-'.
+    /// A Linux interface name: 1-15 bytes of letters, digits, '-', '_' and
+    /// '.', no leading '-'.
     IfName,
     check_ifname
 );

@@ -185,8 +185,11 @@ pub fn from_libvirt(text: &str) -> Result<Network> {
     }
     if let Some(b) = child(root, "bridge") {
         net.bridge = attr(b, "name")?;
-        if let Some(stp) = b.attribute("stp") {
-            net.stp.enabled = stp == "on";
+        match b.attribute("stp") {
+            None => {}
+            Some("on") => net.stp.enabled = true,
+            Some("off") => net.stp.enabled = false,
+            Some(v) => bail!("<bridge stp>: {v:?} must be on or off"),
         }
         if let Some(d) = attr(b, "delay")? {
             net.stp.delay = d;
