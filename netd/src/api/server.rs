@@ -67,12 +67,13 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, Strin
 
 fn path_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
     let path = e.path().to_string();
-    let msg = crate::config::one_line(&e.into_inner().to_string());
-    if path == "." || path.is_empty() {
+    let msg = e.into_inner().to_string();
+    // The path holds the body's own keys, which may hold anything.
+    crate::config::one_line(&if path == "." || path.is_empty() {
         format!("invalid request body: {msg}")
     } else {
         format!("{path}: {msg}")
-    }
+    })
 }
 
 /// The forwards of a POST .../forwards body: one, or `{"forwards": [...]}`.

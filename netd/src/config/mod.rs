@@ -78,13 +78,16 @@ pub fn from_toml_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
     };
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
-        let inner = e.into_inner();
-        let msg = one_line(inner.message());
-        if path == "." || path.is_empty() {
-            anyhow::anyhow!("invalid definition: {msg}")
-        } else {
-            anyhow::anyhow!("{path}: {msg}")
-        }
+        let msg = e.into_inner().message().to_string();
+        // The path holds the text's own keys, which may hold anything.
+        anyhow::anyhow!(
+            "{}",
+            one_line(&if path == "." || path.is_empty() {
+                format!("invalid definition: {msg}")
+            } else {
+                format!("{path}: {msg}")
+            })
+        )
     })
 }
 
