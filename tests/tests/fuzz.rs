@@ -374,12 +374,12 @@ fn target_api(input: &[u8]) -> Result<bool, String> {
         Err(_) => {}
     }
     // A define body goes on to the definition parser.
-    if let Ok(d) = decode::<DefineRequest>(input) {
-        if let Err(e) = config::parse(&d.text, d.xml) {
-            let e = format!("{e:#}");
-            if !one_line(&e) {
-                return Err(format!("multi-line refusal: {e:?}"));
-            }
+    if let Ok(d) = decode::<DefineRequest>(input)
+        && let Err(e) = config::parse(&d.text, d.xml)
+    {
+        let e = format!("{e:#}");
+        if !one_line(&e) {
+            return Err(format!("multi-line refusal: {e:?}"));
         }
     }
     Ok(any)
@@ -428,12 +428,11 @@ struct Outcome {
     slowest: Duration,
 }
 
-fn run_target(
-    kind: &'static str,
-    f: fn(&[u8]) -> Result<bool, String>,
-    seed: u64,
-    budget: Duration,
-) -> Outcome {
+/// A fuzz target: Ok(true) accepted, Ok(false) refused properly, Err a
+/// broken invariant.
+type FuzzTarget = fn(&[u8]) -> Result<bool, String>;
+
+fn run_target(kind: &'static str, f: FuzzTarget, seed: u64, budget: Duration) -> Outcome {
     let corpus = seeds(kind);
     let mut rng = Rng(seed
         ^ kind.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
@@ -501,8 +500,8 @@ fn fuzz_parsers_and_decoders() {
                 .unwrap_or(1)
         });
     let wanted = std::env::var("NETD_FUZZ_TARGETS").unwrap_or("toml,xml,types,api".into());
-    let targets: Vec<(&'static str, fn(&[u8]) -> Result<bool, String>)> = [
-        ("toml", target_toml as fn(&[u8]) -> Result<bool, String>),
+    let targets: Vec<(&'static str, FuzzTarget)> = [
+        ("toml", target_toml as FuzzTarget),
         ("xml", target_xml),
         ("types", target_types),
         ("api", target_api),

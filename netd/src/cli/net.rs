@@ -147,7 +147,7 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
     }
 }
 
-fn define(client: &Client, file: &PathBuf, transient: bool) -> Result<()> {
+fn define(client: &Client, file: &std::path::Path, transient: bool) -> Result<()> {
     // Read with the daemon's size limit: a 100 MB file is refused here,
     // before it is read, sent or parsed.
     let text = crate::config::read_definition(file)?;
