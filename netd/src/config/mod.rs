@@ -74,7 +74,7 @@ pub fn from_toml_as<T: serde::de::DeserializeOwned>(text: &str) -> Result<T> {
     }
     let de = match toml::Deserializer::parse(text) {
         Ok(d) => d,
-        Err(e) => bail!("invalid TOML: {}", one_line(e.message())),
+        Err(e) => bail!("invalid definition: {}", one_line(e.message())),
     };
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

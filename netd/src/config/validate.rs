@@ -17,15 +17,11 @@ pub fn check_interface_name(what: &str, name: &str) -> Result<()> {
 /// comment line in its config, and is sized like an interface name: letters,
 /// digits, '-', '_' and '.', not starting with '-' or '.'.
 pub fn check_network_name(name: &str) -> Result<()> {
-    check_interface_name("name", name)?;
-    if name.starts_with('.')
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        bail!(
-            "name: {name:?} is not a valid network name: letters, digits, '-', '_' and '.', not starting with '.'"
-        );
+    if let Err(e) = IfName::from_str(name) {
+        bail!("name: {}", e.replace("interface name", "network name"));
+    }
+    if name.starts_with('.') {
+        bail!("name: {name:?} is not a valid network name: it starts with '.'");
     }
     Ok(())
 }
