@@ -120,12 +120,30 @@ impl Store {
         self.paths.state_dir.join("running.json")
     }
 
+    /// The record of running networks. Each network is read on its own: one
+    /// whose recorded definition no longer passes the checks (written by an
+    /// older netd) is skipped with a warning instead of losing every other.
     pub fn load_running(&self) -> BTreeMap<String, RunRecord> {
-        std::fs::read(self.run_file())
+        #[derive(Deserialize)]
+        struct Loose {
+            networks: BTreeMap<String, serde_json::Value>,
+        }
+        let Some(f) = std::fs::read(self.run_file())
             .ok()
-            .and_then(|b| serde_json::from_slice::<RunFile>(&b).ok())
-            .map(|f| f.networks)
-            .unwrap_or_default()
+            .and_then(|b| serde_json::from_slice::<Loose>(&b).ok())
+        else {
+            return BTreeMap::new();
+        };
+        f.networks
+            .into_iter()
+            .filter_map(|(name, v)| match serde_json::from_value::<RunRecord>(v) {
+                Ok(r) => Some((name, r)),
+                Err(e) => {
+                    tracing::warn!("running network {name:?}: its record does not load: {e}");
+                    None
+                }
+            })
+            .collect()
     }
 
     pub fn save_running(&self, running: &BTreeMap<String, RunRecord>) -> Result<()> {
