@@ -674,17 +674,32 @@ impl State {
             }
         }
         config::validate(&net)?;
+        // All or nothing: dnsmasq gets the change first, and the definition
+        // is stored only once it took; a failure puts dnsmasq's files back.
+        let old = self.require(name)?.clone();
+        let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, name);
+        let apply = |n: &Network, run: Option<&Running>| -> Result<()> {
+            if let Some(run) = run {
+                dhcp::write_host_files(n, &paths)?;
+                if let Some(d) = &run.dnsmasq {
+                    d.reload()?;
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = apply(&net, self.running.get(name)) {
+            let _ = apply(&old, self.running.get(name));
+            return Err(e);
+        }
         if self.defs.contains_key(name) {
-            self.store.save_definition(&net)?;
+            if let Err(e) = self.store.save_definition(&net) {
+                let _ = apply(&old, self.running.get(name));
+                return Err(e);
+            }
             self.defs.insert(name.to_string(), net.clone());
         }
         if let Some(run) = self.running.get_mut(name) {
-            run.record.definition = net.clone();
-            let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, name);
-            dhcp::write_host_files(&net, &paths)?;
-            if let Some(d) = &run.dnsmasq {
-                d.reload()?;
-            }
+            run.record.definition = net;
         }
         self.save_running();
         Ok(())
