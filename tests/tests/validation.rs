@@ -396,6 +396,18 @@ fn huge_and_deep_definitions_are_refused_and_the_daemon_stays_up() {
     let (st, b) = raw_request(&t.socket(), "POST", "/v1/networks", json_deep.as_bytes());
     refused_json(st, &b, "deep JSON");
 
+    // Query strings and unknown endpoints answer in one-line JSON too.
+    for (method, path) in [
+        ("GET", "/v1/networks?all=maybe"),
+        ("GET", "/v1/networks?colour=1"),
+        ("GET", "/v1/networks/x/dump?xml=1&inactive=2"),
+        ("GET", "/v1/no-such-thing"),
+        ("GET", "/v1/networks/%ff%fe/dump"),
+    ] {
+        let (st, b) = raw_request(&t.socket(), method, path, b"");
+        refused_json(st, &b, path);
+    }
+
     assert!(t.daemon_running(), "the daemon died");
     t.netd_ok(&["net", "list", "--all"]);
     assert!(files_under(&t.config_dir()).is_empty());
@@ -633,6 +645,9 @@ fn forward_map_overflow_is_refused_whole_and_impossible_forwards_too() {
         n += 1;
     }
     assert_eq!(snapshot(&t), before, "a refused forward changed something");
+    // Nothing refused was kept anywhere: a restart re-applies the same.
+    t.restart_daemon().expect("restart");
+    assert_eq!(snapshot(&t), before, "after a restart");
     assert!(t.daemon_running());
     eprintln!(
         "forwards: 2 overflows and {n} impossible forwards refused; definition and map unchanged"

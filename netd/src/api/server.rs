@@ -6,8 +6,9 @@ use anyhow::{Context, Result};
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{FromRequest, Path, Query, Request, State},
+    extract::{FromRequest, FromRequestParts, Request, State},
     http::StatusCode,
+    http::request::Parts,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -48,6 +49,40 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
         decode(&bytes)
             .map(Body)
             .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))
+    }
+}
+
+/// The URL's `{name}`, with axum's refusal (bad percent-encoding) as JSON.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> std::result::Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|r| ApiError(r.status(), crate::config::one_line(&r.body_text())))
+    }
+}
+
+/// The query string (`?all=true`), with axum's refusal as JSON.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> std::result::Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|r| ApiError(r.status(), crate::config::one_line(&r.body_text())))
     }
 }
 
@@ -145,10 +180,12 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             get(forwards_of).post(forward_add).delete(forward_remove),
         )
         .route("/v1/forwards", get(forwards_all))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .with_state(daemon)
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     #[serde(default)]
     all: bool,
@@ -197,6 +234,7 @@ async fn autostart(
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DumpQuery {
     #[serde(default)]
     xml: bool,
