@@ -103,6 +103,16 @@ where
         .transpose()
 }
 
+/// One port, digits only (`types::parse_port`).
+struct Port(u16);
+
+impl FromStr for Port {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_port(s).map(Port)
+    }
+}
+
 /// A required attribute.
 fn need<T>(n: roxmltree::Node, name: &str) -> Result<T>
 where
@@ -169,12 +179,8 @@ pub fn from_libvirt(text: &str) -> Result<Network> {
                 n.address = attr(a, "start")?;
             }
             if let Some(p) = child(nat, "port") {
-                let lo: u16 = attr::<PortRange>(p, "start")?
-                    .map(|r| r.start)
-                    .unwrap_or(1024);
-                let hi: u16 = attr::<PortRange>(p, "end")?
-                    .map(|r| r.start)
-                    .unwrap_or(65535);
+                let lo = attr::<Port>(p, "start")?.map(|p| p.0).unwrap_or(1024);
+                let hi = attr::<Port>(p, "end")?.map(|p| p.0).unwrap_or(65535);
                 n.ports = Some(
                     PortRange::from_str(&format!("{lo}-{hi}"))
                         .map_err(|e| anyhow!("<nat port>: {e}"))?,
