@@ -404,3 +404,39 @@ fn every_api_body_field_refuses_hostile_characters() {
     }
     eprintln!("api: {refused} hostile bodies refused, each naming its field");
 }
+
+/// The last line of defence: should a value with a line break ever reach
+/// dnsmasq's files (here through the daemon's own --run-dir/--state-dir,
+/// which no type checks), the writer refuses that file: no config is written.
+#[test]
+fn the_dnsmasq_writer_refuses_a_line_break_in_any_value() {
+    let net = config::parse(&definition(usize::MAX, ""), false).unwrap();
+    let base = std::env::temp_dir().join(format!("netd-writer-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    for evil in ["run\nconf-script=/tmp/x", "run\rx", "run\0x"] {
+        let run = base.join(evil.replace('\0', "NUL"));
+        let run = if evil.contains('\0') {
+            base.join("plain")
+        } else {
+            run
+        };
+        let mut paths = netd::dhcp::paths(&run, &base.join("state"), "hostile");
+        if evil.contains('\0') {
+            // A NUL cannot be in a path; put it where a path would go.
+            paths.leasefile = std::path::PathBuf::from(format!("/x{evil}"));
+        }
+        let e = netd::dhcp::write_files(&net, "virbr9", &paths).unwrap_err();
+        let e = format!("{e:#}");
+        assert!(
+            e.contains("refusing to write") && !e.contains(['\r', '\0']),
+            "{e:?}"
+        );
+        assert!(!paths.conf.exists(), "{} was written", paths.conf.display());
+    }
+    // The same network with sane paths is written.
+    let paths = netd::dhcp::paths(&base.join("ok"), &base.join("state"), "hostile");
+    netd::dhcp::write_files(&net, "virbr9", &paths).unwrap();
+    let conf = std::fs::read_to_string(&paths.conf).unwrap();
+    assert!(conf.lines().any(|l| l == "domain=hostile.netd"), "{conf}");
+    std::fs::remove_dir_all(&base).unwrap();
+}

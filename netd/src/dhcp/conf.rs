@@ -268,10 +268,7 @@ fn check_searchable(dir: &Path) {
 /// Writes `text` to `path` atomically (temp file in the same folder, then rename), mode 0644.
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
     if text.contains(['\0', '\r']) {
-        anyhow::bail!(
-            "refusing to write {}: a value holds a line break or NUL",
-            path.display()
-        );
+        anyhow::bail!("refusing to write {path:?}: a value holds a line break or NUL");
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
