@@ -274,7 +274,26 @@ fn target_xml(input: &[u8]) -> Result<bool, String> {
             }
             let again = config::parse(&config::xml::to_libvirt(&net), true)
                 .map_err(|e| format!("accepted XML, but its export does not parse: {e:#}"))?;
-            if again.name != net.name || again.ipv4 != net.ipv4 || again.mode != net.mode {
+            // libvirt spells lease times its own way ("1d" comes back as
+            // 24 hours): compare those by length.
+            let lease = |n: &config::Network| {
+                n.ipv4
+                    .as_ref()
+                    .and_then(|v| v.dhcp.as_ref())
+                    .map(|d| d.lease.as_ref().map(|l| l.secs()))
+            };
+            let strip = |n: &config::Network| {
+                let mut v4 = n.ipv4.clone();
+                if let Some(d) = v4.as_mut().and_then(|v| v.dhcp.as_mut()) {
+                    d.lease = None;
+                }
+                v4
+            };
+            if again.name != net.name
+                || strip(&again) != strip(&net)
+                || lease(&again) != lease(&net)
+                || again.mode != net.mode
+            {
                 return Err(format!("XML export lost fields: {net:?} -> {again:?}"));
             }
             check_dnsmasq_files(&net)?;

@@ -261,6 +261,24 @@ checked_string!(
     check_lease
 );
 
+impl LeaseTime {
+    /// The lease in seconds; None for "infinite".
+    pub fn secs(&self) -> Option<u64> {
+        let t = self.as_str();
+        if t == "infinite" {
+            return None;
+        }
+        let (num, mul) = match t.as_bytes()[t.len() - 1] {
+            b's' => (&t[..t.len() - 1], 1),
+            b'm' => (&t[..t.len() - 1], 60),
+            b'h' => (&t[..t.len() - 1], 3600),
+            b'd' => (&t[..t.len() - 1], 86400),
+            _ => (t, 1),
+        };
+        num.parse::<u64>().ok().map(|n| n * mul)
+    }
+}
+
 /// A port number given as decimal digits only: " 81", "+81", "081x" are
 /// refused, and so is 0.
 pub fn parse_port(s: &str) -> Result<u16, String> {

@@ -284,10 +284,13 @@ pub fn from_libvirt(text: &str) -> Result<Network> {
                 let lease = match child(r, "lease") {
                     Some(l) => {
                         let v: u32 = need(l, "expiry")?;
+                        // libvirt: expiry 0 is an infinite lease.
                         let text = match l.attribute("unit").unwrap_or("minutes") {
+                            _ if v == 0 => "infinite".to_string(),
                             "seconds" => v.to_string(),
+                            "minutes" => format!("{v}m"),
                             "hours" => format!("{v}h"),
-                            _ => format!("{v}m"),
+                            u => bail!("<lease unit>: {u:?} must be seconds, minutes or hours"),
                         };
                         Some(
                             LeaseTime::from_str(&text)
@@ -375,7 +378,18 @@ pub fn to_libvirt(net: &Network) -> String {
         if v4.dhcp.is_some() || !v4.hosts.is_empty() {
             let _ = writeln!(s, "    <dhcp>");
             if let Some(d) = &v4.dhcp {
-                let _ = writeln!(s, "      <range start='{}' end='{}'/>", d.start, d.end);
+                match d.lease.as_ref().map(lease_xml) {
+                    Some((v, unit)) => {
+                        let _ = writeln!(
+                            s,
+                            "      <range start='{}' end='{}'><lease expiry='{v}' unit='{unit}'/></range>",
+                            d.start, d.end
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(s, "      <range start='{}' end='{}'/>", d.start, d.end);
+                    }
+                }
             }
             for h in &v4.hosts {
                 let name = h
@@ -412,6 +426,26 @@ pub fn to_libvirt(net: &Network) -> String {
     }
     let _ = writeln!(s, "</network>");
     s
+}
+
+/// A lease time as libvirt's (expiry, unit); days go as hours.
+fn lease_xml(l: &LeaseTime) -> (u64, &'static str) {
+    let t = l.as_str();
+    if t == "infinite" {
+        return (0, "seconds");
+    }
+    let (num, unit) = match t.as_bytes()[t.len() - 1] {
+        b's' => (&t[..t.len() - 1], "seconds"),
+        b'm' => (&t[..t.len() - 1], "minutes"),
+        b'h' => (&t[..t.len() - 1], "hours"),
+        b'd' => (&t[..t.len() - 1], "days"),
+        _ => (t, "seconds"),
+    };
+    let n: u64 = num.parse().unwrap_or(0);
+    match unit {
+        "days" => (n * 24, "hours"),
+        u => (n, u),
+    }
 }
 
 fn esc(s: &str) -> String {
