@@ -180,6 +180,9 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             get(forwards_of).post(forward_add).delete(forward_remove),
         )
         .route("/v1/forwards", get(forwards_all))
+        .route("/v1/networks/{name}/vfs", get(vf_list))
+        .route("/v1/networks/{name}/vfs/acquire", post(vf_acquire))
+        .route("/v1/networks/{name}/vfs/release", post(vf_release))
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .with_state(daemon)
 }
@@ -219,9 +222,21 @@ async fn start(State(d): Shared, Path(name): Path<String>) -> ApiResult<NameResp
     Ok(Json(NameResponse { name }))
 }
 
-async fn stop(State(d): Shared, Path(name): Path<String>) -> ApiResult<NameResponse> {
-    d.state.lock().await.stop(&name).await?;
-    Ok(Json(NameResponse { name }))
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopQuery {
+    /// Hostdev networks: release every held VF instead of refusing.
+    #[serde(default)]
+    force: bool,
+}
+
+async fn stop(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> ApiResult<StopResponse> {
+    let released_vfs = d.state.lock().await.stop(&name, q.force).await?;
+    Ok(Json(StopResponse { name, released_vfs }))
 }
 
 async fn autostart(
@@ -334,4 +349,47 @@ async fn forward_remove(
         .remove_forward(&name, r.proto, r.port, r.address)
         .await?;
     Ok(Json(NameResponse { name }))
+}
+
+// ---- SR-IOV VF pools ---------------------------------------------------------
+
+async fn vf_list(State(d): Shared, Path(name): Path<String>) -> ApiResult<Vec<VfRecord>> {
+    Ok(Json(d.state.lock().await.vf_list(&name)?))
+}
+
+/// Checks every field into its type before the state lock is taken, so a
+/// bad request changes nothing and costs no other request any time.
+fn vf_request(r: VfAcquireRequest) -> anyhow::Result<crate::sriov::Request> {
+    Ok(crate::sriov::Request {
+        owner: r.owner.parse().map_err(anyhow::Error::msg)?,
+        mac: r
+            .mac
+            .map(|m| m.parse())
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        vlan: r
+            .vlan
+            .map(crate::sriov::Vlan::try_from)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+    })
+}
+
+/// Serialized by the state lock: two acquires never pick the same VF.
+async fn vf_acquire(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Body(r): Body<VfAcquireRequest>,
+) -> ApiResult<VfRecord> {
+    let req = vf_request(r)?;
+    Ok(Json(d.state.lock().await.vf_acquire(&name, req).await?))
+}
+
+async fn vf_release(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Body(r): Body<VfReleaseRequest>,
+) -> ApiResult<VfRecord> {
+    let owner: crate::sriov::OwnerId = r.owner.parse().map_err(anyhow::Error::msg)?;
+    Ok(Json(d.state.lock().await.vf_release(&name, &owner).await?))
 }

@@ -49,6 +49,14 @@ pub struct Args {
     ct_udp_timeout: u32,
     #[arg(long, default_value_t = Settings::DEFAULT.icmp_timeout)]
     ct_icmp_timeout: u32,
+    /// Where hostdev networks look for PFs and VFs (tests point it at a
+    /// fake tree).
+    #[arg(long, default_value = "/sys")]
+    sysfs_root: PathBuf,
+    /// Test only: append the VF netlink messages to FILE instead of sending
+    /// them (for kernels without SR-IOV).
+    #[arg(long, hide = true, value_name = "FILE")]
+    vf_netlink_log: Option<PathBuf>,
 }
 
 pub fn exec(a: &Args) -> anyhow::Result<()> {
@@ -75,6 +83,7 @@ pub fn exec(a: &Args) -> anyhow::Result<()> {
         metrics_addr: a.metrics_addr,
         socket_group: a.socket_group.clone(),
         forwards_max: a.forwards_max,
+        sriov: crate::sriov::Sriov::new(&a.sysfs_root, a.vf_netlink_log.clone()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

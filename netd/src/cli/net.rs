@@ -21,6 +21,9 @@ pub enum Command {
     },
     Stop {
         name: String,
+        /// Hostdev networks: release every held VF instead of refusing.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a stored definition (a running network keeps running).
     Undefine {
@@ -79,7 +82,7 @@ impl Command {
     fn name(&self) -> Option<&str> {
         match self {
             Command::Start { name }
-            | Command::Stop { name }
+            | Command::Stop { name, .. }
             | Command::Undefine { name }
             | Command::Autostart { name, .. }
             | Command::Info { name, .. }
@@ -100,7 +103,16 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
         Command::Define { file } => define(client, file, false),
         Command::Create { file } => define(client, file, true),
         Command::Start { name } => action(client, name, "start", "started"),
-        Command::Stop { name } => action(client, name, "stop", "stopped"),
+        Command::Stop { name, force } => {
+            let r: StopResponse =
+                client.post_empty(&format!("/v1/networks/{name}/stop?force={force}"))?;
+            if r.released_vfs > 0 {
+                println!("network {name} stopped; released {} VFs", r.released_vfs);
+            } else {
+                println!("network {name} stopped");
+            }
+            Ok(())
+        }
         Command::Undefine { name } => {
             let _: NameResponse = client.delete(&format!("/v1/networks/{name}"))?;
             println!("network {name} undefined");
@@ -227,6 +239,17 @@ pub fn render_info(i: &NetworkInfo) -> String {
     let mut s = String::new();
     for (k, v) in rows {
         s.push_str(&format!("{:<17} {v}\n", format!("{k}:")));
+    }
+    if let Some(p) = &i.vf_pool {
+        s.push_str(&format!("{:<17} {}\n", "PF:", opt(&p.pf)));
+        s.push_str(&format!(
+            "{:<17} {} total, {} free, {} held, {} missing\n",
+            "VF pool:", p.total, p.free, p.held, p.missing
+        ));
+        s.push_str(&format!("{:<17} {}\n", "Connections:", p.held));
+        if let Some(why) = &p.problem {
+            s.push_str(&format!("{:<17} {why}\n", "Pool problem:"));
+        }
     }
     for n in &i.notes {
         s.push_str(&format!("Note:             {n}\n"));

@@ -1,5 +1,6 @@
 //! Network definitions: the TOML model, its validation, and libvirt XML import.
 
+pub mod hostdev;
 mod model;
 pub mod types;
 mod validate;

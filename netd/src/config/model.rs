@@ -66,6 +66,19 @@ pub struct Network {
     pub dns: Option<Dns>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forwards: Vec<Forward>,
+    // ---- hostdev (SR-IOV VF pool) only; see `validate_hostdev`. ----
+    /// The PF whose VFs make the pool (libvirt's `<pf dev=…/>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pf: Option<String>,
+    /// Or an explicit list of VF PCI addresses (libvirt's `<address type='pci'>` list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vfs_pci: Vec<PciAddr>,
+    /// Enable this many VFs on the PF at start when none are enabled yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vfs: Option<u32>,
+    /// VLAN a VF gets when `vf acquire` names none (libvirt's `<vlan><tag id=…/>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -313,5 +326,89 @@ impl Network {
             .is_some_and(|v| v.slaac || v.dhcp.is_some());
         let dns = self.dns.as_ref().is_none_or(|d| d.enable) && self.ipv4.is_some();
         dhcp4 || v6 || dns
+    }
+}
+
+/// A PCI address, "0000:02:10.1" (domain:bus:slot.function), the form sysfs
+/// names devices by. Checked on parse, so a pool never holds a malformed one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PciAddr {
+    pub domain: u16,
+    pub bus: u8,
+    /// 0-31.
+    pub slot: u8,
+    /// 0-7.
+    pub function: u8,
+}
+
+impl PciAddr {
+    pub fn new(domain: u16, bus: u8, slot: u8, function: u8) -> Result<PciAddr, String> {
+        if slot > 31 {
+            return Err(format!("PCI slot 0x{slot:x} is above 0x1f"));
+        }
+        if function > 7 {
+            return Err(format!("PCI function {function} is above 7"));
+        }
+        Ok(PciAddr {
+            domain,
+            bus,
+            slot,
+            function,
+        })
+    }
+
+    /// libvirt's `<address type='pci' …/>`, as a domain's hostdev source takes it.
+    pub fn libvirt_xml(&self) -> String {
+        format!(
+            "<address type='pci' domain='0x{:04x}' bus='0x{:02x}' slot='0x{:02x}' function='0x{:x}'/>",
+            self.domain, self.bus, self.slot, self.function
+        )
+    }
+}
+
+impl std::fmt::Display for PciAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.domain, self.bus, self.slot, self.function
+        )
+    }
+}
+
+impl FromStr for PciAddr {
+    type Err = String;
+    /// "0000:02:10.1", or "02:10.1" with domain 0 (lspci's short form).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid PCI address {s:?}: want DDDD:BB:SS.F, like 0000:02:10.1");
+        let hex = |p: &str, max_len: usize| -> Result<u32, String> {
+            if p.is_empty() || p.len() > max_len || !p.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
+            u32::from_str_radix(p, 16).map_err(|_| bad())
+        };
+        let (head, function) = s.rsplit_once('.').ok_or_else(bad)?;
+        let parts: Vec<&str> = head.split(':').collect();
+        let (domain, bus, slot) = match parts.as_slice() {
+            [d, b, sl] => (hex(d, 4)?, hex(b, 2)?, hex(sl, 2)?),
+            [b, sl] => (0, hex(b, 2)?, hex(sl, 2)?),
+            _ => return Err(bad()),
+        };
+        let function = hex(function, 1)?;
+        PciAddr::new(domain as u16, bus as u8, slot as u8, function as u8)
+            .map_err(|e| format!("invalid PCI address {s:?}: {e}"))
+    }
+}
+
+impl Serialize for PciAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PciAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }

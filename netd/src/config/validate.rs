@@ -30,6 +30,7 @@ pub fn validate(net: &Network) -> Result<()> {
     // Names, MACs, DNS names, DUIDs, lease times and ports were checked by
     // their types when they were built; what is left is how they fit together.
     check_network_name(&net.name)?;
+    super::hostdev::validate_hostdev(net)?;
     if let Some(mtu) = net.mtu
         && !(68..=65535).contains(&mtu)
     {

@@ -173,6 +173,9 @@ pub fn from_libvirt(text: &str) -> Result<Network> {
             m => bail!("<forward mode>: libvirt forward mode {m:?} is not supported"),
         };
         net.uplink = attr(fwd, "dev")?;
+        if net.mode == Mode::Hostdev {
+            super::hostdev::from_libvirt(root, fwd, &mut net)?;
+        }
         if let Some(nat) = child(fwd, "nat") {
             let mut n = Nat::default();
             if let Some(a) = child(nat, "address") {
@@ -337,6 +340,7 @@ pub fn to_libvirt(net: &Network) -> String {
             .map(|d| format!(" dev='{}'", esc(d)))
             .unwrap_or_default();
         match &net.nat {
+            _ if net.mode == Mode::Hostdev => super::hostdev::to_libvirt(net, &mut s),
             Some(n) if net.mode == Mode::Nat => {
                 let _ = writeln!(s, "  <forward mode='nat'{dev}>");
                 let _ = writeln!(s, "    <nat>");

@@ -10,6 +10,7 @@ mod status;
 pub mod store;
 mod teardown;
 mod uplink;
+mod vf;
 
 pub use forwards::ForwardInfo;
 pub use network::State;
@@ -34,6 +35,8 @@ pub struct Options {
     pub socket_group: Option<String>,
     /// Entries of each forward map (one per forwarded host address and port).
     pub forwards_max: u32,
+    /// Where VF pools are found and how VFs are programmed.
+    pub sriov: crate::sriov::Sriov,
 }
 
 pub struct Daemon {
@@ -64,7 +67,7 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let nl = Netlink::connect().await?;
     crate::link::set_ipv4_forwarding(true).context("enabling IPv4 forwarding")?;
-    let mut state = State::new(&paths, nl, dp)?;
+    let mut state = State::new(&paths, nl, dp, opts.sriov.clone())?;
     state.adopt_previous().await;
     state.autostart().await;
     let daemon = Arc::new(Daemon {

@@ -25,6 +25,8 @@ pub struct State {
     /// Persistent definitions, by name.
     pub defs: BTreeMap<String, Network>,
     pub running: BTreeMap<String, Running>,
+    /// Where hostdev networks find their VFs (sysfs) and how they program them.
+    pub sriov: crate::sriov::Sriov,
 }
 
 pub struct Running {
@@ -33,7 +35,12 @@ pub struct Running {
 }
 
 impl State {
-    pub fn new(paths: &Paths, nl: Netlink, dp: Dataplane) -> Result<State> {
+    pub fn new(
+        paths: &Paths,
+        nl: Netlink,
+        dp: Dataplane,
+        sriov: crate::sriov::Sriov,
+    ) -> Result<State> {
         let store = Store::new(paths)?;
         let defs = store.load_definitions();
         Ok(State {
@@ -43,6 +50,7 @@ impl State {
             dp,
             defs,
             running: BTreeMap::new(),
+            sriov,
         })
     }
 
@@ -95,6 +103,7 @@ impl State {
         self.defs.remove(name);
         if !self.running.contains_key(name) {
             self.store.forget_mac(name);
+            self.forget_pool(name);
         }
         Ok(())
     }
@@ -114,6 +123,7 @@ impl State {
     /// Refuses subnets that overlap another netd network or a host route,
     /// and bridge names that another network uses.
     async fn check_against_others(&self, net: &Network) -> Result<()> {
+        self.check_vf_pools_apart(net)?;
         let mine = net.ipv4.as_ref().and_then(|v| v.parsed().ok());
         let others = self
             .defs
@@ -229,6 +239,12 @@ impl State {
             dnsmasq: None,
         };
         match self.bring_up(&net, &mut run).await {
+            Ok(()) if net.mode == Mode::Hostdev => {
+                tracing::info!("network {name} started (VF pool)");
+                self.running.insert(name, run);
+                self.save_running();
+                Ok(())
+            }
             Ok(()) => {
                 tracing::info!("network {name} started on {}", run.record.bridge);
                 if chose_bridge && !transient {
@@ -257,6 +273,10 @@ impl State {
     }
 
     async fn bring_up(&mut self, net: &Network, run: &mut Running) -> Result<()> {
+        if net.mode == Mode::Hostdev {
+            // No bridge, datapath or dnsmasq: a pool of VFs only.
+            return self.start_hostdev(net).await;
+        }
         let bridge = run.record.bridge.clone();
         if net.mode.owns_bridge() {
             if let Some(l) = self.nl.link_by_name(&bridge).await? {
@@ -473,18 +493,33 @@ impl State {
 
     // ---- stop --------------------------------------------------------------
 
-    pub async fn stop(&mut self, name: &str) -> Result<()> {
-        let run = self
-            .running
-            .remove(name)
-            .ok_or_else(|| anyhow!("network {name:?} is not running"))?;
+    /// Stops a network. A VF pool with VFs held refuses unless `force`,
+    /// which releases them all first; returns how many it released.
+    pub async fn stop(&mut self, name: &str, force: bool) -> Result<u32> {
+        let Some(run) = self.running.get(name) else {
+            bail!("network {name:?} is not running");
+        };
+        let mut released = 0;
+        if run.record.definition.mode == Mode::Hostdev {
+            let held = self.held_vfs(name)?;
+            if held > 0 && !force {
+                bail!(
+                    "network {name} has {held} VFs held; release them (netd vf release) or stop with --force"
+                );
+            }
+            if held > 0 {
+                released = self.release_all_vfs(name).await?;
+            }
+        }
+        let run = self.running.remove(name).expect("checked above");
         let transient = run.record.transient;
         let r = self.tear_down(run).await;
         self.save_running();
         if transient {
             self.store.forget_mac(name);
+            self.forget_pool(name);
         }
-        r
+        r.map(|()| released)
     }
 
     /// Removes exactly what `run` records, in reverse order of creation,
@@ -564,6 +599,18 @@ impl State {
     /// are swapped for this build's, and dnsmasq restarted under us.
     pub async fn adopt_previous(&mut self) {
         for (name, rec) in self.store.load_running() {
+            if rec.definition.mode == Mode::Hostdev {
+                // Nothing in the kernel to adopt: the pool lives in its file.
+                tracing::info!("network {name} (VF pool) adopted");
+                self.running.insert(
+                    name,
+                    Running {
+                        record: rec,
+                        dnsmasq: None,
+                    },
+                );
+                continue;
+            }
             let alive = match self.nl.link_by_index(rec.bridge_ifindex).await {
                 Ok(Some(l)) => l.name == rec.bridge,
                 _ => false,
@@ -727,7 +774,8 @@ impl State {
                         .running
                         .get(n)
                         .map(|r| r.record.bridge.clone())
-                        .or_else(|| net.bridge.as_ref().map(ToString::to_string)),
+                        .or_else(|| net.bridge.as_ref().map(ToString::to_string))
+                        .filter(|b| !b.is_empty()),
                 })
             })
             .collect()
@@ -739,6 +787,7 @@ impl State {
         let mut notes = Vec::new();
         let uplink = match &net.uplink {
             Some(u) => Some(u.to_string()),
+            None if net.mode == Mode::Hostdev => None,
             None => self
                 .nl
                 .default_route_v4()
@@ -773,18 +822,23 @@ impl State {
                 "upstream routers need: ip route add {subnet}/{p} via {host}"
             ));
         }
+        let vf_pool = (net.mode == Mode::Hostdev).then(|| self.vf_pool_summary(net));
         Ok(NetworkInfo {
             name: name.to_string(),
             mode: net.mode.as_str().into(),
             active: run.is_some(),
             autostart: self.defs.get(name).is_some_and(|d| d.autostart),
             persistent: self.defs.contains_key(name),
+            // A hostdev network has none (its record holds "").
             bridge: run
                 .map(|r| r.record.bridge.clone())
-                .or_else(|| net.bridge.as_ref().map(ToString::to_string)),
-            bridge_ifindex: run.map(|r| r.record.bridge_ifindex),
+                .or_else(|| net.bridge.as_ref().map(ToString::to_string))
+                .filter(|b| !b.is_empty()),
+            bridge_ifindex: run.map(|r| r.record.bridge_ifindex).filter(|i| *i != 0),
             mac: match (&net.mac, run) {
                 (Some(m), _) => Some(m.to_string()),
+                // No bridge, so no bridge MAC (and none generated for it).
+                (None, _) if net.mode == Mode::Hostdev => None,
                 (None, Some(_)) => self.store.bridge_mac(name).ok().map(|m| format_mac(&m)),
                 _ => None,
             },
@@ -804,6 +858,8 @@ impl State {
                 .unwrap_or(0),
             dnsmasq_healthy: run.and_then(|r| r.dnsmasq.as_ref()).map(Dnsmasq::healthy),
             notes,
+            connections: vf_pool.as_ref().map(|p| p.held),
+            vf_pool,
         })
     }
 
