@@ -48,7 +48,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             .map_err(|r| ApiError(r.status(), crate::config::one_line(&r.body_text())))?;
         decode(&bytes)
             .map(Body)
-            .map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
     }
 }
 
@@ -320,8 +320,7 @@ async fn forward_add(
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<NameResponse> {
-    let reqs =
-        decode_forward_add(&body).map_err(|e| ApiError(StatusCode::UNPROCESSABLE_ENTITY, e))?;
+    let reqs = decode_forward_add(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     let mut fs = Vec::with_capacity(reqs.len());
     for (i, r) in reqs.into_iter().enumerate() {
         let to = r

@@ -222,13 +222,16 @@ fn check_ifname(s: &str) -> Result<String, String> {
     // The kernel refuses '/', ':' and whitespace, and a NUL cuts a name
     // short there. Names also reach dnsmasq's config (`interface=`), where
     // '#' and '\' mean something: so the portable set, and nothing else.
+    if s.chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        return bad("it must not contain '/', ':', whitespace or control characters");
+    }
     if !s
         .bytes()
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
     {
-        return bad(
-            "letters, digits, '-', '_' and '.' only (no '/', ':', whitespace or control characters)",
-        );
+        return bad("letters, digits, '-', '_' and '.' only");
     }
     Ok(s.to_string())
 }
