@@ -7,7 +7,11 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+// Every request body refuses unknown fields, as the TOML does: a misspelt
+// field is a mistake to report, not a default to apply silently.
+
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DefineRequest {
     /// The definition's text, TOML or libvirt XML.
     pub text: String,
@@ -22,16 +26,19 @@ pub struct NameResponse {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AutostartRequest {
     pub enable: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HostRequest {
     pub add: bool,
-    pub mac: String,
+    pub mac: crate::config::Mac,
     pub ip: std::net::Ipv4Addr,
-    pub name: Option<String>,
+    #[serde(default)]
+    pub name: Option<crate::config::HostName>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,20 +149,32 @@ pub struct ConntrackFill {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ForwardRequest {
     pub proto: crate::config::Proto,
-    pub port: String,
+    pub port: crate::config::PortRange,
     /// Required to add; ignored to remove.
-    pub to: Option<String>,
+    #[serde(default)]
+    pub to: Option<crate::config::Target>,
+    #[serde(default)]
     pub address: Option<std::net::Ipv4Addr>,
 }
 
-/// The body of POST /v1/networks/NAME/forwards.
-#[derive(Debug, Serialize, Deserialize)]
+/// The body of POST /v1/networks/NAME/forwards: one forward, or a batch
+/// (`{"forwards": [...]}`) applied all or none. Decoded by the server
+/// according to whether `forwards` is there, so a refusal names its field
+/// (serde's untagged enums only say "did not match any variant").
+#[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum ForwardAdd {
     Batch { forwards: Vec<ForwardRequest> },
     One(ForwardRequest),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardBatch {
+    pub forwards: Vec<ForwardRequest>,
 }
 
 // ---- SR-IOV VF pools ---------------------------------------------------------

@@ -3,7 +3,7 @@
 use super::output::{Format, OutputArgs, Table, opt, print_json};
 use crate::api::client::Client;
 use crate::api::wire::*;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
@@ -143,9 +143,14 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
             };
             let req = HostRequest {
                 add,
-                mac: h.mac.clone(),
+                mac: h.mac.parse().map_err(|e| anyhow::anyhow!("--mac: {e}"))?,
                 ip: h.ip,
-                name: h.name.clone(),
+                name: h
+                    .name
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--name: {e}"))?,
             };
             let _: NameResponse = client.post(&format!("/v1/networks/{name}/hosts"), &req)?;
             println!("network {name} updated");
@@ -154,10 +159,11 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
     }
 }
 
-fn define(client: &Client, file: &PathBuf, transient: bool) -> Result<()> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let xml = file.extension().is_some_and(|e| e == "xml") || text.trim_start().starts_with('<');
+fn define(client: &Client, file: &std::path::Path, transient: bool) -> Result<()> {
+    // Read with the daemon's size limit: a 100 MB file is refused here,
+    // before it is read, sent or parsed.
+    let text = crate::config::read_definition(file)?;
+    let xml = crate::config::is_xml(file, &text);
     let r: NameResponse = client.post(
         "/v1/networks",
         &DefineRequest {

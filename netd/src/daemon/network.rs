@@ -138,12 +138,12 @@ impl State {
                     "subnet {} overlaps network {:?} ({})",
                     net.ipv4
                         .as_ref()
-                        .map(|v| v.address.as_str())
+                        .map(|v| v.address.to_string())
                         .unwrap_or_default(),
                     o.name,
                     o.ipv4
                         .as_ref()
-                        .map(|v| v.address.as_str())
+                        .map(|v| v.address.to_string())
                         .unwrap_or_default()
                 );
             }
@@ -218,12 +218,17 @@ impl State {
         // a failed start leaves the definition as it was.
         let chose_bridge = net.bridge.is_none() && net.mode.owns_bridge();
         if chose_bridge {
-            net.bridge = Some(self.free_bridge_name().await?);
+            let free = self.free_bridge_name().await?;
+            net.bridge = Some(free.parse().map_err(anyhow::Error::msg)?);
         }
         let had_mac = self.store.has_mac(&name);
         let mut run = Running {
             record: RunRecord {
-                bridge: net.bridge.clone().unwrap_or_default(),
+                bridge: net
+                    .bridge
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
                 bridge_ifindex: 0,
                 created_bridge: false,
                 uplinks: vec![],
@@ -400,7 +405,7 @@ impl State {
     /// The configured uplink, else whatever holds the default route now.
     async fn uplink_for(&self, net: &Network) -> Result<Option<String>> {
         if let Some(u) = &net.uplink {
-            return Ok(Some(u.clone()));
+            return Ok(Some(u.to_string()));
         }
         let oif = self.nl.default_route_v4().await?.and_then(|r| r.oif);
         let name = oif.and_then(crate::link::ifname_of);
@@ -475,7 +480,7 @@ impl State {
             .defs
             .values()
             .chain(self.running.values().map(|r| &r.record.definition))
-            .filter_map(|n| n.bridge.clone())
+            .filter_map(|n| n.bridge.as_ref().map(ToString::to_string))
             .collect();
         for i in 0..1024 {
             let name = format!("netd{i}");
@@ -689,22 +694,18 @@ impl State {
         &mut self,
         name: &str,
         add: bool,
-        mac: &str,
+        mac: &config::Mac,
         ip: Ipv4Addr,
-        host: Option<String>,
+        host: Option<config::HostName>,
     ) -> Result<()> {
         let mut net = self.require(name)?.clone();
-        let mac = config::normalize_mac(mac).map_err(anyhow::Error::msg)?;
+        let mac = mac.clone();
         let v4 = net
             .ipv4
             .as_mut()
             .ok_or_else(|| anyhow!("network {name:?} has no IPv4 subnet"))?;
         if add {
-            if v4
-                .hosts
-                .iter()
-                .any(|h| h.mac.eq_ignore_ascii_case(&mac) || h.ip == ip)
-            {
+            if v4.hosts.iter().any(|h| h.mac == mac || h.ip == ip) {
                 bail!("a host entry with MAC {mac} or IP {ip} already exists");
             }
             v4.hosts.push(config::Host {
@@ -714,24 +715,38 @@ impl State {
             });
         } else {
             let before = v4.hosts.len();
-            v4.hosts
-                .retain(|h| !(h.mac.eq_ignore_ascii_case(&mac) && h.ip == ip));
+            v4.hosts.retain(|h| !(h.mac == mac && h.ip == ip));
             if v4.hosts.len() == before {
                 bail!("no host entry with MAC {mac} and IP {ip}");
             }
         }
         config::validate(&net)?;
+        // All or nothing: dnsmasq gets the change first, and the definition
+        // is stored only once it took; a failure puts dnsmasq's files back.
+        let old = self.require(name)?.clone();
+        let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, name);
+        let apply = |n: &Network, run: Option<&Running>| -> Result<()> {
+            if let Some(run) = run {
+                dhcp::write_host_files(n, &paths)?;
+                if let Some(d) = &run.dnsmasq {
+                    d.reload()?;
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = apply(&net, self.running.get(name)) {
+            let _ = apply(&old, self.running.get(name));
+            return Err(e);
+        }
         if self.defs.contains_key(name) {
-            self.store.save_definition(&net)?;
+            if let Err(e) = self.store.save_definition(&net) {
+                let _ = apply(&old, self.running.get(name));
+                return Err(e);
+            }
             self.defs.insert(name.to_string(), net.clone());
         }
         if let Some(run) = self.running.get_mut(name) {
-            run.record.definition = net.clone();
-            let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, name);
-            dhcp::write_host_files(&net, &paths)?;
-            if let Some(d) = &run.dnsmasq {
-                d.reload()?;
-            }
+            run.record.definition = net;
         }
         self.save_running();
         Ok(())
@@ -759,7 +774,7 @@ impl State {
                         .running
                         .get(n)
                         .map(|r| r.record.bridge.clone())
-                        .or_else(|| net.bridge.clone())
+                        .or_else(|| net.bridge.as_ref().map(ToString::to_string))
                         .filter(|b| !b.is_empty()),
                 })
             })
@@ -771,7 +786,7 @@ impl State {
         let run = self.running.get(name);
         let mut notes = Vec::new();
         let uplink = match &net.uplink {
-            Some(u) => Some(u.clone()),
+            Some(u) => Some(u.to_string()),
             None if net.mode == Mode::Hostdev => None,
             None => self
                 .nl
@@ -817,18 +832,18 @@ impl State {
             // A hostdev network has none (its record holds "").
             bridge: run
                 .map(|r| r.record.bridge.clone())
-                .or_else(|| net.bridge.clone())
+                .or_else(|| net.bridge.as_ref().map(ToString::to_string))
                 .filter(|b| !b.is_empty()),
             bridge_ifindex: run.map(|r| r.record.bridge_ifindex).filter(|i| *i != 0),
             mac: match (&net.mac, run) {
-                (Some(m), _) => Some(m.clone()),
+                (Some(m), _) => Some(m.to_string()),
                 // No bridge, so no bridge MAC (and none generated for it).
                 (None, _) if net.mode == Mode::Hostdev => None,
                 (None, Some(_)) => self.store.bridge_mac(name).ok().map(|m| format_mac(&m)),
                 _ => None,
             },
-            ipv4: net.ipv4.as_ref().map(|v| v.address.clone()),
-            ipv6: net.ipv6.as_ref().map(|v| v.address.clone()),
+            ipv4: net.ipv4.as_ref().map(|v| v.address.to_string()),
+            ipv6: net.ipv6.as_ref().map(|v| v.address.to_string()),
             dhcp_range: net
                 .ipv4
                 .as_ref()

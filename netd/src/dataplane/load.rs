@@ -78,14 +78,31 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads every program, creating or reusing the pinned maps.
     pub fn load(bpffs: &Path, bpf_log: bool) -> Result<Self> {
+        Self::load_sized(bpffs, bpf_log, netd_common::FORWARD_MAX_ENTRIES)
+    }
+
+    /// [`Dataplane::load`], with the forward maps sized for `forwards_max`
+    /// entries. A pinned map is reused as it is (its entries are live
+    /// forwards), so a new size applies once the pinned maps are gone.
+    pub fn load_sized(bpffs: &Path, bpf_log: bool, forwards_max: u32) -> Result<Self> {
         ensure_bpffs(bpffs)?;
         let maps_dir = bpffs.join("maps");
         std::fs::create_dir_all(&maps_dir)?;
         std::fs::create_dir_all(bpffs.join("links"))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
+            .map_max_entries(netd_common::maps::FORWARDS, forwards_max)
+            .map_max_entries(netd_common::maps::FORWARDS_REV, forwards_max)
             .load(BPF_OBJECT)
             .context("loading the BPF object")?;
+        if let Ok((_, max)) = super::maps::forward_fill(&maps_dir)
+            && max != forwards_max
+        {
+            tracing::warn!(
+                "the pinned forward map holds {max} entries, not --forwards-max {forwards_max}: \
+                 it is reused as it is; the new size applies once it is unpinned"
+            );
+        }
         let logger = if bpf_log {
             match aya_log::EbpfLogger::init(&mut ebpf) {
                 Ok(l) => Some(l),
