@@ -58,6 +58,15 @@ pub fn validate(net: &Network) -> Result<()> {
         Mode::Nat | Mode::Route | Mode::Open | Mode::Isolated => {}
         _ => {}
     }
+    if !net.mode.owns_bridge() && (net.strict || !net.host_access.is_all()) {
+        bail!(
+            "strict and host_access need netd's datapath, which mode = \"{}\" does not have",
+            net.mode.as_str()
+        );
+    }
+    if net.strict && net.ipv4.is_none() {
+        bail!("strict = true binds guests' IPv4 addresses: it needs an [ipv4] subnet");
+    }
     if net.nat.is_some() && net.mode != Mode::Nat {
         bail!("[nat] only applies to mode = \"nat\"");
     }
