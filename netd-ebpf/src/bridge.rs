@@ -111,6 +111,11 @@ pub fn new_flow_stage(ctx: &mut TcContext) -> i32 {
     let Ok(ip) = parse::ipv4(ctx, ETH_LEN) else {
         return stats::drop(reason::DROP_MALFORMED, len);
     };
+    // Checked by the first stage already; again here so this program
+    // never translates a foreign source, however it is reached.
+    if ip.saddr & net.mask != net.subnet && lane::filters_sources(net) {
+        return stats::drop(reason::DROP_SPOOFED, len);
+    }
     let (l4, key) = match flow::of(ctx, &ip) {
         Ok(f) => f,
         Err(_) => return stats::drop(reason::DROP_MALFORMED, len),
@@ -189,12 +194,11 @@ fn new_flow(
         // Host-bound: a forwarded port on a host address is a hairpin;
         // anything else (DNS, ssh to the host) is the host's.
         Route::Local => return hairpin(ctx, net, ifindex, ip, l4, key, len),
-        Route::Stack => return stats::pass(reason::SLOW_PATH, len),
+        Route::Stack => 0,
     };
-    if ip.ttl <= 1 {
-        // Only restricted networks get here with it (see `ingress`).
-        return stats::pass(reason::SLOW_PATH, len);
-    }
+    // Policy before the slow path: what the kernel would forward (an
+    // over-MTU packet it fragments) must be allowed as much as what is
+    // redirected here.
     if let Some(other) = maps::subnet_owner(ip.daddr)
         && other != ifindex
     {
@@ -204,6 +208,17 @@ fn new_flow(
         if !(open(net.mode) && open(theirs)) {
             return refuse(ctx, net, ifindex, ip, l4, len);
         }
+    }
+    if net.mode == mode::ISOLATED {
+        // The host and the other guests only.
+        return refuse(ctx, net, ifindex, ip, l4, len);
+    }
+    if out == 0 || ip.ttl <= 1 {
+        // MTU exceeded or no route: the kernel answers the guest (or
+        // fragments, and the uplink's safety net translates the pieces).
+        // Expiring packets only reach here from restricted networks (see
+        // `ingress`): the kernel sends the time-exceeded.
+        return stats::pass(reason::SLOW_PATH, len);
     }
     match net.mode {
         mode::NAT => masquerade(ctx, net, ifindex, out, ip, l4, key, &route, len),

@@ -3,7 +3,7 @@
 //! advertisements and link-local traffic stay with the kernel.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup},
+    bindings::{TC_ACT_OK, bpf_fib_lookup},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
@@ -100,7 +100,7 @@ pub fn redirect(ctx: &mut TcContext, ip: &Ipv6, r: &Route, len: u32) -> i32 {
         .store(ETH_LEN + HOP_LIMIT_OFF, &(ip.hop_limit - 1), 0)
         .is_err()
     {
-        return TC_ACT_SHOT;
+        return stats::drop(reason::DROP_MALFORMED, len);
     }
     stats::count(reason::REDIRECT, len);
     forward::send(ctx, r)
@@ -150,17 +150,28 @@ fn from_guest(ctx: &mut TcContext, net: &NetConfig, bridge: u32, len: u32) -> i3
         Route::Forward { ifindex, .. } => ifindex,
         Route::Local if restricted => return to_host(ctx, &ip, len),
         Route::Local => return stats::pass(reason::PASS, len),
-        Route::Stack => return stats::pass(reason::SLOW_PATH, len),
+        Route::Stack => 0,
     };
     if theirs == bridge || ip.hop_limit <= 1 {
         // Restricted networks only: checked against the host above.
         return stats::pass(reason::PASS, len);
     }
+    // Policy before the slow path, as for IPv4: what the kernel would
+    // forward must be allowed too.
     if theirs != 0 {
         let open = |n: &NetConfig| n.mode == mode::ROUTE || n.mode == mode::OPEN;
         if !(open(net) && maps::network(theirs).is_some_and(open)) {
             return stats::drop(reason::DROP_POLICY, len);
         }
+    }
+    if net.mode == mode::ISOLATED {
+        // The host and the other guests only.
+        return stats::drop(reason::DROP_POLICY, len);
+    }
+    if out == 0 {
+        // MTU exceeded or no route: the kernel's (a NAT66 prefix is
+        // stopped at the uplink's egress).
+        return stats::pass(reason::SLOW_PATH, len);
     }
     if net.mode == mode::NAT && !routes_v6(net) {
         // `forward dev=` ties the masquerade to one uplink, as for IPv4

@@ -68,6 +68,11 @@ pub fn port_unreachable(
     let Ok(macs) = ctx.load::<[u8; 12]>(0) else {
         return stats::drop(why, len);
     };
+    // Never answer a link-layer broadcast or multicast (RFC 1122 3.2.2):
+    // the answer would also go out from that group address.
+    if macs[0] & 1 != 0 {
+        return stats::drop(why, len);
+    }
     let Ok(quote) = ctx.load::<[u8; QUOTE]>(ETH_LEN) else {
         return stats::drop(why, len);
     };

@@ -338,6 +338,30 @@ pub fn reason_stats(dir: &Path) -> Result<Vec<(&'static str, Counter)>> {
     Ok(out)
 }
 
+/// The per-reason counters, held open for callers that read them after
+/// every packet (the packet fuzzer).
+pub struct ReasonCounters(PerCpuArray<MapData, Counter>);
+
+impl ReasonCounters {
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(Self(PerCpuArray::try_from(open(dir, names::STATS)?)?))
+    }
+
+    /// Packets counted under `r`, all CPUs.
+    pub fn packets(&self, r: u32) -> Result<u64> {
+        Ok(self.0.get(&r, 0)?.iter().map(|c| c.packets).sum())
+    }
+
+    /// Packets counted under any drop reason, all CPUs.
+    pub fn drops(&self) -> Result<u64> {
+        let mut n = 0;
+        for r in (0..reason::COUNT).filter(|r| reason::is_drop(*r)) {
+            n += self.packets(r)?;
+        }
+        Ok(n)
+    }
+}
+
 /// Per-network counters, summed over CPUs, keyed by bridge ifindex.
 pub fn network_stats(dir: &Path) -> Result<Vec<(u32, NetStats)>> {
     let m = net_stats(dir)?;
