@@ -47,8 +47,13 @@ pub fn ingress(ctx: &mut TcContext) -> i32 {
     if lane::strict(net) && !lane::ipv4_bound(ctx, ifindex, &ip) {
         return stats::drop(reason::DROP_BINDING, len);
     }
+    let restricted = lane::host_restricted(net);
     if ip.saddr == 0 {
-        // DHCP from unconfigured guests: the segment's own business.
+        // DHCP from unconfigured guests: the segment's own business, and
+        // the host's (which on a restricted network gets DHCP only).
+        if restricted {
+            return lane::to_host(ctx, net, ifindex, &ip, len);
+        }
         return stats::pass(reason::PASS, len);
     }
     if lane::filters_sources(net) {
@@ -57,7 +62,6 @@ pub fn ingress(ctx: &mut TcContext) -> i32 {
             return stats::drop(r, len);
         }
     }
-    let restricted = lane::host_restricted(net);
     if is_broadcast(ip.daddr) || (restricted && ip.daddr == lane::subnet_broadcast(net)) {
         // Broadcast and multicast: the segment's own business, and the
         // host's when it listens.

@@ -189,7 +189,9 @@ pub fn to_host(ctx: &mut TcContext, net: &NetConfig, bridge: u32, ip: &Ipv4, len
     if host_allows(ctx, ip) {
         return stats::pass(reason::PASS, len);
     }
-    let unicast = ip.daddr != u32::MAX
+    // An answer needs somebody to go to, and a unicast packet to be about.
+    let unicast = ip.saddr != 0
+        && ip.daddr != u32::MAX
         && ip.daddr != subnet_broadcast(net)
         && (ip.daddr.to_ne_bytes()[0] & 0xf0) != 0xe0;
     if unicast && matches!(ip.proto, IPPROTO_TCP | IPPROTO_UDP) {

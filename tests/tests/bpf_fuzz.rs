@@ -33,11 +33,12 @@
 //!
 //! The seed is printed; `NETD_FUZZ_SEED=N` replays a run.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::{Duration, Instant};
 
 use netd::dataplane::{Dataplane, maps};
-use netd_common::progs;
+use netd_common::{net_flags, progs};
 use netd_tests::bpf_fixture::*;
 use netd_tests::packet::*;
 
@@ -221,6 +222,16 @@ struct Fuzz<'a> {
 
 impl<'a> Fuzz<'a> {
     fn v4_addr(&mut self, side: Side) -> Ipv4Addr {
+        if let Side::Bridge(i) = side
+            && self.rng.chance(25)
+        {
+            // The host, as the guests of this bridge see it.
+            return if self.rng.chance(50) {
+                self.nets[i].gw
+            } else {
+                NAT
+            };
+        }
         let n = self.rng.pick(&self.nets);
         match self.rng.below(14) {
             0..=3 => (n.guest)(self.rng.pick(&[10, 11, 12, 13, 20, 40])),
@@ -286,10 +297,10 @@ impl<'a> Fuzz<'a> {
                 let payload = self.rng.bytes(n);
                 let (sp, dp) = (self.port(), self.port());
                 let mut p = Packet::udp(src, sp, dst, dp, &payload);
-                if self.rng.chance(15) {
-                    if let L4::Udp { csum, .. } = &mut p.l4 {
-                        *csum = false;
-                    }
+                if let L4::Udp { csum, .. } = &mut p.l4
+                    && self.rng.chance(15)
+                {
+                    *csum = false;
                 }
                 p
             }
@@ -478,6 +489,17 @@ impl<'a> Fuzz<'a> {
             }
             return (f, "ARP");
         }
+        if let Some(n) = guest_net
+            && kind < 14
+        {
+            // A guest knocking on the host's door: a connection attempt
+            // to one of its addresses, from the guest's own address.
+            let k = self.rng.pick(&[10, 11, 12, 20]);
+            let dst = if self.rng.chance(50) { n.gw } else { NAT };
+            let (sp, dp) = (self.port(), self.port());
+            let p = Packet::tcp((n.guest)(k), sp, dst, dp, TCP_SYN).macs(dst_mac, (n.mac)(k));
+            return (p.frame(), "TCP to the host");
+        }
         if kind < 35 {
             return self.frame6(side, dst_mac, src_mac, guest_net);
         }
@@ -546,20 +568,19 @@ impl<'a> Fuzz<'a> {
                 refresh_ip_csum(&mut ip);
                 what = "fragment";
             }
-            4 => {
-                if ip[9] == IPPROTO_TCP && ip.len() >= (ip[0] as usize & 0xf) * 4 + 13 {
-                    let o = (ip[0] as usize & 0xf) * 4 + 12;
-                    ip[o] = (self.rng.u8() & 0xf0) | (ip[o] & 0x0f);
-                    what = "TCP data offset";
-                }
+            4 if ip[9] == IPPROTO_TCP && ip.len() >= (ip[0] as usize & 0xf) * 4 + 18 => {
+                let hl = (ip[0] as usize & 0xf) * 4;
+                ip[hl + 12] = (self.rng.u8() & 0xf0) | (ip[hl + 12] & 0x0f);
+                // With a checksum that matches, so what comes out is held
+                // to a right one too.
+                refresh_l4_csum(&mut ip);
+                what = "TCP data offset";
             }
-            5 => {
-                if ip[9] == IPPROTO_UDP {
-                    let o = (ip[0] as usize & 0xf) * 4 + 4;
-                    let l = self.rng.pick(&[0u16, 1, 7, 8, 9, 0xffff]);
-                    ip[o..o + 2].copy_from_slice(&l.to_be_bytes());
-                    what = "UDP length";
-                }
+            5 if ip[9] == IPPROTO_UDP => {
+                let o = (ip[0] as usize & 0xf) * 4 + 4;
+                let l = self.rng.pick(&[0u16, 1, 7, 8, 9, 0xffff]);
+                ip[o..o + 2].copy_from_slice(&l.to_be_bytes());
+                what = "UDP length";
             }
             6 => {
                 let n = self.rng.below(ip.len());
@@ -636,6 +657,66 @@ impl<'a> Fuzz<'a> {
         (eth(dst_mac, src_mac, ETH_P_IPV6, &ip), what)
     }
 
+    /// The lane invariants at a bridge's ingress: on the strict network
+    /// (br1) nothing passes from a MAC/IPv4 pair that is not bound (DHCP
+    /// from 0.0.0.0 aside), ARP included; on the restricted ones (br1, br2)
+    /// no TCP connection attempt to a host address other than DNS passes.
+    fn lane(&mut self, b: usize, frame: &[u8], rc: u32, out: &[u8], ctx: &dyn Fn(&str) -> String) {
+        let dropped = rc == TC_ACT_SHOT;
+        let fin = Frame(frame);
+        let strict = b == 1;
+        if strict && fin.ethertype() == ETH_P_IP && frame.len() >= ETH_LEN + 20 {
+            self.applied("strict binding of a passed frame");
+            let src = fin.ip().src();
+            let ok = dropped
+                || src.is_unspecified()
+                || [(hmac(10), h(10)), (hmac(11), h(11))].contains(&(fin.src_mac(), src));
+            if !ok {
+                self.fail("strict", ctx(&format!("unbound {src} passed")));
+            }
+        }
+        if strict && fin.ethertype() == ETH_P_ARP && frame.len() >= ETH_LEN + 28 {
+            self.applied("strict binding of a passed frame");
+            let spa = Ipv4Addr::new(frame[28], frame[29], frame[30], frame[31]);
+            let sha: Mac = frame[22..28].try_into().unwrap();
+            let ok = dropped
+                || sha == fin.src_mac()
+                    && (spa.is_unspecified()
+                        || [(hmac(10), h(10)), (hmac(11), h(11))].contains(&(sha, spa)));
+            if !ok {
+                self.fail(
+                    "strict",
+                    ctx(&format!("ARP for {spa} from {sha:02x?} passed")),
+                );
+            }
+        }
+        let restricted = b == 1 || b == 2;
+        if restricted && fin.ethertype() == ETH_P_IP && frame.len() >= ETH_LEN + 40 {
+            let ip = fin.ip();
+            let host = [self.nets[b].gw, NAT].contains(&ip.dst());
+            let syn = ip.proto() == IPPROTO_TCP
+                && !ip.is_fragment()
+                && ip.hdr_len() >= 20
+                && ip.l4().len() >= 14
+                && ip.tcp_flags() & (TCP_SYN | TCP_ACK) == TCP_SYN;
+            if host && syn && ip.dport() != 53 {
+                self.applied("host access of a connection attempt");
+                // Passed to the host, or redirected anywhere but back to
+                // the guest as a refusal: a way in.
+                let refused = dropped
+                    || rc == TC_ACT_REDIRECT
+                        && Frame(out).dst_mac() == fin.src_mac()
+                        && Frame(out).ip().proto() == IPPROTO_ICMP;
+                if !refused {
+                    self.fail(
+                        "host access",
+                        ctx(&format!("SYN to {}:{} let in", ip.dst(), ip.dport())),
+                    );
+                }
+            }
+        }
+    }
+
     fn applied(&mut self, check: &'static str) {
         self.checks += 1;
         *self.applied.entry(check).or_default() += 1;
@@ -707,6 +788,11 @@ impl<'a> Fuzz<'a> {
             if self.drops <= before {
                 self.fail("uncounted drop", ctx("dropped without a drop reason"));
             }
+        }
+        if prog == progs::BRIDGE_INGRESS
+            && let Side::Bridge(b) = side
+        {
+            self.lane(b, frame, rc, &out, &ctx);
         }
         if rc == TC_ACT_SHOT || out.len() < ETH_LEN {
             return (rc, out);
@@ -837,6 +923,23 @@ impl<'a> Fuzz<'a> {
     }
 }
 
+/// Recomputes the TCP or UDP checksum of an unfragmented packet whose
+/// header was bent on purpose.
+fn refresh_l4_csum(ip: &mut [u8]) {
+    let hl = usize::from(ip[0] & 0x0f) * 4;
+    let proto = ip[9];
+    let Some(off) = l4_csum_offset(proto) else {
+        return;
+    };
+    if ip.len() < hl + off + 2 {
+        return;
+    }
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let c = l4_checksum(src, dst, proto, &ip[hl..]);
+    ip[hl + off..hl + off + 2].copy_from_slice(&c.to_be_bytes());
+}
+
 fn refresh_ip_csum(ip: &mut [u8]) {
     let hl = (usize::from(ip[0] & 0x0f) * 4).clamp(20, ip.len());
     ip[10] = 0;
@@ -863,6 +966,12 @@ fn frames_through_every_program_keep_every_invariant() {
         });
     println!("bpf_fuzz: seed {seed} (NETD_FUZZ_SEED={seed} replays), {frames} frames");
     let counters = maps::ReasonCounters::open(&env.maps).expect("stats map");
+    // br1 strict and restricted to DHCP and DNS on the host (guests 10 and
+    // 11 bound), br2 restricted: the lane checks get the same frames.
+    let old1 = env.set_net_flags(env.br1, net_flags::STRICT | net_flags::HOST_DHCP_DNS);
+    let old2 = env.set_net_flags(env.modes().br2, net_flags::HOST_DHCP_DNS);
+    let bound: BTreeMap<Mac, Ipv4Addr> = [(hmac(10), h(10)), (hmac(11), h(11))].into();
+    maps::sync_bindings(&env.maps, env.br1, &bound).expect("bindings");
     let mut fz = Fuzz {
         env: &env,
         nets: nets(&env),
@@ -924,6 +1033,9 @@ fn frames_through_every_program_keep_every_invariant() {
         done = i + 1;
     }
     let elapsed = start.elapsed();
+    env.set_net_flags(env.br1, old1);
+    env.set_net_flags(env.modes().br2, old2);
+    maps::sync_bindings(&env.maps, env.br1, &BTreeMap::new()).expect("bindings");
     println!(
         "bpf_fuzz: {done} frames, {} program runs ({} more refused by the kernel as too short), {} invariant checks in {:.1?}",
         fz.runs, fz.untestable, fz.checks, elapsed

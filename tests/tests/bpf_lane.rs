@@ -414,6 +414,16 @@ fn dhcp_dns_host_access_keeps_guests_to_dhcp_dns_and_ping() {
         expect(env, "DHCP discover", &d.frame(), TC_ACT_OK, "pass");
         let d = Packet::udp(g(10), 68, GW0, 67, &[1; 240]);
         expect(env, "DHCP renewal", &from(gmac(10), d), TC_ACT_OK, "pass");
+        // From 0.0.0.0 only DHCP: anything else is dropped unanswered
+        // (the fuzzer found it let through).
+        let p = Packet::tcp(Ipv4Addr::UNSPECIFIED, 68, GW0, 22, TCP_SYN);
+        env.dropped(
+            "TCP from 0.0.0.0 to the host",
+            Hook::BridgeIngress,
+            env.br0,
+            &from(gmac(13), p),
+            "drop_host_access",
+        );
         // Broadcast to other services: dropped, and never answered.
         let nb = Packet::udp(g(10), 137, Ipv4Addr::new(192, 168, 122, 255), 137, b"n")
             .macs([0xff; 6], gmac(10));
