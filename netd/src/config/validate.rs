@@ -287,6 +287,31 @@ domain = "default.netd"
     }
 
     #[test]
+    fn lane_settings_parse_round_trip_and_need_a_datapath() {
+        let t = base().replace(
+            "bridge = \"virbr0\"\n",
+            "bridge = \"virbr0\"\nstrict = true\nhost_access = \"dhcp-dns\"\n",
+        );
+        let n = check(&t).unwrap();
+        assert!(n.strict);
+        assert_eq!(n.host_access, crate::config::HostAccess::DhcpDns);
+        let again = check(&crate::config::to_toml(&n)).unwrap();
+        assert_eq!(again, n, "round trip");
+        // Defaults are not written out.
+        let plain = crate::config::to_toml(&check(&base()).unwrap());
+        assert!(!plain.contains("strict") && !plain.contains("host_access"), "{plain}");
+
+        let e = check(&t.replace("dhcp-dns", "ssh-only")).unwrap_err().to_string();
+        assert!(e.contains("host_access") || e.contains("unknown variant"), "{e}");
+        let bridged = t.replace("mode = \"nat\"", "mode = \"bridge\"");
+        let e = check(&bridged).unwrap_err().to_string();
+        assert!(e.contains("datapath"), "{e}");
+        let no_v4 = "name = \"s\"\nmode = \"isolated\"\nstrict = true\n";
+        let e = check(no_v4).unwrap_err().to_string();
+        assert!(e.contains("[ipv4]"), "{e}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let e = check(&(base() + "colour = 1\n")).unwrap_err().to_string();
         assert!(e.contains("unknown field"), "{e}");
