@@ -128,6 +128,39 @@ hosts = [{ mac = "52:54:00:71:00:05", ip = "10.71.0.5" }]
         "the leased MAC back, still cut off"
     );
 
+    // A host entry added live binds at once: its guest's first connection
+    // works, with no lease and no wait.
+    t.netd_ok(&[
+        "net",
+        "update",
+        "strict",
+        "add-host",
+        "--mac",
+        "52:54:00:71:00:06",
+        "--ip",
+        "10.71.0.6",
+    ]);
+    let live = t.add_guest("st0", Some("52:54:00:71:00:06")).unwrap();
+    live.set_static("10.71.0.6/24", Some("10.71.0.1")).unwrap();
+    assert!(
+        reaches(&live.ns, 7100),
+        "live host entry: first connection failed"
+    );
+    t.netd_ok(&[
+        "net",
+        "update",
+        "strict",
+        "remove-host",
+        "--mac",
+        "52:54:00:71:00:06",
+        "--ip",
+        "10.71.0.6",
+    ]);
+    assert!(
+        !reaches(&live.ns, 7100),
+        "a removed host entry still reaches upstream"
+    );
+
     // The host-entry guest claiming the leased guest's address: refused,
     // while the leased guest keeps working.
     set_ip(&fixed, &cidr, "10.71.0.1");
