@@ -394,6 +394,75 @@ impl<'a> Fuzz<'a> {
         p
     }
 
+    /// Many pieces of one datagram (or of a few sharing an id): in and out
+    /// of order, duplicated, overlapping, some with a lying offset or the
+    /// last one missing. Each piece's header checksum is right.
+    fn storm(&mut self, side: Side) -> Vec<Vec<u8>> {
+        let (src, dst, dst_mac, src_mac) = match side {
+            Side::Bridge(i) => {
+                let n = self.nets[i];
+                let k = self.rng.pick(&[10, 11, 20]);
+                ((n.guest)(k), self.v4_addr(side), n.bridge_mac, (n.mac)(k))
+            }
+            Side::Uplink => match self.reply() {
+                Some(p) => (p.src, p.dst, UP0_MAC, ROUTER_MAC),
+                None => (REMOTE, NAT, UP0_MAC, ROUTER_MAC),
+            },
+        };
+        let n = 100 + self.rng.below(1300);
+        let payload = self.rng.bytes(n);
+        let (sp, dp) = (self.port(), self.port());
+        let mut p = if self.rng.chance(50) {
+            Packet::udp(src, sp, dst, dp, &payload)
+        } else {
+            let mut t = Packet::tcp(src, sp, dst, dp, TCP_ACK);
+            if let L4::Tcp { payload: pl, .. } = &mut t.l4 {
+                *pl = payload;
+            }
+            t
+        };
+        p.id = self.rng.pick(&[0x3333, 0x3334, self.rng.0 as u16]);
+        let ip = p.ip_bytes();
+        let hl = usize::from(ip[0] & 0x0f) * 4;
+        let data = &ip[hl..];
+        let step = 8 * (1 + self.rng.below(40));
+        let mut pieces: Vec<(usize, usize)> = (0..data.len())
+            .step_by(step)
+            .map(|o| (o, (o + step).min(data.len())))
+            .collect();
+        if self.rng.chance(30) {
+            // Out of order.
+            for i in (1..pieces.len()).rev() {
+                let j = self.rng.below(i + 1);
+                pieces.swap(i, j);
+            }
+        }
+        if self.rng.chance(20) && pieces.len() > 1 {
+            pieces.pop();
+        }
+        let mut out = Vec::new();
+        for (k, &(a, b)) in pieces.iter().enumerate() {
+            let mut h = ip[..hl].to_vec();
+            let last = b == data.len();
+            let mut off = (a / 8) as u16;
+            if self.rng.chance(5) {
+                off = self.rng.u16() & 0x1fff;
+            }
+            let mf: u16 = if last { 0 } else { 0x2000 };
+            h[6..8].copy_from_slice(&(off | mf).to_be_bytes());
+            let tl = (hl + b - a) as u16;
+            h[2..4].copy_from_slice(&tl.to_be_bytes());
+            refresh_ip_csum(&mut h);
+            h.extend_from_slice(&data[a..b]);
+            let f = eth(dst_mac, src_mac, ETH_P_IP, &h);
+            if k % 4 == 0 && self.rng.chance(20) {
+                out.push(f.clone());
+            }
+            out.push(f);
+        }
+        out
+    }
+
     /// Wraps an IPv6 packet's L4 in a chain of extension headers.
     fn ext_chain(&mut self, ip6: &mut Vec<u8>) {
         let l4 = ip6.split_off(40);
@@ -995,17 +1064,28 @@ fn frames_through_every_program_keep_every_invariant() {
     let start = Instant::now();
     let mut kinds: std::collections::BTreeMap<&'static str, u64> = Default::default();
     let mut done = 0;
+    let mut pending = std::collections::VecDeque::new();
     for i in 0..frames {
         if start.elapsed() > TIME_LIMIT {
             fz.fail("time limit", format!("time limit reached after {i} frames"));
             break;
         }
-        let side = if fz.rng.chance(50) {
-            Side::Bridge(fz.rng.below(fz.nets.len()))
-        } else {
-            Side::Uplink
-        };
-        let (frame, what) = fz.frame(side);
+        if pending.is_empty() {
+            let side = if fz.rng.chance(50) {
+                Side::Bridge(fz.rng.below(fz.nets.len()))
+            } else {
+                Side::Uplink
+            };
+            if fz.rng.chance(1) {
+                for f in fz.storm(side) {
+                    pending.push_back((side, f, "fragment storm"));
+                }
+            } else {
+                let (f, what) = fz.frame(side);
+                pending.push_back((side, f, what));
+            }
+        }
+        let (side, frame, what) = pending.pop_front().expect("a frame");
         *kinds.entry(what).or_default() += 1;
         // Through every program of its side: the hooks where frames
         // arrive, and the second stages they tail-call, on their own.
