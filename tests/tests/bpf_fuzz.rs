@@ -1097,7 +1097,16 @@ fn frames_through_every_program_keep_every_invariant() {
             let (rc, out) = fz.run(prog, side, ifindex, &frame, what);
             // What a bridge's ingress hands the kernel may be routed out of
             // the uplink: the uplink's egress must make it safe.
-            if prog == progs::BRIDGE_INGRESS && rc == TC_ACT_OK && out.len() >= ETH_LEN {
+            // (Not what the kernel delivers itself: the host's own addresses,
+            // broadcast and multicast never leave by the uplink.)
+            let local = out.len() >= ETH_LEN + 20 && Frame(&out).ethertype() == ETH_P_IP && {
+                let d = Frame(&out).ip().dst();
+                d == NAT
+                    || d.is_broadcast()
+                    || d.is_multicast()
+                    || fz.nets.iter().any(|n| n.gw == d)
+            };
+            if prog == progs::BRIDGE_INGRESS && rc == TC_ACT_OK && out.len() >= ETH_LEN && !local {
                 let mut routed = out.clone();
                 routed[0..6].copy_from_slice(&ROUTER_MAC);
                 routed[6..12].copy_from_slice(&UP0_MAC);
