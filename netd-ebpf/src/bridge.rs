@@ -157,6 +157,12 @@ fn tracked(
         return stats::pass(reason::SLOW_PATH, len);
     }
     let route = forward::route(ctx, ifindex, ip, key.saddr, xlate.daddr);
+    if is_snat && matches!(route, Route::Local) {
+        // A masqueraded flow leads away from the host, never into it: an
+        // entry that does (made for an address the host took since, say)
+        // must not carry a guest past the host's own policy.
+        return stats::drop(reason::DROP_POLICY, len);
+    }
     if let Route::Stack = route {
         // MTU exceeded or no route: the kernel answers the guest (or
         // fragments, and the uplink's safety net translates the pieces).

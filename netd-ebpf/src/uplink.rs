@@ -238,6 +238,10 @@ pub fn egress(ctx: &mut TcContext) -> i32 {
                     None => return stats::drop(reason::DROP_NO_UPLINK_ADDR, len),
                 }
             };
+            if ip.daddr == nat_addr {
+                // For the host itself: never leaves, never masqueraded.
+                return stats::drop(reason::DROP_POLICY, len);
+            }
             let Some(req) = nat::SnatRequest::new(&key, &l4, nat_addr, net, bridge, ifindex, len)
             else {
                 return stats::drop(reason::DROP_CT_FULL, len);

@@ -299,10 +299,18 @@ domain = "default.netd"
         assert_eq!(again, n, "round trip");
         // Defaults are not written out.
         let plain = crate::config::to_toml(&check(&base()).unwrap());
-        assert!(!plain.contains("strict") && !plain.contains("host_access"), "{plain}");
+        assert!(
+            !plain.contains("strict") && !plain.contains("host_access"),
+            "{plain}"
+        );
 
-        let e = check(&t.replace("dhcp-dns", "ssh-only")).unwrap_err().to_string();
-        assert!(e.contains("host_access") || e.contains("unknown variant"), "{e}");
+        let e = check(&t.replace("dhcp-dns", "ssh-only"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("host_access") || e.contains("unknown variant"),
+            "{e}"
+        );
         let bridged = t.replace("mode = \"nat\"", "mode = \"bridge\"");
         let e = check(&bridged).unwrap_err().to_string();
         assert!(e.contains("datapath"), "{e}");
