@@ -1196,6 +1196,23 @@ fn found_slow_path_sources_are_stopped_at_the_uplink() {
         &f.frame(),
         "drop_policy",
     );
+    // Nor one for the host's own address (its conntrack entry then led a
+    // restricted guest's SYN into the host).
+    let f = Packet::tcp(g(10), 41004, NAT, 22, TCP_SYN).macs(ROUTER_MAC, UP0_MAC);
+    env.dropped(
+        "NAT guest to the uplink's address",
+        netd::dataplane::Hook::UplinkEgress,
+        env.up0,
+        &f.frame(),
+        "drop_policy",
+    );
+    let p = from_guest(10, Packet::tcp(g(10), 41004, NAT, 22, TCP_SYN));
+    let (rc, out) = env.in_br0(&p);
+    assert_eq!(
+        (rc, out),
+        (TC_ACT_OK, p.frame()),
+        "then the SYN is the host's, untranslated"
+    );
 }
 
 /// Refusals answered a link-layer broadcast, from ff:ff:ff:ff:ff:ff.
