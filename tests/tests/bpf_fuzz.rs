@@ -29,7 +29,17 @@
 //!   isolated network's frames only come back to the sender as a refusal,
 //!   and nothing from the uplink addressed to a NAT or isolated guest's own
 //!   address is delivered to it;
-//! - every SHOT is counted under a drop reason (the drop counters grow).
+//! - every SHOT is counted under a drop reason (the drop counters grow);
+//! - guests stay in their lane: br1 runs strict (guests 10 and 11 bound)
+//!   and br1 and br2 keep guests to DHCP and DNS on the host, so nothing
+//!   from an unbound MAC/IPv4 pair (ARP included) passes br1's ingress,
+//!   and no TCP connection attempt to a host address other than DNS is
+//!   let in (only dropped, or answered back to the guest).
+//!
+//! A "fragment storm" is many pieces of one datagram in a row (shuffled,
+//! duplicated, lying offsets, the last one missing), each counted as a
+//! frame. Frames the kernel's BPF_PROG_TEST_RUN refuses (an IPv4 or IPv6
+//! header cut short; the wire would still deliver them) are counted apart.
 //!
 //! The seed is printed; `NETD_FUZZ_SEED=N` replays a run.
 
