@@ -34,6 +34,24 @@ impl Mode {
     }
 }
 
+/// What of the host a network's guests may reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum HostAccess {
+    /// Every service on every host address (libvirt's default).
+    #[default]
+    #[serde(rename = "all")]
+    All,
+    /// DHCP, DNS and ICMP echo only, on every host address.
+    #[serde(rename = "dhcp-dns")]
+    DhcpDns,
+}
+
+impl HostAccess {
+    pub fn is_all(&self) -> bool {
+        *self == HostAccess::All
+    }
+}
+
 /// A network definition, as stored in `<config-dir>/networks/NAME.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -56,6 +74,13 @@ pub struct Network {
     pub mac: Option<Mac>,
     #[serde(default)]
     pub stp: Stp,
+    /// Guests send only from the MAC/IPv4 pair DHCP leased them or a host
+    /// entry gives them, ARP included (libvirt's nwfilter clean-traffic).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
+    /// What of the host guests may reach.
+    #[serde(default, skip_serializing_if = "HostAccess::is_all")]
+    pub host_access: HostAccess,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<Nat>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

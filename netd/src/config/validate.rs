@@ -43,6 +43,15 @@ pub fn validate(net: &Network) -> Result<()> {
         Mode::Nat | Mode::Route | Mode::Open | Mode::Isolated => {}
         _ => {}
     }
+    if !net.mode.owns_bridge() && (net.strict || !net.host_access.is_all()) {
+        bail!(
+            "strict and host_access need netd's datapath, which mode = \"{}\" does not have",
+            net.mode.as_str()
+        );
+    }
+    if net.strict && net.ipv4.is_none() {
+        bail!("strict = true binds guests' IPv4 addresses: it needs an [ipv4] subnet");
+    }
     if net.nat.is_some() && net.mode != Mode::Nat {
         bail!("[nat] only applies to mode = \"nat\"");
     }
@@ -270,6 +279,39 @@ domain = "default.netd"
         let n = check(&base()).unwrap();
         assert_eq!(n.ipv4.unwrap().hosts[0].name.as_deref(), Some("web"));
         assert!(n.stp.enabled);
+    }
+
+    #[test]
+    fn lane_settings_parse_round_trip_and_need_a_datapath() {
+        let t = base().replace(
+            "bridge = \"virbr0\"\n",
+            "bridge = \"virbr0\"\nstrict = true\nhost_access = \"dhcp-dns\"\n",
+        );
+        let n = check(&t).unwrap();
+        assert!(n.strict);
+        assert_eq!(n.host_access, crate::config::HostAccess::DhcpDns);
+        let again = check(&crate::config::to_toml(&n)).unwrap();
+        assert_eq!(again, n, "round trip");
+        // Defaults are not written out.
+        let plain = crate::config::to_toml(&check(&base()).unwrap());
+        assert!(
+            !plain.contains("strict") && !plain.contains("host_access"),
+            "{plain}"
+        );
+
+        let e = check(&t.replace("dhcp-dns", "ssh-only"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("host_access") || e.contains("unknown variant"),
+            "{e}"
+        );
+        let bridged = t.replace("mode = \"nat\"", "mode = \"bridge\"");
+        let e = check(&bridged).unwrap_err().to_string();
+        assert!(e.contains("datapath"), "{e}");
+        let no_v4 = "name = \"s\"\nmode = \"isolated\"\nstrict = true\n";
+        let e = check(no_v4).unwrap_err().to_string();
+        assert!(e.contains("[ipv4]"), "{e}");
     }
 
     #[test]

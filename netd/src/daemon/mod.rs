@@ -4,6 +4,7 @@
 
 mod doctor;
 mod forwards;
+mod lane;
 pub mod metrics;
 mod network;
 mod status;
@@ -79,6 +80,7 @@ pub async fn run(opts: Options) -> Result<()> {
 
     tokio::spawn(uplink::watch(daemon.clone()));
     tokio::spawn(uplink::gc(daemon.clone()));
+    tokio::spawn(lane::watch(daemon.clone()));
     let server = tokio::spawn(crate::api::server::serve(daemon.clone()));
     if let Some(addr) = opts.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)

@@ -364,11 +364,7 @@ impl State {
             port_max,
             uplink_ifindex,
             mode,
-            flags: if net.ipv6.as_ref().is_some_and(|v| v.nat) {
-                netd_common::net_flags::NAT66
-            } else {
-                0
-            },
+            flags: datapath_flags(net),
             _pad: [0; 2],
         }))
     }
@@ -385,6 +381,16 @@ impl State {
         if let Some(prefix) = net.ipv6.as_ref().and_then(|v| v.parsed().ok()) {
             crate::link::set_ipv6_forwarding(true)?;
             dataplane::maps::add_subnet6(&self.dp.maps_dir(), run.record.bridge_ifindex, prefix)?;
+            dataplane::maps::set_gateway6(
+                &self.dp.maps_dir(),
+                run.record.bridge_ifindex,
+                prefix.0,
+            )?;
+        }
+        if net.strict {
+            // Host entries bind before the first packet; leases follow
+            // within a poll of the lease file (see `lane::watch`).
+            self.sync_bindings(&net.name, net, run.record.bridge_ifindex)?;
         }
         for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
             self.dp.attach(hook, &run.record.bridge)?;
@@ -556,6 +562,14 @@ impl State {
                     dataplane::maps::remove_subnet6(&self.dp.maps_dir(), prefix),
                 );
             }
+            t.step(
+                "removing the IPv6 router address",
+                dataplane::maps::remove_gateway6(&self.dp.maps_dir(), rec.bridge_ifindex),
+            );
+            t.step(
+                "removing the guests' bindings",
+                dataplane::maps::remove_bindings(&self.dp.maps_dir(), rec.bridge_ifindex),
+            );
             let subnet = rec.definition.ipv4.as_ref().and_then(|v| v.parsed().ok());
             t.step(
                 "removing the network from the datapath",
@@ -748,6 +762,11 @@ impl State {
         if let Some(run) = self.running.get_mut(name) {
             run.record.definition = net;
         }
+        if let Some(run) = self.running.get(name)
+            && net.strict
+        {
+            self.sync_bindings(name, &net, run.record.bridge_ifindex)?;
+        }
         self.save_running();
         Ok(())
     }
@@ -884,6 +903,22 @@ impl State {
             .filter(|l| l.expiry == 0 || l.expiry > now)
             .collect())
     }
+}
+
+/// `net_flags` for a network's datapath entry.
+fn datapath_flags(net: &Network) -> u8 {
+    use netd_common::net_flags;
+    let mut f = 0;
+    if net.ipv6.as_ref().is_some_and(|v| v.nat) {
+        f |= net_flags::NAT66;
+    }
+    if net.strict {
+        f |= net_flags::STRICT;
+    }
+    if net.host_access == config::HostAccess::DhcpDns {
+        f |= net_flags::HOST_DHCP_DNS;
+    }
+    f
 }
 
 /// Kills a dnsmasq left by a previous daemon, after checking the pid still

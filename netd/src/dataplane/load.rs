@@ -353,11 +353,36 @@ impl Dataplane {
         packet: &[u8],
         repeat: u32,
     ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
+        self.test_run_program(hook.program(), ifindex, packet, repeat)
+    }
+
+    /// Every tc program by name: the hooks' and the second stages they
+    /// tail-call (which tests also run on their own).
+    pub const TC_PROGRAMS: [&'static str; 9] = [
+        progs::BRIDGE_INGRESS,
+        progs::BRIDGE_EGRESS,
+        progs::UPLINK_INGRESS,
+        progs::UPLINK_EGRESS,
+        progs::BRIDGE_NEW_FLOW,
+        progs::UPLINK_NEW_FLOW,
+        progs::NAT66,
+        progs::BRIDGE_IPV6,
+        progs::UPLINK_IPV6,
+    ];
+
+    /// [`Self::test_run_repeat`] for any tc program, by name.
+    pub fn test_run_program(
+        &self,
+        name: &str,
+        ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
         use aya::programs::{TestRun, TestRunOptions};
         let prog: &SchedClassifier = self
             .ebpf
-            .program(hook.program())
-            .ok_or_else(|| anyhow!("program {} not loaded", hook.program()))?
+            .program(name)
+            .ok_or_else(|| anyhow!("program {name} not loaded"))?
             .try_into()?;
         // struct __sk_buff up to and including `ifindex` (offset 40); the
         // kernel accepts a prefix and only lets a few fields be set.

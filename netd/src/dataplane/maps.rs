@@ -8,8 +8,8 @@ use aya::maps::{
     lpm_trie::Key as LpmKey,
 };
 use netd_common::{
-    Counter, CtEntry, CtKey, ForwardKey, ForwardTarget, FragKey, FragPorts, NetConfig, NetStats,
-    Settings, Uplink, maps as names, reason,
+    Binding, BindingKey, Counter, CtEntry, CtKey, ForwardKey, ForwardTarget, FragKey, FragPorts,
+    NetConfig, NetStats, Settings, Uplink, maps as names, reason,
 };
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -107,6 +107,85 @@ pub fn add_subnet6(
 
 pub fn remove_subnet6(dir: &Path, prefix: (std::net::Ipv6Addr, u8)) -> Result<()> {
     let _ = subnets6(dir)?.remove(&subnet6_key(prefix));
+    Ok(())
+}
+
+fn gateways6(dir: &Path) -> Result<HashMap<MapData, u32, [u32; 4]>> {
+    Ok(HashMap::try_from(open(dir, names::GATEWAYS6)?)?)
+}
+
+/// Publishes a network's IPv6 router address: no guest may send from it.
+pub fn set_gateway6(dir: &Path, bridge_ifindex: u32, gw: std::net::Ipv6Addr) -> Result<()> {
+    gateways6(dir)?.insert(bridge_ifindex, words6(gw), 0)?;
+    Ok(())
+}
+
+pub fn remove_gateway6(dir: &Path, bridge_ifindex: u32) -> Result<()> {
+    let _ = gateways6(dir)?.remove(&bridge_ifindex);
+    Ok(())
+}
+
+fn bindings(dir: &Path) -> Result<HashMap<MapData, BindingKey, Binding>> {
+    Ok(HashMap::try_from(open(dir, names::BINDINGS)?)?)
+}
+
+/// The MAC/IPv4 bindings of a strict network's guests, by MAC.
+pub fn list_bindings(
+    dir: &Path,
+    bridge_ifindex: u32,
+) -> Result<std::collections::BTreeMap<[u8; 6], Ipv4Addr>> {
+    Ok(bindings(dir)?
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| k.bridge_ifindex == bridge_ifindex)
+        .map(|(k, v)| (k.mac, Ipv4Addr::from(u32::from_be(v.addr))))
+        .collect())
+}
+
+fn binding_key(bridge_ifindex: u32, mac: [u8; 6]) -> BindingKey {
+    BindingKey {
+        bridge_ifindex,
+        mac,
+        _pad: [0; 2],
+    }
+}
+
+/// Makes a bridge's bindings exactly `want`: new and changed pairs are
+/// written before stale ones go, so a guest whose pair did not change never
+/// sees a gap. Returns how many entries changed.
+pub fn sync_bindings(
+    dir: &Path,
+    bridge_ifindex: u32,
+    want: &std::collections::BTreeMap<[u8; 6], Ipv4Addr>,
+) -> Result<usize> {
+    let have = list_bindings(dir, bridge_ifindex)?;
+    let mut m = bindings(dir)?;
+    let mut changed = 0;
+    for (mac, ip) in want {
+        if have.get(mac) != Some(ip) {
+            let v = Binding {
+                addr: u32::from(*ip).to_be(),
+                _pad: 0,
+            };
+            m.insert(binding_key(bridge_ifindex, *mac), v, 0)
+                .context("writing a binding")?;
+            changed += 1;
+        }
+    }
+    for mac in have.keys().filter(|m| !want.contains_key(*m)) {
+        m.remove(&binding_key(bridge_ifindex, *mac))?;
+        changed += 1;
+    }
+    Ok(changed)
+}
+
+/// Forgets every binding of a bridge (teardown: keeps going past gaps).
+pub fn remove_bindings(dir: &Path, bridge_ifindex: u32) -> Result<()> {
+    let have = list_bindings(dir, bridge_ifindex)?;
+    let mut m = bindings(dir)?;
+    for mac in have.keys() {
+        let _ = m.remove(&binding_key(bridge_ifindex, *mac));
+    }
     Ok(())
 }
 
@@ -247,10 +326,40 @@ pub fn reason_stats(dir: &Path) -> Result<Vec<(&'static str, Counter)>> {
     let a: PerCpuArray<MapData, Counter> = PerCpuArray::try_from(open(dir, names::STATS)?)?;
     let mut out = Vec::new();
     for (i, name) in reason::NAMES.iter().enumerate() {
+        // A map pinned by an older build may have fewer reasons: the
+        // newer ones read as zero instead of failing the whole listing.
+        if i as u32 >= a.len() {
+            out.push((*name, Counter::default()));
+            continue;
+        }
         let per_cpu = a.get(&(i as u32), 0)?;
         out.push((*name, sum(per_cpu.iter().copied())));
     }
     Ok(out)
+}
+
+/// The per-reason counters, held open for callers that read them after
+/// every packet (the packet fuzzer).
+pub struct ReasonCounters(PerCpuArray<MapData, Counter>);
+
+impl ReasonCounters {
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(Self(PerCpuArray::try_from(open(dir, names::STATS)?)?))
+    }
+
+    /// Packets counted under `r`, all CPUs.
+    pub fn packets(&self, r: u32) -> Result<u64> {
+        Ok(self.0.get(&r, 0)?.iter().map(|c| c.packets).sum())
+    }
+
+    /// Packets counted under any drop reason, all CPUs.
+    pub fn drops(&self) -> Result<u64> {
+        let mut n = 0;
+        for r in (0..reason::COUNT).filter(|r| reason::is_drop(*r)) {
+            n += self.packets(r)?;
+        }
+        Ok(n)
+    }
 }
 
 /// Per-network counters, summed over CPUs, keyed by bridge ifindex.
