@@ -760,7 +760,7 @@ impl State {
             self.defs.insert(name.to_string(), net.clone());
         }
         if let Some(run) = self.running.get_mut(name) {
-            run.record.definition = net;
+            run.record.definition = net.clone();
         }
         if let Some(run) = self.running.get(name)
             && net.strict
