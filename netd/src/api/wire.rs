@@ -66,6 +66,14 @@ pub struct NetworkInfo {
     pub dnsmasq_healthy: Option<bool>,
     /// Hints for operators, e.g. the static route upstream routers need.
     pub notes: Vec<String>,
+    /// A running network whose persistent definition differs from the live
+    /// one (`net dump --inactive` shows it; the next start uses it).
+    #[serde(default)]
+    pub pending_changes: bool,
+    /// Why a running network does not work fully right now (e.g. its uplink
+    /// is gone); None when it does.
+    #[serde(default)]
+    pub degraded: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -5,9 +5,11 @@
 //! when those change.
 
 use super::State;
+use super::journal::{Edit, same_forward};
+use super::live::Scope;
 use crate::config::{self, Forward, Mode, Network, PortRange};
 use crate::dataplane::maps::{self, ForwardEntry};
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -75,14 +77,6 @@ impl PortIndex {
                 })
         })
     }
-}
-
-fn same_forward(f: &Forward, proto: config::Proto, port: &str, address: Option<Ipv4Addr>) -> bool {
-    let start = |s: &str| PortRange::from_str(s).map(|r| r.start).ok();
-    f.proto == proto
-        && start(&f.port) == start(port)
-        && start(port).is_some()
-        && f.address == address
 }
 
 impl State {
@@ -167,25 +161,31 @@ impl State {
 
     /// Adds forwards to a network, all or none: each is validated and
     /// checked against every forward of every network (and the others of
-    /// the batch), the definition is stored once, and only the new map keys
-    /// are written, so other flows never notice.
-    pub async fn add_forwards(&mut self, name: &str, new: Vec<Forward>) -> Result<()> {
-        let mut net = self
-            .definition(name)
-            .ok_or_else(|| anyhow!("network {name:?} is not defined"))?
-            .clone();
+    /// the batch), only the new map keys are written, so other flows never
+    /// notice, and each changed side gets one journal record.
+    pub async fn add_forwards(
+        &mut self,
+        name: &str,
+        new: Vec<Forward>,
+        scope: Scope,
+    ) -> Result<()> {
+        let (persistent, live) = self.edit_sides(name, scope)?;
+        let sides = self.sides(name, persistent, live);
         let mut taken = PortIndex::default();
-        let everyone = self
+        let others = self
             .defs
             .values()
-            .chain(self.running.values().map(|r| &r.record.definition));
-        for other in everyone {
+            .chain(self.running.values().map(|r| &r.record.definition))
+            .filter(|o| o.name != name);
+        for other in others.chain(sides.iter()) {
             for f in &other.forwards {
                 taken.insert(f, &other.name);
             }
         }
         for f in &new {
-            config::validate_forward(&net, f)?;
+            for side in &sides {
+                config::validate_forward(side, f)?;
+            }
             if let Some((owner, to)) = taken.clash(f) {
                 bail!(
                     "{} port {} on {} is already forwarded by network {owner:?} to {to}",
@@ -198,14 +198,18 @@ impl State {
             }
             taken.insert(f, name);
         }
-        let mut added = net.clone();
-        added.forwards = new.clone();
-        net.forwards.extend(new);
-        self.store_definition(net)?;
-        if let Some(run) = self.running.get(name) {
+        let mut entries = Vec::new();
+        if live && let Some(run) = self.running.get(name) {
+            let mut added = run.record.definition.clone();
+            added.forwards = new.clone();
             let (idx, uplinks) = (run.record.bridge_ifindex, run.record.uplinks.clone());
-            let entries = self.forward_entries(&added, idx, &uplinks).await;
+            entries = self.forward_entries(&added, idx, &uplinks).await;
             maps::add_forwards(&self.dp.maps_dir(), &entries)?;
+        }
+        let edit = Edit::AddForwards { forwards: new };
+        if let Err(e) = self.record_edit(name, &edit, persistent, live) {
+            let _ = maps::remove_forwards(&self.dp.maps_dir(), &entries);
+            return Err(e);
         }
         Ok(())
     }
@@ -216,43 +220,37 @@ impl State {
         proto: config::Proto,
         port: &str,
         address: Option<Ipv4Addr>,
+        scope: Scope,
     ) -> Result<()> {
-        let mut net = self
-            .definition(name)
-            .ok_or_else(|| anyhow!("network {name:?} is not defined"))?
-            .clone();
-        let (gone, kept): (Vec<Forward>, Vec<Forward>) = net
-            .forwards
-            .drain(..)
-            .partition(|f| same_forward(f, proto, port, address));
-        if gone.is_empty() {
+        let (persistent, live) = self.edit_sides(name, scope)?;
+        let found = self
+            .sides(name, persistent, live)
+            .iter()
+            .any(|n| n.forwards.iter().any(|f| same_forward(f, proto, port, address)));
+        if !found {
             bail!(
                 "network {name:?} has no {} forward on port {port}",
                 proto.as_str()
             );
         }
-        net.forwards = kept;
-        let mut removed = net.clone();
-        removed.forwards = gone;
-        self.store_definition(net)?;
-        if let Some(run) = self.running.get(name) {
+        let mut entries = Vec::new();
+        if live && let Some(run) = self.running.get(name) {
+            let mut removed = run.record.definition.clone();
+            removed
+                .forwards
+                .retain(|f| same_forward(f, proto, port, address));
             let (idx, uplinks) = (run.record.bridge_ifindex, run.record.uplinks.clone());
-            let entries = self.forward_entries(&removed, idx, &uplinks).await;
+            entries = self.forward_entries(&removed, idx, &uplinks).await;
             maps::remove_forwards(&self.dp.maps_dir(), &entries)?;
         }
-        Ok(())
-    }
-
-    /// Stores a changed definition, persistent or running.
-    fn store_definition(&mut self, net: Network) -> Result<()> {
-        let name = net.name.clone();
-        if self.defs.contains_key(&name) {
-            self.store.save_definition(&net)?;
-            self.defs.insert(name.clone(), net.clone());
-        }
-        if let Some(run) = self.running.get_mut(&name) {
-            run.record.definition = net;
-            self.save_running();
+        let edit = Edit::RemoveForward {
+            proto,
+            port: port.to_string(),
+            address,
+        };
+        if let Err(e) = self.record_edit(name, &edit, persistent, live) {
+            let _ = maps::add_forwards(&self.dp.maps_dir(), &entries);
+            return Err(e);
         }
         Ok(())
     }

@@ -21,6 +21,8 @@ pub struct Snapshot {
     pub forwards: Vec<ForwardMetrics>,
     /// (map, entries, max entries).
     pub maps: Vec<(String, u64, u32)>,
+    /// (network, what, count): repairs of tampering (see repair.rs).
+    pub repairs: Vec<(String, String, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -274,6 +276,16 @@ pub fn render(s: &Snapshot) -> String {
 
     let mut f = Family::new(
         o,
+        "netd_repairs_total",
+        "counter",
+        "Repairs of a network's kernel state someone else undid, by kind (bridge, bridge_down, address, uplink).",
+    );
+    for (net, what, n) in &s.repairs {
+        f.sample(&[("network", net), ("what", what)], *n);
+    }
+
+    let mut f = Family::new(
+        o,
         "netd_map_entries",
         "gauge",
         "Entries in each pinned BPF map (arrays count as full).",
@@ -378,6 +390,7 @@ impl super::State {
             conntrack,
             forwards,
             maps: maps::fill_levels(&dir).unwrap_or_default(),
+            repairs: self.repairs.counts(),
         }
     }
 }
@@ -416,6 +429,7 @@ mod tests {
                 hits: 3,
             }],
             maps: vec![("NETD_CT".into(), 4, 262144)],
+            repairs: vec![("default".into(), "bridge".into(), 2)],
         }
     }
 
@@ -435,6 +449,7 @@ mod tests {
             "netd_forward_hits_total{network=\"default\",proto=\"tcp\",address=\"198.51.100.2\",port=\"8080\"} 3",
             "netd_dnsmasq_restarts_total{network=\"default\"} 1",
             "netd_map_max_entries{map=\"NETD_CT\"} 262144",
+            "netd_repairs_total{network=\"default\",what=\"bridge\"} 2",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

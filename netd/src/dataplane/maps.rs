@@ -59,6 +59,12 @@ pub fn add_network(
     Ok(())
 }
 
+/// Replaces a published network's settings, keeping its counters.
+pub fn update_network(dir: &Path, bridge_ifindex: u32, cfg: &NetConfig) -> Result<()> {
+    networks(dir)?.insert(bridge_ifindex, cfg, 0)?;
+    Ok(())
+}
+
 /// Withdraws a network, and its connections. Missing entries are not an
 /// error: removal must keep going on teardown.
 pub fn remove_network(

@@ -238,21 +238,26 @@ fn make_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot chmod {}", dir.display()))
 }
 
-/// dnsmasq rereads the host files after dropping root, so every folder above them must be
-/// searchable by others. Warns (once per call) when one is not.
-fn check_searchable(dir: &Path) {
+/// dnsmasq reads its host files after dropping root (and again on SIGHUP), so every folder
+/// above them must be searchable by others. netd makes the folders it creates so; a folder
+/// above them that is not is refused, naming the folder and the mode it needs: a dnsmasq
+/// that cannot read its host files would hand static hosts dynamic addresses, silently.
+fn check_searchable(dir: &Path) -> Result<()> {
     for d in dir.ancestors() {
-        if let Ok(m) = std::fs::metadata(d)
-            && m.permissions().mode() & 0o001 == 0
-        {
-            tracing::warn!(
-                "{} is not searchable by others (mode {:o}): dnsmasq cannot reread its host files after dropping root",
+        let Ok(m) = std::fs::metadata(d) else {
+            continue;
+        };
+        let mode = m.permissions().mode() & 0o7777;
+        if mode & 0o001 == 0 {
+            anyhow::bail!(
+                "dnsmasq cannot read its files in {}: {} has mode {mode:o} and needs o+x (mode {:o}), as dnsmasq drops root",
+                dir.display(),
                 d.display(),
-                m.permissions().mode() & 0o7777
+                mode | 0o001
             );
-            return;
         }
     }
+    Ok(())
 }
 
 /// Writes `text` to `path` atomically (temp file in the same folder, then rename), mode 0644.
@@ -313,7 +318,7 @@ fn prepare_dirs(paths: &DhcpPaths) -> Result<()> {
             .with_context(|| format!("cannot create {}", d.display()))?;
     }
     if let Some(d) = paths.hostsfile.parent() {
-        check_searchable(d);
+        check_searchable(d)?;
     }
     Ok(())
 }
