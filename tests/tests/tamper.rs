@@ -1,0 +1,285 @@
+//! End to end: the reconciler puts back what someone else undid, without
+//! touching the guests. A deleted bridge, a flushed address, a bridge set
+//! down, an uplink that goes away and comes back; and dnsmasq's files under
+//! a folder dnsmasq cannot pass.
+
+use netd_tests::*;
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+const NET: &str = r#"
+name = "default"
+mode = "nat"
+bridge = "virbr0"
+stp = { enabled = false, delay = 0 }
+[ipv4]
+address = "192.168.122.1/24"
+dhcp = { start = "192.168.122.2", end = "192.168.122.99" }
+"#;
+
+const GW: &str = "192.168.122.1";
+
+fn started(name: &str) -> Topology {
+    let mut t = Topology::new(name).expect("topology");
+    t.start_daemon().expect("daemon");
+    let def = t.write_file("default.toml", NET);
+    t.netd_ok(&["net", "define", def.to_str().unwrap()]);
+    t.netd_ok(&["net", "start", "default"]);
+    t
+}
+
+fn link(t: &Topology, dev: &str) -> Option<Value> {
+    let o = t.host.ip(&["-j", "-d", "link", "show", "dev", dev]);
+    if !o.success() {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&o.stdout).ok()?;
+    v.as_array()?.first().cloned()
+}
+
+/// `netd_repairs_total{network="default",what=WHAT}`, 0 when absent.
+fn repairs(t: &Topology, what: &str) -> u64 {
+    let m = t.netd_ok(&["metrics"]);
+    let want = format!("netd_repairs_total{{network=\"default\",what=\"{what}\"}} ");
+    m.lines()
+        .find_map(|l| l.strip_prefix(&want))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
+fn degraded(t: &Topology) -> Option<String> {
+    t.netd_json(&["net", "info", "default"])["degraded"]
+        .as_str()
+        .map(String::from)
+}
+
+/// One ping with a short deadline, so a loop of them measures time well.
+fn ping_once(ns: &Ns, addr: &str) -> bool {
+    ns.exec(&["ping", "-c", "1", "-W", "1", "-w", "1", addr])
+        .success()
+}
+
+fn nat_works(t: &Topology, g: &Guest) {
+    let srv = tcp_echo_server(&t.upstream, 8080);
+    assert_eq!(
+        tcp_request(&g.ns, UPSTREAM_IP, 8080, "through").unwrap(),
+        "through"
+    );
+    for peer in srv.peer_ips() {
+        assert_eq!(peer.to_string(), HOST_IP.to_string(), "not masqueraded");
+    }
+    assert!(!srv.peer_ips().is_empty());
+}
+
+#[test]
+fn deleted_bridge_is_recreated_with_its_mac_address_ports_and_programs() {
+    require_netd!();
+    let mut t = started("tamper_bridge");
+    let g = t.add_guest("virbr0", None).unwrap();
+    let ip = g.dhcp().expect("lease");
+    nat_works(&t, &g);
+    let before = link(&t, "virbr0").expect("bridge");
+    let mac = before["address"].as_str().unwrap().to_string();
+    let old_index = before["ifindex"].as_u64().unwrap();
+
+    // Delete it; from now on the guest is only watched, never configured.
+    let t0 = Instant::now();
+    t.host.ip_ok(&["link", "del", "virbr0"]).unwrap();
+    let mut back = None;
+    let mut ping_ok = None;
+    while t0.elapsed() < Duration::from_secs(15) {
+        if back.is_none() && link(&t, "virbr0").is_some() {
+            back = Some(t0.elapsed());
+        }
+        if back.is_some() && ping_once(&g.ns, GW) {
+            ping_ok = Some(t0.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let back = back.unwrap_or_else(|| panic!("bridge not recreated\n{}", t.daemon_log()));
+    let ping_ok = ping_ok.unwrap_or_else(|| panic!("guest never reached the gateway\n{}", t.daemon_log()));
+    eprintln!(
+        "MEASURE bridge deleted -> recreated {} ms; -> guest pings the gateway {} ms ({} ms after the repair)",
+        back.as_millis(),
+        ping_ok.as_millis(),
+        (ping_ok - back).as_millis()
+    );
+    assert!(ping_ok - back < Duration::from_secs(2), "{ping_ok:?} {back:?}");
+
+    let after = link(&t, "virbr0").unwrap();
+    assert_eq!(after["address"], mac.as_str(), "MAC changed");
+    assert_ne!(after["ifindex"].as_u64().unwrap(), old_index);
+    assert_eq!(
+        link(&t, &g.host_port).unwrap()["master"],
+        "virbr0",
+        "guest port not put back"
+    );
+    assert!(t
+        .host
+        .ipv4_addrs("virbr0")
+        .contains(&GW.parse().unwrap()));
+    // Upstream through NAT again (the datapath follows the new ifindex), and
+    // a DHCP renewal of the same address.
+    let t1 = Instant::now();
+    nat_works(&t, &g);
+    eprintln!("MEASURE NAT request after the repair took {} ms", t1.elapsed().as_millis());
+    let again = g.dhcp_args(&["-r", &ip.to_string()]).expect("renewal");
+    assert_eq!(again, ip);
+    assert_eq!(repairs(&t, "bridge"), 1);
+    let log = t.daemon_log();
+    assert_eq!(log.matches("was deleted; recreated it").count(), 1, "{log}");
+    // The new bridge carries the programs (their pinned links name it).
+    let st = t.netd_json(&["status"]);
+    let on_bridge = st["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["interface"] == "virbr0" && p["position"] != "tcx ?")
+        .count();
+    assert_eq!(on_bridge, 2, "{st:#}");
+    // And `net stop` still removes everything.
+    t.netd_ok(&["net", "stop", "default"]);
+    assert!(link(&t, "virbr0").is_none());
+}
+
+#[test]
+fn flushed_address_and_downed_bridge_are_repaired() {
+    require_netd!();
+    let mut t = started("tamper_addr");
+    let g = t.add_guest("virbr0", None).unwrap();
+    g.dhcp().expect("lease");
+
+    t.host.ip_ok(&["addr", "flush", "dev", "virbr0"]).unwrap();
+    let gw = GW.parse().unwrap();
+    let t0 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(3), || t.host.ipv4_addrs("virbr0").contains(&gw)),
+        "address not re-added\n{}",
+        t.daemon_log()
+    );
+    eprintln!("MEASURE flushed address back after {} ms", t0.elapsed().as_millis());
+    assert!(g.ns.ping(GW, 3));
+    assert_eq!(repairs(&t, "address"), 1);
+
+    t.host.ip_ok(&["link", "set", "virbr0", "down"]).unwrap();
+    let t0 = Instant::now();
+    let up = || {
+        link(&t, "virbr0").is_some_and(|l| {
+            l["flags"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == "UP")
+        })
+    };
+    assert!(wait_until(Duration::from_secs(3), up), "bridge left down");
+    eprintln!("MEASURE downed bridge up again after {} ms", t0.elapsed().as_millis());
+    assert!(g.ns.ping(GW, 5));
+    nat_works(&t, &g);
+    assert_eq!(repairs(&t, "bridge_down"), 1);
+    assert_eq!(repairs(&t, "bridge"), 0);
+    assert!(degraded(&t).is_none());
+}
+
+/// The host end of the uplink veth, as the harness builds it.
+fn recreate_uplink(t: &Topology) {
+    let r = &t.router.name;
+    t.host
+        .ip_ok(&[
+            "link", "add", UPLINK, "type", "veth", "peer", "name", ROUTER_HOST_IF, "netns", r,
+        ])
+        .unwrap();
+    t.host
+        .ip_ok(&["addr", "add", &format!("{HOST_IP}/24"), "dev", UPLINK])
+        .unwrap();
+    t.host.ip_ok(&["link", "set", UPLINK, "up"]).unwrap();
+    t.router
+        .ip_ok(&["addr", "add", &format!("{ROUTER_HOST_IP}/24"), "dev", ROUTER_HOST_IF])
+        .unwrap();
+    t.router.ip_ok(&["link", "set", ROUTER_HOST_IF, "up"]).unwrap();
+    t.host
+        .ip_ok(&["route", "add", "default", "via", &ROUTER_HOST_IP.to_string()])
+        .unwrap();
+}
+
+#[test]
+fn lost_uplink_degrades_and_its_return_recovers() {
+    require_netd!();
+    let mut t = started("tamper_uplink");
+    let g1 = t.add_guest("virbr0", None).unwrap();
+    let g2 = t.add_guest("virbr0", None).unwrap();
+    g1.dhcp().expect("lease 1");
+    let ip2 = g2.dhcp().expect("lease 2");
+    nat_works(&t, &g1);
+    assert!(degraded(&t).is_none());
+
+    t.host.ip_ok(&["link", "del", UPLINK]).unwrap();
+    let t0 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(3), || degraded(&t).is_some()),
+        "not degraded\n{}",
+        t.daemon_log()
+    );
+    eprintln!("MEASURE degraded {} ms after the uplink went", t0.elapsed().as_millis());
+    let why = degraded(&t).unwrap();
+    assert!(why.contains("uplink"), "{why}");
+    assert!(t.netd_ok(&["net", "info", "default"]).contains("Degraded:"));
+    // Guests still reach each other and the host.
+    assert!(g1.ns.ping(ip2, 3), "guest to guest");
+    assert!(g1.ns.ping(GW, 3), "guest to host");
+
+    recreate_uplink(&t);
+    let t0 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || degraded(&t).is_none()),
+        "not recovered\n{}",
+        t.daemon_log()
+    );
+    eprintln!("MEASURE recovered {} ms after the uplink came back", t0.elapsed().as_millis());
+    nat_works(&t, &g1);
+    nat_works(&t, &g2);
+    assert_eq!(repairs(&t, "uplink"), 1);
+}
+
+const STATIC: &str = r#"
+name = "default"
+mode = "nat"
+bridge = "virbr0"
+stp = { enabled = false, delay = 0 }
+[ipv4]
+address = "192.168.122.1/24"
+dhcp = { start = "192.168.122.2", end = "192.168.122.99" }
+hosts = [{ mac = "52:54:00:12:34:56", ip = "192.168.122.150" }]
+"#;
+
+#[test]
+fn run_dir_under_a_private_folder_refuses_to_start_in_one_line() {
+    require_netd!();
+    let mut t = Topology::new("tamper_0700").expect("topology");
+    t.start_daemon().expect("daemon");
+    let def = t.write_file("default.toml", STATIC);
+    t.netd_ok(&["net", "define", def.to_str().unwrap()]);
+
+    std::fs::set_permissions(&t.dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let o = t.netd(&["net", "start", "default"]);
+    std::fs::set_permissions(&t.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(o.status, 1, "{o}");
+    assert_eq!(o.stderr.lines().count(), 1, "{o}");
+    let dir = t.dir.display().to_string();
+    assert!(
+        o.stderr.starts_with("error: ") && o.stderr.contains(&format!("{dir} has mode 700")),
+        "{o}"
+    );
+    assert!(o.stderr.contains("o+x"), "{o}");
+    // Nothing left: no bridge, not running.
+    assert!(link(&t, "virbr0").is_none());
+    let i = t.netd_json(&["net", "info", "default"]);
+    assert_eq!(i["active"], false);
+
+    // Searchable again: the static host gets its address, never a dynamic one.
+    t.netd_ok(&["net", "start", "default"]);
+    let g = t.add_guest("virbr0", Some("52:54:00:12:34:56")).unwrap();
+    assert_eq!(g.dhcp().expect("lease").to_string(), "192.168.122.150");
+}
