@@ -69,20 +69,37 @@ fn pending_definition_survives_live_edits_and_is_used_at_the_next_start() {
     require_netd!();
     let mut t = started();
     assert_eq!(info(&t)["pending_changes"], false);
-    assert!(t.netd_ok(&["net", "info", "default"]).contains("Pending changes:  no"));
+    assert!(
+        t.netd_ok(&["net", "info", "default"])
+            .contains("Pending changes:  no")
+    );
 
     // A new range for the running network: persistent only.
     let def = t.write_file("default-new.toml", NEW_RANGE);
     t.netd_ok(&["net", "define", def.to_str().unwrap()]);
     assert_eq!(info(&t)["pending_changes"], true);
     assert_eq!(info(&t)["dhcp_range"], "192.168.122.2-192.168.122.99");
-    assert!(t.netd_ok(&["net", "info", "default"]).contains("Pending changes:  yes"));
-    assert!(persistent(&t).contains("192.168.122.200"), "{}", persistent(&t));
+    assert!(
+        t.netd_ok(&["net", "info", "default"])
+            .contains("Pending changes:  yes")
+    );
+    assert!(
+        persistent(&t).contains("192.168.122.200"),
+        "{}",
+        persistent(&t)
+    );
     assert!(live(&t).contains("192.168.122.99"), "{}", live(&t));
 
     // A live edit changes both sides and keeps the pending range (issue #11's bug).
     t.netd_ok(&[
-        "forward", "add", "default", "--proto", "tcp", "--port", "8080", "--to",
+        "forward",
+        "add",
+        "default",
+        "--proto",
+        "tcp",
+        "--port",
+        "8080",
+        "--to",
         "192.168.122.50:80",
     ]);
     let p = persistent(&t);
@@ -95,7 +112,10 @@ fn pending_definition_survives_live_edits_and_is_used_at_the_next_start() {
     assert_eq!(j.lines().count(), 1, "{j}");
     assert!(j.len() < 200, "{j}");
     let file = std::fs::read_to_string(t.config_dir().join("networks/default.toml")).unwrap();
-    assert!(!file.contains("8080") && file.contains("192.168.122.200"), "{file}");
+    assert!(
+        !file.contains("8080") && file.contains("192.168.122.200"),
+        "{file}"
+    );
 
     // Both sides survive a daemon restart (journals folded in at load).
     t.restart_daemon().expect("restart");
@@ -112,7 +132,10 @@ fn pending_definition_survives_live_edits_and_is_used_at_the_next_start() {
     assert_eq!(info(&t)["dhcp_range"], "192.168.122.200-192.168.122.220");
     assert!(!journal(&t).exists(), "journal not compacted on start");
     let file = std::fs::read_to_string(t.config_dir().join("networks/default.toml")).unwrap();
-    assert!(file.contains("8080") && file.contains("192.168.122.200"), "{file}");
+    assert!(
+        file.contains("8080") && file.contains("192.168.122.200"),
+        "{file}"
+    );
     assert_eq!(installed_ports(&t), vec!["8080"]);
 
     // A real DHCP client gets an address of the new range.
@@ -133,7 +156,14 @@ fn live_and_config_edits_change_only_their_side() {
     let t = started();
     let fwd = |port: &str, flag: Option<&str>| {
         let mut a = vec![
-            "forward", "add", "default", "--proto", "tcp", "--port", port, "--to",
+            "forward",
+            "add",
+            "default",
+            "--proto",
+            "tcp",
+            "--port",
+            port,
+            "--to",
             "192.168.122.50",
         ];
         a.extend(flag);
@@ -143,8 +173,14 @@ fn live_and_config_edits_change_only_their_side() {
     fwd("9191", Some("--config"));
     fwd("9292", None);
     let (l, p) = (live(&t), persistent(&t));
-    assert!(l.contains("9090") && !l.contains("9191") && l.contains("9292"), "{l}");
-    assert!(!p.contains("9090") && p.contains("9191") && p.contains("9292"), "{p}");
+    assert!(
+        l.contains("9090") && !l.contains("9191") && l.contains("9292"),
+        "{l}"
+    );
+    assert!(
+        !p.contains("9090") && p.contains("9191") && p.contains("9292"),
+        "{p}"
+    );
     // The datapath follows the live side only.
     let mut ports = installed_ports(&t);
     ports.sort();
@@ -160,10 +196,19 @@ fn live_and_config_edits_change_only_their_side() {
     host("52:54:00:aa:00:01", "192.168.122.31", "--live");
     host("52:54:00:aa:00:02", "192.168.122.32", "--config");
     let hosts = std::fs::read_to_string(t.run_dir().join("dnsmasq/default.hostsfile")).unwrap();
-    assert!(hosts.contains("192.168.122.31") && !hosts.contains("192.168.122.32"), "{hosts}");
+    assert!(
+        hosts.contains("192.168.122.31") && !hosts.contains("192.168.122.32"),
+        "{hosts}"
+    );
     let (l, p) = (live(&t), persistent(&t));
-    assert!(l.contains("192.168.122.31") && !l.contains("192.168.122.32"), "{l}");
-    assert!(!p.contains("192.168.122.31") && p.contains("192.168.122.32"), "{p}");
+    assert!(
+        l.contains("192.168.122.31") && !l.contains("192.168.122.32"),
+        "{l}"
+    );
+    assert!(
+        !p.contains("192.168.122.31") && p.contains("192.168.122.32"),
+        "{p}"
+    );
 
     // Remove from one side only.
     t.netd_ok(&[
@@ -175,8 +220,17 @@ fn live_and_config_edits_change_only_their_side() {
     // Both flags: a usage error; nothing changes.
     let before = (live(&t), persistent(&t));
     let o = t.netd(&[
-        "forward", "add", "default", "--proto", "tcp", "--port", "9393", "--to",
-        "192.168.122.50", "--live", "--config",
+        "forward",
+        "add",
+        "default",
+        "--proto",
+        "tcp",
+        "--port",
+        "9393",
+        "--to",
+        "192.168.122.50",
+        "--live",
+        "--config",
     ]);
     assert_eq!(o.status, 2, "{o}");
     assert_eq!(before, (live(&t), persistent(&t)));
@@ -185,12 +239,23 @@ fn live_and_config_edits_change_only_their_side() {
     t.netd_ok(&["net", "stop", "default"]);
     let before = persistent(&t);
     let o = t.netd(&[
-        "forward", "add", "default", "--proto", "tcp", "--port", "9494", "--to",
-        "192.168.122.50", "--live",
+        "forward",
+        "add",
+        "default",
+        "--proto",
+        "tcp",
+        "--port",
+        "9494",
+        "--to",
+        "192.168.122.50",
+        "--live",
     ]);
     assert_eq!(o.status, 1, "{o}");
     assert_eq!(o.stderr.lines().count(), 1, "{o}");
-    assert!(o.stderr.starts_with("error: ") && o.stderr.contains("not running"), "{o}");
+    assert!(
+        o.stderr.starts_with("error: ") && o.stderr.contains("not running"),
+        "{o}"
+    );
     assert_eq!(before, persistent(&t));
     // A plain edit of a stopped network changes its persistent definition.
     fwd("9595", None);
@@ -199,9 +264,144 @@ fn live_and_config_edits_change_only_their_side() {
     // The next start uses the persistent side: --live edits are gone.
     t.netd_ok(&["net", "start", "default"]);
     let l = live(&t);
-    for (port, want) in [("9090", false), ("9191", true), ("9292", true), ("9595", true)] {
+    for (port, want) in [
+        ("9090", false),
+        ("9191", true),
+        ("9292", true),
+        ("9595", true),
+    ] {
         assert_eq!(l.contains(port), want, "{port}: {l}");
     }
-    assert!(!l.contains("192.168.122.31") && l.contains("192.168.122.32"), "{l}");
+    assert!(
+        !l.contains("192.168.122.31") && l.contains("192.168.122.32"),
+        "{l}"
+    );
     assert_eq!(info(&t)["pending_changes"], false);
+}
+
+#[test]
+fn a_torn_journal_record_is_skipped_at_start() {
+    require_netd!();
+    let mut t = started();
+    t.netd_ok(&[
+        "forward",
+        "add",
+        "default",
+        "--proto",
+        "udp",
+        "--port",
+        "5353",
+        "--to",
+        "192.168.122.50",
+    ]);
+    t.stop_daemon();
+    // The daemon died half way through appending a second record (the live
+    // journal was folded into the run records at the clean stop: a new one).
+    let rec =
+        r#"{"op":"add-forwards","forwards":[{"proto":"tcp","port":"7070","to":"192.168.122.50"}]}"#;
+    for path in [journal(&t), t.state_dir().join("live/default.journal")] {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&rec.as_bytes()[..40]).unwrap();
+    }
+    t.start_daemon().expect("daemon starts with a torn journal");
+    let (l, p) = (live(&t), persistent(&t));
+    assert!(l.contains("5353") && !l.contains("7070"), "{l}");
+    assert!(p.contains("5353") && !p.contains("7070"), "{p}");
+    let log = t.daemon_log();
+    assert!(log.contains("skipping a torn last record"), "{log}");
+    // The next edit cuts the torn tail off first, so it reads back whole.
+    t.netd_ok(&[
+        "forward",
+        "add",
+        "default",
+        "--proto",
+        "tcp",
+        "--port",
+        "7171",
+        "--to",
+        "192.168.122.50",
+    ]);
+    t.restart_daemon().expect("restart");
+    let p = persistent(&t);
+    assert!(p.contains("5353") && p.contains("7171"), "{p}");
+    assert_eq!(installed_ports(&t).len(), 2);
+}
+
+/// What one `forward add` costs on disk and in time, with few and with
+/// many forwards: one appended line each, the definition file and the run
+/// records untouched.
+#[test]
+fn an_edit_costs_one_line_whatever_the_number_of_forwards() {
+    require_netd!();
+    let t = started();
+    let add = |port: u32| {
+        let p = port.to_string();
+        let t0 = std::time::Instant::now();
+        t.netd_ok(&[
+            "forward",
+            "add",
+            "default",
+            "--proto",
+            "tcp",
+            "--port",
+            &p,
+            "--to",
+            "192.168.122.50",
+        ]);
+        t0.elapsed()
+    };
+    let mean = |v: &[std::time::Duration]| v.iter().sum::<std::time::Duration>() / v.len() as u32;
+    let few: Vec<_> = (1000..1020).map(add).collect();
+
+    let mut text = String::new();
+    for port in 20000..25000 {
+        text.push_str(&format!(
+            "[[forwards]]\nproto = \"udp\"\nport = \"{port}\"\nto = \"192.168.122.60\"\n"
+        ));
+    }
+    let f = t.write_file("many.toml", &text);
+    let t0 = std::time::Instant::now();
+    t.netd_ok(&["forward", "import", "default", f.to_str().unwrap()]);
+    eprintln!(
+        "MEASURE forward import of 5000: {} ms",
+        t0.elapsed().as_millis()
+    );
+    let def = t.config_dir().join("networks/default.toml");
+    let run = t.state_dir().join("running.json");
+    let stamp = |p: &std::path::Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (
+            m.modified().unwrap(),
+            std::os::unix::fs::MetadataExt::ino(&m),
+        )
+    };
+    let (def0, run0) = (stamp(&def), stamp(&run));
+    let jlen = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let (j0, l0) = (
+        jlen(&journal(&t)),
+        jlen(&t.state_dir().join("live/default.journal")),
+    );
+    let many: Vec<_> = (2000..2020).map(add).collect();
+    assert_eq!(stamp(&def), def0, "definition rewritten by a live edit");
+    assert_eq!(stamp(&run), run0, "run records rewritten by a live edit");
+    let grew = jlen(&journal(&t)) - j0;
+    let grew_live = jlen(&t.state_dir().join("live/default.journal")) - l0;
+    assert!(grew < 20 * 120 && grew_live == grew, "{grew} {grew_live}");
+    eprintln!(
+        "MEASURE forward add (CLI round trip): mean {} ms with 20-40 forwards, {} ms with 5020-5040; {} bytes per journal record",
+        mean(&few).as_millis(),
+        mean(&many).as_millis(),
+        grew / 20
+    );
+    let t0 = std::time::Instant::now();
+    assert_eq!(installed_ports(&t).len(), 5040);
+    eprintln!(
+        "MEASURE forward list of 5040: {} ms",
+        t0.elapsed().as_millis()
+    );
 }

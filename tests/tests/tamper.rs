@@ -72,6 +72,31 @@ fn nat_works(t: &Topology, g: &Guest) {
     assert!(!srv.peer_ips().is_empty());
 }
 
+const ROUNDS: usize = 5;
+
+/// Deletes the bridge; returns when it was back and when the guest next
+/// pinged the gateway, both from the deletion.
+fn delete_and_wait(t: &Topology, g: &Guest) -> (Duration, Duration) {
+    let t0 = Instant::now();
+    t.host.ip_ok(&["link", "del", "virbr0"]).unwrap();
+    let mut back = None;
+    while t0.elapsed() < Duration::from_secs(15) {
+        if back.is_none() && link(t, "virbr0").is_some() {
+            back = Some(t0.elapsed());
+        }
+        if let Some(b) = back
+            && ping_once(&g.ns, GW)
+        {
+            return (b, t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!(
+        "bridge back: {back:?}; the guest never reached the gateway\n{}",
+        t.daemon_log()
+    );
+}
+
 #[test]
 fn deleted_bridge_is_recreated_with_its_mac_address_ports_and_programs() {
     require_netd!();
@@ -83,31 +108,21 @@ fn deleted_bridge_is_recreated_with_its_mac_address_ports_and_programs() {
     let mac = before["address"].as_str().unwrap().to_string();
     let old_index = before["ifindex"].as_u64().unwrap();
 
-    // Delete it; from now on the guest is only watched, never configured.
-    let t0 = Instant::now();
-    t.host.ip_ok(&["link", "del", "virbr0"]).unwrap();
-    let mut back = None;
-    let mut ping_ok = None;
-    while t0.elapsed() < Duration::from_secs(15) {
-        if back.is_none() && link(&t, "virbr0").is_some() {
-            back = Some(t0.elapsed());
-        }
-        if back.is_some() && ping_once(&g.ns, GW) {
-            ping_ok = Some(t0.elapsed());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    // Delete it, several times; from now on the guest is only watched, never
+    // configured.
+    for round in 1..=ROUNDS {
+        let (back, ping_ok) = delete_and_wait(&t, &g);
+        eprintln!(
+            "MEASURE round {round}: bridge deleted -> recreated {} ms; -> guest pings the gateway {} ms ({} ms after the repair)",
+            back.as_millis(),
+            ping_ok.as_millis(),
+            (ping_ok - back).as_millis()
+        );
+        assert!(
+            ping_ok - back < Duration::from_secs(2),
+            "{ping_ok:?} {back:?}"
+        );
     }
-    let back = back.unwrap_or_else(|| panic!("bridge not recreated\n{}", t.daemon_log()));
-    let ping_ok = ping_ok.unwrap_or_else(|| panic!("guest never reached the gateway\n{}", t.daemon_log()));
-    eprintln!(
-        "MEASURE bridge deleted -> recreated {} ms; -> guest pings the gateway {} ms ({} ms after the repair)",
-        back.as_millis(),
-        ping_ok.as_millis(),
-        (ping_ok - back).as_millis()
-    );
-    assert!(ping_ok - back < Duration::from_secs(2), "{ping_ok:?} {back:?}");
-
     let after = link(&t, "virbr0").unwrap();
     assert_eq!(after["address"], mac.as_str(), "MAC changed");
     assert_ne!(after["ifindex"].as_u64().unwrap(), old_index);
@@ -116,20 +131,24 @@ fn deleted_bridge_is_recreated_with_its_mac_address_ports_and_programs() {
         "virbr0",
         "guest port not put back"
     );
-    assert!(t
-        .host
-        .ipv4_addrs("virbr0")
-        .contains(&GW.parse().unwrap()));
+    assert!(t.host.ipv4_addrs("virbr0").contains(&GW.parse().unwrap()));
     // Upstream through NAT again (the datapath follows the new ifindex), and
     // a DHCP renewal of the same address.
     let t1 = Instant::now();
     nat_works(&t, &g);
-    eprintln!("MEASURE NAT request after the repair took {} ms", t1.elapsed().as_millis());
+    eprintln!(
+        "MEASURE NAT request after the repair took {} ms",
+        t1.elapsed().as_millis()
+    );
     let again = g.dhcp_args(&["-r", &ip.to_string()]).expect("renewal");
     assert_eq!(again, ip);
-    assert_eq!(repairs(&t, "bridge"), 1);
+    assert_eq!(repairs(&t, "bridge"), ROUNDS as u64);
     let log = t.daemon_log();
-    assert_eq!(log.matches("was deleted; recreated it").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("was deleted; recreated it").count(),
+        ROUNDS,
+        "{log}"
+    );
     // The new bridge carries the programs (their pinned links name it).
     let st = t.netd_json(&["status"]);
     let on_bridge = st["programs"]
@@ -155,27 +174,30 @@ fn flushed_address_and_downed_bridge_are_repaired() {
     let gw = GW.parse().unwrap();
     let t0 = Instant::now();
     assert!(
-        wait_until(Duration::from_secs(3), || t.host.ipv4_addrs("virbr0").contains(&gw)),
+        wait_until(Duration::from_secs(3), || t
+            .host
+            .ipv4_addrs("virbr0")
+            .contains(&gw)),
         "address not re-added\n{}",
         t.daemon_log()
     );
-    eprintln!("MEASURE flushed address back after {} ms", t0.elapsed().as_millis());
+    eprintln!(
+        "MEASURE flushed address back after {} ms",
+        t0.elapsed().as_millis()
+    );
     assert!(g.ns.ping(GW, 3));
     assert_eq!(repairs(&t, "address"), 1);
 
     t.host.ip_ok(&["link", "set", "virbr0", "down"]).unwrap();
     let t0 = Instant::now();
     let up = || {
-        link(&t, "virbr0").is_some_and(|l| {
-            l["flags"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|f| f == "UP")
-        })
+        link(&t, "virbr0").is_some_and(|l| l["flags"].as_array().unwrap().iter().any(|f| f == "UP"))
     };
     assert!(wait_until(Duration::from_secs(3), up), "bridge left down");
-    eprintln!("MEASURE downed bridge up again after {} ms", t0.elapsed().as_millis());
+    eprintln!(
+        "MEASURE downed bridge up again after {} ms",
+        t0.elapsed().as_millis()
+    );
     assert!(g.ns.ping(GW, 5));
     nat_works(&t, &g);
     assert_eq!(repairs(&t, "bridge_down"), 1);
@@ -188,7 +210,16 @@ fn recreate_uplink(t: &Topology) {
     let r = &t.router.name;
     t.host
         .ip_ok(&[
-            "link", "add", UPLINK, "type", "veth", "peer", "name", ROUTER_HOST_IF, "netns", r,
+            "link",
+            "add",
+            UPLINK,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            ROUTER_HOST_IF,
+            "netns",
+            r,
         ])
         .unwrap();
     t.host
@@ -196,23 +227,62 @@ fn recreate_uplink(t: &Topology) {
         .unwrap();
     t.host.ip_ok(&["link", "set", UPLINK, "up"]).unwrap();
     t.router
-        .ip_ok(&["addr", "add", &format!("{ROUTER_HOST_IP}/24"), "dev", ROUTER_HOST_IF])
+        .ip_ok(&[
+            "addr",
+            "add",
+            &format!("{ROUTER_HOST_IP}/24"),
+            "dev",
+            ROUTER_HOST_IF,
+        ])
         .unwrap();
-    t.router.ip_ok(&["link", "set", ROUTER_HOST_IF, "up"]).unwrap();
+    t.router
+        .ip_ok(&["link", "set", ROUTER_HOST_IF, "up"])
+        .unwrap();
     t.host
-        .ip_ok(&["route", "add", "default", "via", &ROUTER_HOST_IP.to_string()])
+        .ip_ok(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &ROUTER_HOST_IP.to_string(),
+        ])
         .unwrap();
+}
+
+/// A second network, tied to the uplink by name (its datapath entry holds
+/// the uplink's ifindex, which changes when the uplink is recreated).
+const PINNED: &str = r#"
+name = "pinned"
+mode = "nat"
+bridge = "virbr1"
+uplink = "uplink0"
+stp = { enabled = false, delay = 0 }
+[ipv4]
+address = "192.168.123.1/24"
+dhcp = { start = "192.168.123.2", end = "192.168.123.99" }
+"#;
+
+fn degraded_of(t: &Topology, net: &str) -> Option<String> {
+    t.netd_json(&["net", "info", net])["degraded"]
+        .as_str()
+        .map(String::from)
 }
 
 #[test]
 fn lost_uplink_degrades_and_its_return_recovers() {
     require_netd!();
     let mut t = started("tamper_uplink");
+    let def = t.write_file("pinned.toml", PINNED);
+    t.netd_ok(&["net", "define", def.to_str().unwrap()]);
+    t.netd_ok(&["net", "start", "pinned"]);
     let g1 = t.add_guest("virbr0", None).unwrap();
     let g2 = t.add_guest("virbr0", None).unwrap();
+    let g3 = t.add_guest("virbr1", None).unwrap();
     g1.dhcp().expect("lease 1");
     let ip2 = g2.dhcp().expect("lease 2");
+    g3.dhcp().expect("lease 3");
     nat_works(&t, &g1);
+    nat_works(&t, &g3);
     assert!(degraded(&t).is_none());
 
     t.host.ip_ok(&["link", "del", UPLINK]).unwrap();
@@ -222,9 +292,18 @@ fn lost_uplink_degrades_and_its_return_recovers() {
         "not degraded\n{}",
         t.daemon_log()
     );
-    eprintln!("MEASURE degraded {} ms after the uplink went", t0.elapsed().as_millis());
+    eprintln!(
+        "MEASURE degraded {} ms after the uplink went",
+        t0.elapsed().as_millis()
+    );
     let why = degraded(&t).unwrap();
     assert!(why.contains("uplink"), "{why}");
+    assert!(
+        wait_until(Duration::from_secs(3), || degraded_of(&t, "pinned")
+            .is_some()),
+        "pinned not degraded"
+    );
+    assert_eq!(degraded_of(&t, "pinned").unwrap(), "uplink uplink0 is gone");
     assert!(t.netd_ok(&["net", "info", "default"]).contains("Degraded:"));
     // Guests still reach each other and the host.
     assert!(g1.ns.ping(ip2, 3), "guest to guest");
@@ -237,9 +316,19 @@ fn lost_uplink_degrades_and_its_return_recovers() {
         "not recovered\n{}",
         t.daemon_log()
     );
-    eprintln!("MEASURE recovered {} ms after the uplink came back", t0.elapsed().as_millis());
+    eprintln!(
+        "MEASURE recovered {} ms after the uplink came back",
+        t0.elapsed().as_millis()
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || degraded_of(&t, "pinned")
+            .is_none()),
+        "pinned not recovered\n{}",
+        t.daemon_log()
+    );
     nat_works(&t, &g1);
     nat_works(&t, &g2);
+    nat_works(&t, &g3);
     assert_eq!(repairs(&t, "uplink"), 1);
 }
 

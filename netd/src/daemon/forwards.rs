@@ -170,37 +170,69 @@ impl State {
         scope: Scope,
     ) -> Result<()> {
         let (persistent, live) = self.edit_sides(name, scope)?;
-        let sides = self.sides(name, persistent, live);
+        // Only forwards that could clash go into the index: one edit then
+        // costs a scan of the others, not an index of all of them.
+        let ranges: Vec<PortRange> = new
+            .iter()
+            .filter_map(|f| PortRange::from_str(&f.port).ok())
+            .collect();
+        let lo = ranges.iter().map(|r| r.start).min().unwrap_or(0);
+        let hi = ranges.iter().map(|r| r.end).max().unwrap_or(0);
+        let protos: std::collections::HashSet<config::Proto> =
+            new.iter().map(|f| f.proto).collect();
+        let near = |f: &Forward| {
+            protos.contains(&f.proto)
+                && PortRange::from_str(&f.port).is_ok_and(|r| r.start <= hi && r.end >= lo)
+        };
         let mut taken = PortIndex::default();
-        let others = self
-            .defs
-            .values()
-            .chain(self.running.values().map(|r| &r.record.definition))
-            .filter(|o| o.name != name);
-        for other in others.chain(sides.iter()) {
-            for f in &other.forwards {
-                taken.insert(f, &other.name);
-            }
-        }
-        for f in &new {
-            for side in &sides {
-                config::validate_forward(side, f)?;
-            }
-            if let Some((owner, to)) = taken.clash(f) {
-                bail!(
-                    "{} port {} on {} is already forwarded by network {owner:?} to {to}",
-                    f.proto.as_str(),
-                    f.port,
-                    f.address
-                        .map(|a| a.to_string())
-                        .unwrap_or_else(|| "the uplink addresses".into()),
+        {
+            let mine = self
+                .defs
+                .get(name)
+                .filter(|_| persistent)
+                .into_iter()
+                .chain(
+                    self.running
+                        .get(name)
+                        .filter(|_| live)
+                        .map(|r| &r.record.definition),
                 );
+            let sides: Vec<&Network> = mine.collect();
+            let others = self
+                .defs
+                .values()
+                .chain(self.running.values().map(|r| &r.record.definition))
+                .filter(|o| o.name != name);
+            for other in others.chain(sides.iter().copied()) {
+                for f in other.forwards.iter().filter(|f| near(f)) {
+                    taken.insert(f, &other.name);
+                }
             }
-            taken.insert(f, name);
+            for f in &new {
+                for side in &sides {
+                    config::validate_forward(side, f)?;
+                }
+                if let Some((owner, to)) = taken.clash(f) {
+                    bail!(
+                        "{} port {} on {} is already forwarded by network {owner:?} to {to}",
+                        f.proto.as_str(),
+                        f.port,
+                        f.address
+                            .map(|a| a.to_string())
+                            .unwrap_or_else(|| "the uplink addresses".into()),
+                    );
+                }
+                taken.insert(f, name);
+            }
         }
         let mut entries = Vec::new();
         if live && let Some(run) = self.running.get(name) {
-            let mut added = run.record.definition.clone();
+            // Only the new forwards' entries: clone the definition without
+            // its (possibly many) forwards.
+            let mut added = Network {
+                forwards: Vec::new(),
+                ..run.record.definition.clone()
+            };
             added.forwards = new.clone();
             let (idx, uplinks) = (run.record.bridge_ifindex, run.record.uplinks.clone());
             entries = self.forward_entries(&added, idx, &uplinks).await;
@@ -223,10 +255,11 @@ impl State {
         scope: Scope,
     ) -> Result<()> {
         let (persistent, live) = self.edit_sides(name, scope)?;
-        let found = self
-            .sides(name, persistent, live)
-            .iter()
-            .any(|n| n.forwards.iter().any(|f| same_forward(f, proto, port, address)));
+        let found = self.sides(name, persistent, live).iter().any(|n| {
+            n.forwards
+                .iter()
+                .any(|f| same_forward(f, proto, port, address))
+        });
         if !found {
             bail!(
                 "network {name:?} has no {} forward on port {port}",

@@ -43,14 +43,22 @@ pub enum Edit {
     RemoveHost { mac: String, ip: Ipv4Addr },
 }
 
-/// Two forwards are the same entry when protocol, first host port and
-/// host address match (the key `forward remove` takes).
+/// What identifies a forward: protocol, first host port and host address
+/// (the key `forward remove` takes). None for a port that does not parse.
+type Key = (Proto, u16, Option<Ipv4Addr>);
+
+fn key(proto: Proto, port: &str, address: Option<Ipv4Addr>) -> Option<Key> {
+    PortRange::from_str(port)
+        .ok()
+        .map(|r| (proto, r.start, address))
+}
+
+/// Two forwards are the same entry when their keys match.
 pub fn same_forward(f: &Forward, proto: Proto, port: &str, address: Option<Ipv4Addr>) -> bool {
-    let start = |s: &str| PortRange::from_str(s).map(|r| r.start).ok();
+    // The cheap comparisons first: this runs over every forward of a network.
     f.proto == proto
-        && start(&f.port) == start(port)
-        && start(port).is_some()
         && f.address == address
+        && key(proto, port, address).is_some_and(|k| key(f.proto, &f.port, f.address) == Some(k))
 }
 
 impl Edit {
@@ -59,11 +67,20 @@ impl Edit {
     pub fn apply(&self, net: &mut Network) {
         match self {
             Edit::AddForwards { forwards } => {
-                for f in forwards {
-                    net.forwards
-                        .retain(|o| !same_forward(o, f.proto, &f.port, f.address));
-                    net.forwards.push(f.clone());
+                // One pass however many are added (an import can bring thousands).
+                let mut last: std::collections::HashMap<Option<Key>, usize> = Default::default();
+                for (i, f) in forwards.iter().enumerate() {
+                    last.insert(key(f.proto, &f.port, f.address), i);
                 }
+                net.forwards
+                    .retain(|o| !last.contains_key(&key(o.proto, &o.port, o.address)));
+                net.forwards.extend(
+                    forwards
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, f)| last.get(&key(f.proto, &f.port, f.address)) == Some(i))
+                        .map(|(_, f)| f.clone()),
+                );
             }
             Edit::RemoveForward {
                 proto,
@@ -85,6 +102,18 @@ impl Edit {
                         .retain(|h| !(h.mac.eq_ignore_ascii_case(mac) && h.ip == *ip));
                 }
             }
+        }
+    }
+}
+
+impl Edit {
+    /// Like [`Edit::apply`] for an edit just checked against `net`: forwards
+    /// added were checked not to clash with any there, so they are appended
+    /// without a pass over the others.
+    pub fn apply_checked(&self, net: &mut Network) {
+        match self {
+            Edit::AddForwards { forwards } => net.forwards.extend(forwards.iter().cloned()),
+            other => other.apply(net),
         }
     }
 }
@@ -154,7 +183,10 @@ pub fn read(path: &Path) -> Vec<Edit> {
         Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
         Err(e) => {
-            tracing::error!("cannot read {}: {e}; its edits are not applied", path.display());
+            tracing::error!(
+                "cannot read {}: {e}; its edits are not applied",
+                path.display()
+            );
             return Vec::new();
         }
     };
@@ -278,6 +310,43 @@ hosts = [{ mac = "52:54:00:00:00:01", ip = "10.9.0.10" }]
     }
 
     #[test]
+    fn a_batch_replaces_by_key_and_the_last_of_a_key_wins() {
+        let mut n = net();
+        n.forwards = vec![fwd("80", "10.9.0.10"), fwd("81-82", "10.9.0.10")];
+        Edit::AddForwards {
+            forwards: vec![
+                fwd("80", "10.9.0.11"),
+                fwd("90", "10.9.0.12"),
+                fwd("80", "10.9.0.13"),
+            ],
+        }
+        .apply(&mut n);
+        assert_eq!(
+            n.forwards,
+            vec![
+                fwd("81-82", "10.9.0.10"),
+                fwd("90", "10.9.0.12"),
+                fwd("80", "10.9.0.13")
+            ]
+        );
+        // Another address is another forward.
+        let mut other = fwd("90", "10.9.0.14");
+        other.address = Some("198.51.100.9".parse().unwrap());
+        Edit::AddForwards {
+            forwards: vec![other.clone()],
+        }
+        .apply(&mut n);
+        assert_eq!(n.forwards.len(), 4);
+        Edit::RemoveForward {
+            proto: Proto::Tcp,
+            port: "81".into(),
+            address: None,
+        }
+        .apply(&mut n);
+        assert_eq!(n.forwards.len(), 3);
+    }
+
+    #[test]
     fn torn_tail_is_skipped_and_cut_before_the_next_append() {
         let dir = std::env::temp_dir().join(format!("netd-journal-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -292,7 +361,10 @@ hosts = [{ mac = "52:54:00:00:00:01", ip = "10.9.0.10" }]
         drop(f);
         assert_eq!(read(&p), all[..2].to_vec());
         append(&p, &all[3]).unwrap();
-        assert_eq!(read(&p), vec![all[0].clone(), all[1].clone(), all[3].clone()]);
+        assert_eq!(
+            read(&p),
+            vec![all[0].clone(), all[1].clone(), all[3].clone()]
+        );
         // A garbage line in the middle is skipped, the rest kept.
         let mut f = std::fs::OpenOptions::new().append(true).open(&p).unwrap();
         f.write_all(b"{not json}\n").unwrap();

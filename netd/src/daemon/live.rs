@@ -77,7 +77,7 @@ impl State {
     }
 
     /// Journals an edit already checked (and applied to the kernel) on each
-    /// side, then applies it in memory. A journal past [`COMPACT_BYTES`] is
+    /// side, then applies it in memory ([`Edit::apply_checked`]). A journal past [`COMPACT_BYTES`] is
     /// folded into a full save.
     pub(super) fn record_edit(
         &mut self,
@@ -96,13 +96,13 @@ impl State {
                 journal::append(&self.store.live_journal_path(name), edit)? > COMPACT_BYTES;
         }
         if persistent && let Some(d) = self.defs.get_mut(name) {
-            edit.apply(d);
+            edit.apply_checked(d);
             if compact_def && let Err(e) = self.store.save_definition(d) {
                 tracing::warn!("network {name}: compacting its journal: {e:#}");
             }
         }
         if live && let Some(r) = self.running.get_mut(name) {
-            edit.apply(&mut r.record.definition);
+            edit.apply_checked(&mut r.record.definition);
             if compact_live {
                 self.save_running();
             }

@@ -174,7 +174,9 @@ impl State {
         let missing = self.missing_addresses(&net, idx).await?;
         for (a, p) in &missing {
             self.nl.add_address(idx, *a, *p).await?;
-            tracing::warn!("network {name}: address {a}/{p} was removed from {bridge}; re-added it");
+            tracing::warn!(
+                "network {name}: address {a}/{p} was removed from {bridge}; re-added it"
+            );
             self.repairs.count(name, "address");
         }
         if matches!(self.repairs.degraded.get(name), Some(w) if w.starts_with("bridge"))
@@ -230,7 +232,10 @@ impl State {
         };
         let new = self.nl.create_bridge(&spec).await?;
         let remembered = self.repairs.ports.get(name).cloned().unwrap_or_default();
-        match self.rebuild_on(name, &net, old, new, &remembered, links).await {
+        match self
+            .rebuild_on(name, &net, old, new, &remembered, links)
+            .await
+        {
             Ok(attached) => {
                 tracing::warn!(
                     "network {name}: bridge {bridge} was deleted; recreated it (ifindex {old} -> {new}) with its MAC and addresses, ports put back: [{}]",
@@ -353,7 +358,12 @@ impl State {
         let needy: Vec<String> = self
             .running
             .iter()
-            .filter(|(_, r)| matches!(r.record.definition.mode, Mode::Nat | Mode::Route | Mode::Open))
+            .filter(|(_, r)| {
+                matches!(
+                    r.record.definition.mode,
+                    Mode::Nat | Mode::Route | Mode::Open
+                )
+            })
             .map(|(n, _)| n.clone())
             .collect();
         for name in needy {

@@ -103,7 +103,10 @@ impl Store {
 
     /// Live edits of the running definition since running.json was written.
     pub fn live_journal_path(&self, name: &str) -> PathBuf {
-        self.paths.state_dir.join("live").join(format!("{name}.journal"))
+        self.paths
+            .state_dir
+            .join("live")
+            .join(format!("{name}.journal"))
     }
 
     /// The bridge MAC for a network: generated once (52:54:00:xx:xx:xx, the
