@@ -108,13 +108,13 @@ pub async fn watch(daemon: Arc<Daemon>) {
             }
             _ = tick.tick() => {}
         }
-        daemon.state.lock().await.reconcile().await;
+        daemon.state.lock().await.repair_pass().await;
     }
 }
 
 impl State {
     /// One pass of every check, for every running network.
-    pub async fn reconcile(&mut self) {
+    pub async fn repair_pass(&mut self) {
         let Ok(links) = self.nl.links().await else {
             return;
         };
@@ -318,10 +318,22 @@ impl State {
             .values()
             .flat_map(|r| r.record.uplinks.iter().cloned())
             .collect();
+        if in_use.is_empty() {
+            return self.claim_uplinks().await;
+        }
+        // Interfaces whose uplink ingress program is in their tcx chain: a
+        // device deleted and created again under the same name has lost it.
+        let hooked: BTreeSet<String> = self
+            .dp
+            .attached()
+            .into_iter()
+            .filter(|l| l.hook == Hook::UplinkIngress.as_str() && l.tcx_position.is_some())
+            .map(|l| l.interface)
+            .collect();
         for u in in_use {
             let now = crate::link::ifindex_of(&u);
             let was = self.repairs.uplink_index.get(&u).copied();
-            if now.is_some() && (was.is_none() || was == now) {
+            if now.is_some() && hooked.contains(&u) && (was.is_none() || was == now) {
                 continue;
             }
             // Gone, or a new device of the same name whose hooks are not ours.
@@ -354,7 +366,12 @@ impl State {
             );
             self.save_running();
         }
+        self.claim_uplinks().await;
+    }
 
+    /// Networks that route out but have no uplink get one as soon as there
+    /// is one; a network that got its uplink back is no longer degraded.
+    async fn claim_uplinks(&mut self) {
         let needy: Vec<String> = self
             .running
             .iter()
