@@ -405,3 +405,127 @@ fn an_edit_costs_one_line_whatever_the_number_of_forwards() {
         t0.elapsed().as_millis()
     );
 }
+
+/// A raw request on the control socket: (status line, body).
+fn api(t: &Topology, method: &str, path: &str, body: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(t.socket()).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: netd\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.lines().next().unwrap_or_default().to_string();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+    (status, body)
+}
+
+#[test]
+fn edits_that_cannot_apply_change_nothing() {
+    require_netd!();
+    let t = started();
+    let snapshot = |t: &Topology| (live(t), persistent(t), installed_ports(t));
+    let before = snapshot(&t);
+
+    // The API refuses both scopes at once with a JSON error.
+    let (status, body) = api(
+        &t,
+        "POST",
+        "/v1/networks/default/forwards?live=true&config=true",
+        r#"{"proto":"tcp","port":"8081","to":"192.168.122.50"}"#,
+    );
+    assert!(status.contains(" 400 "), "{status} {body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["error"].as_str().unwrap().contains("exclude each other"),
+        "{body}"
+    );
+    assert_eq!(snapshot(&t), before);
+
+    // A host already on the persistent side: refused for both sides.
+    t.netd_ok(&[
+        "net",
+        "update",
+        "default",
+        "add-host",
+        "--mac",
+        "52:54:00:bb:00:01",
+        "--ip",
+        "192.168.122.41",
+        "--config",
+    ]);
+    let before = snapshot(&t);
+    let o = t.netd(&[
+        "net",
+        "update",
+        "default",
+        "add-host",
+        "--mac",
+        "52:54:00:bb:00:01",
+        "--ip",
+        "192.168.122.41",
+    ]);
+    assert_eq!(o.status, 1, "{o}");
+    assert!(o.stderr.contains("already exists"), "{o}");
+    assert_eq!(snapshot(&t), before);
+    // Removing what neither side has; a forward outside the subnet.
+    let o = t.netd(&[
+        "forward", "remove", "default", "--proto", "tcp", "--port", "1", "--live",
+    ]);
+    assert_eq!(o.status, 1, "{o}");
+    let o = t.netd(&[
+        "forward", "add", "default", "--proto", "tcp", "--port", "8082", "--to", "10.0.0.5",
+    ]);
+    assert_eq!(o.status, 1, "{o}");
+    assert_eq!(snapshot(&t), before);
+
+    // A transient network has no persistent side.
+    let tr = t.write_file(
+        "tr.toml",
+        "name = \"tr\"\nmode = \"nat\"\nbridge = \"trbr\"\n[ipv4]\naddress = \"10.77.0.1/24\"\n",
+    );
+    t.netd_ok(&["net", "create", tr.to_str().unwrap()]);
+    for args in [
+        vec!["net", "dump", "tr", "--inactive"],
+        vec![
+            "forward",
+            "add",
+            "tr",
+            "--proto",
+            "tcp",
+            "--port",
+            "8083",
+            "--to",
+            "10.77.0.5",
+            "--config",
+        ],
+    ] {
+        let o = t.netd(&args);
+        assert_eq!(o.status, 1, "{o}");
+        assert!(
+            o.stderr.starts_with("error: ") && o.stderr.contains("transient"),
+            "{o}"
+        );
+    }
+    // A plain edit changes its live definition only; nothing is pending.
+    t.netd_ok(&[
+        "forward",
+        "add",
+        "tr",
+        "--proto",
+        "tcp",
+        "--port",
+        "8083",
+        "--to",
+        "10.77.0.5",
+    ]);
+    assert!(t.netd_ok(&["net", "dump", "tr"]).contains("8083"));
+    assert_eq!(
+        t.netd_json(&["net", "info", "tr"])["pending_changes"],
+        false
+    );
+    assert!(!t.config_dir().join("networks/tr.journal").exists());
+}

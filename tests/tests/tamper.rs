@@ -56,8 +56,7 @@ fn degraded(t: &Topology) -> Option<String> {
 
 /// One ping with a short deadline, so a loop of them measures time well.
 fn ping_once(ns: &Ns, addr: &str) -> bool {
-    ns.exec(&["ping", "-c", "1", "-W", "0.2", addr])
-        .success()
+    ns.exec(&["ping", "-c", "1", "-W", "0.2", addr]).success()
 }
 
 fn nat_works(t: &Topology, g: &Guest) {
@@ -163,37 +162,66 @@ fn deleted_bridge_is_recreated_with_its_mac_address_ports_and_programs() {
     assert!(link(&t, "virbr0").is_none());
 }
 
+/// The test network with an IPv6 prefix too: the kernel drops IPv6
+/// addresses of a device set down, so they need putting back as well.
+const NET6: &str = r#"
+name = "default"
+mode = "nat"
+bridge = "virbr0"
+stp = { enabled = false, delay = 0 }
+[ipv4]
+address = "192.168.122.1/24"
+dhcp = { start = "192.168.122.2", end = "192.168.122.99" }
+[ipv6]
+address = "fd00:122::1/64"
+"#;
+
+fn has_v6(t: &Topology) -> bool {
+    t.host
+        .ip(&["-6", "addr", "show", "dev", "virbr0"])
+        .stdout
+        .contains("fd00:122::1/64")
+}
+
 #[test]
 fn flushed_address_and_downed_bridge_are_repaired() {
     require_netd!();
-    let mut t = started("tamper_addr");
+    let mut t = Topology::new("tamper_addr").expect("topology");
+    t.start_daemon().expect("daemon");
+    let def = t.write_file("default.toml", NET6);
+    t.netd_ok(&["net", "define", def.to_str().unwrap()]);
+    t.netd_ok(&["net", "start", "default"]);
     let g = t.add_guest("virbr0", None).unwrap();
     g.dhcp().expect("lease");
+    assert!(has_v6(&t));
 
     t.host.ip_ok(&["addr", "flush", "dev", "virbr0"]).unwrap();
     let gw = GW.parse().unwrap();
     let t0 = Instant::now();
     assert!(
-        wait_until(Duration::from_secs(3), || t
-            .host
-            .ipv4_addrs("virbr0")
-            .contains(&gw)),
-        "address not re-added\n{}",
+        wait_until(Duration::from_secs(3), || {
+            t.host.ipv4_addrs("virbr0").contains(&gw) && has_v6(&t)
+        }),
+        "addresses not re-added\n{}",
         t.daemon_log()
     );
     eprintln!(
-        "MEASURE flushed address back after {} ms",
+        "MEASURE flushed addresses back after {} ms",
         t0.elapsed().as_millis()
     );
     assert!(g.ns.ping(GW, 3));
-    assert_eq!(repairs(&t, "address"), 1);
+    assert_eq!(repairs(&t, "address"), 2);
 
     t.host.ip_ok(&["link", "set", "virbr0", "down"]).unwrap();
     let t0 = Instant::now();
     let up = || {
         link(&t, "virbr0").is_some_and(|l| l["flags"].as_array().unwrap().iter().any(|f| f == "UP"))
     };
-    assert!(wait_until(Duration::from_secs(3), up), "bridge left down");
+    assert!(
+        wait_until(Duration::from_secs(3), || up() && has_v6(&t)),
+        "bridge left down or without its IPv6 address\n{}",
+        t.daemon_log()
+    );
     eprintln!(
         "MEASURE downed bridge up again after {} ms",
         t0.elapsed().as_millis()
@@ -201,6 +229,11 @@ fn flushed_address_and_downed_bridge_are_repaired() {
     assert!(g.ns.ping(GW, 5));
     nat_works(&t, &g);
     assert_eq!(repairs(&t, "bridge_down"), 1);
+    assert_eq!(
+        repairs(&t, "address"),
+        3,
+        "the IPv6 address dropped by the down"
+    );
     assert_eq!(repairs(&t, "bridge"), 0);
     assert!(degraded(&t).is_none());
 }
