@@ -86,25 +86,32 @@ impl State {
         persistent: bool,
         live: bool,
     ) -> Result<()> {
-        let mut compact_def = false;
+        // Each side is changed in memory right after its record is on disk,
+        // so memory never claims what a restart would not find.
         if persistent {
-            compact_def = journal::append(&self.store.journal_path(name), edit)? > COMPACT_BYTES;
-        }
-        let mut compact_live = false;
-        if live {
-            compact_live =
-                journal::append(&self.store.live_journal_path(name), edit)? > COMPACT_BYTES;
-        }
-        if persistent && let Some(d) = self.defs.get_mut(name) {
-            edit.apply_checked(d);
-            if compact_def && let Err(e) = self.store.save_definition(d) {
-                tracing::warn!("network {name}: compacting its journal: {e:#}");
+            let size = journal::append(&self.store.journal_path(name), edit)?;
+            if let Some(d) = self.defs.get_mut(name) {
+                edit.apply_checked(d);
+                if size > COMPACT_BYTES
+                    && let Err(e) = self.store.save_definition(d)
+                {
+                    tracing::warn!("network {name}: compacting its journal: {e:#}");
+                }
             }
         }
-        if live && let Some(r) = self.running.get_mut(name) {
-            edit.apply_checked(&mut r.record.definition);
-            if compact_live {
-                self.save_running();
+        if live {
+            let size = journal::append(&self.store.live_journal_path(name), edit).map_err(|e| {
+                if persistent {
+                    e.context("the persistent definition was changed, the running one not")
+                } else {
+                    e
+                }
+            })?;
+            if let Some(r) = self.running.get_mut(name) {
+                edit.apply_checked(&mut r.record.definition);
+                if size > COMPACT_BYTES {
+                    self.save_running();
+                }
             }
         }
         Ok(())
