@@ -223,11 +223,14 @@ impl State {
             Some(m) => config::mac_bytes(m).map_err(anyhow::Error::msg)?,
             None => self.store.bridge_mac(name)?,
         };
+        // STP off until the ports are back: they join forwarding at once, as
+        // they were on the old bridge, instead of listening and learning for
+        // twice the forward delay (at least 4 s) while the guests wait.
         let spec = BridgeSpec {
             name: bridge.clone(),
             mac,
             mtu: net.mtu,
-            stp: net.stp.enabled,
+            stp: false,
             forward_delay_secs: net.stp.delay,
         };
         let new = self.nl.create_bridge(&spec).await?;
@@ -282,6 +285,9 @@ impl State {
                     Err(e) => tracing::warn!("network {name}: putting {pname} back: {e:#}"),
                 }
             }
+        }
+        if net.stp.enabled {
+            self.nl.set_bridge_stp(new, &bridge, true).await?;
         }
         if let Some(cfg) = self.datapath_config(net).await? {
             let dir = self.dp.maps_dir();
