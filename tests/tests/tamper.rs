@@ -249,6 +249,41 @@ fn flushed_address_and_downed_bridge_are_repaired() {
     );
     assert_eq!(repairs(&t, "bridge"), 0);
     assert!(degraded(&t).is_none());
+
+    // Someone removes two pinned links: the programs come off the devices
+    // (the pins held the last reference) and are attached again.
+    let links = t.bpffs().join("links");
+    let pins = [
+        links.join("virbr0:bridge_ingress"),
+        links.join(format!("{UPLINK}:uplink_ingress")),
+    ];
+    for p in &pins {
+        std::fs::remove_file(p).unwrap();
+    }
+    let t0 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(3), || pins.iter().all(|p| p.exists())),
+        "programs not attached again\n{}",
+        t.daemon_log()
+    );
+    eprintln!(
+        "MEASURE removed program links back after {} ms",
+        t0.elapsed().as_millis()
+    );
+    let st = t.netd_json(&["status"]);
+    let live = st["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            let pos = p["position"].as_str().unwrap();
+            pos.starts_with("tcx ") && pos != "tcx ?"
+        })
+        .count();
+    assert_eq!(live, 4, "{st:#}");
+    nat_works(&t, &g);
+    assert_eq!(repairs(&t, "programs"), 2);
+    assert!(degraded(&t).is_none());
 }
 
 /// The host end of the uplink veth, as the harness builds it.

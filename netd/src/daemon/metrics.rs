@@ -278,7 +278,7 @@ pub fn render(s: &Snapshot) -> String {
         o,
         "netd_repairs_total",
         "counter",
-        "Repairs of a network's kernel state someone else undid, by kind (bridge, bridge_down, address, uplink).",
+        "Repairs of a network's kernel state someone else undid, by kind (bridge, bridge_down, address, programs, uplink).",
     );
     for (net, what, n) in &s.repairs {
         f.sample(&[("network", net), ("what", what)], *n);

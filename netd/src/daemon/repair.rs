@@ -5,7 +5,9 @@
 //! - A deleted netd bridge is recreated with its MAC and addresses; the
 //!   guest ports that still exist are put back on it; the datapath entries
 //!   keyed by the old ifindex are replaced and the programs re-hooked.
-//! - A flushed bridge address is re-added; a bridge set down is set up.
+//! - A flushed bridge address is re-added; a bridge set down is set up; a
+//!   program no longer on its bridge or uplink (its pinned link removed, or
+//!   the device recreated under the same name) is attached again.
 //! - An uplink that disappears (or is replaced by a new device of the same
 //!   name) leaves its networks `degraded`: guests keep reaching each other
 //!   and the host. When it, or another default route, comes back, the uplink
@@ -121,17 +123,36 @@ impl State {
         let names: Vec<String> = self.running.keys().cloned().collect();
         self.repairs.ports.retain(|n, _| names.contains(n));
         self.repairs.degraded.retain(|n, _| names.contains(n));
+        let hooks = self.live_hooks();
         for name in &names {
-            if let Err(e) = self.check_bridge(name, &links).await {
+            if let Err(e) = self.check_bridge(name, &links, &hooks).await {
                 tracing::warn!("network {name}: repair failed: {e:#}");
                 self.repairs
                     .set_degraded(name, Some(format!("bridge repair failed: {e:#}")));
             }
         }
-        self.check_uplinks().await;
+        self.check_uplinks(&hooks).await;
     }
 
-    async fn check_bridge(&mut self, name: &str, links: &[LinkInfo]) -> Result<()> {
+    /// (interface, hook) of every pinned tcx link whose program is in the
+    /// chain of the device that has that name now. A device deleted and
+    /// created again under the same name, or a link whose pin someone
+    /// removed, is missing here.
+    fn live_hooks(&self) -> BTreeSet<(String, String)> {
+        self.dp
+            .attached()
+            .into_iter()
+            .filter(|l| l.tcx_position.is_some())
+            .map(|l| (l.interface, l.hook))
+            .collect()
+    }
+
+    async fn check_bridge(
+        &mut self,
+        name: &str,
+        links: &[LinkInfo],
+        hooks: &BTreeSet<(String, String)>,
+    ) -> Result<()> {
         let Some(run) = self.running.get(name) else {
             return Ok(());
         };
@@ -170,6 +191,19 @@ impl State {
             self.nl.set_up(idx).await?;
             tracing::warn!("network {name}: bridge {bridge} was set down; set it up again");
             self.repairs.count(name, "bridge_down");
+        }
+        if self.datapath_config(&net).await.is_ok_and(|c| c.is_some()) {
+            for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
+                if !hooks.contains(&(bridge.clone(), hook.as_str().to_string())) {
+                    self.dp.detach(hook, &bridge)?;
+                    self.dp.attach(hook, &bridge)?;
+                    tracing::warn!(
+                        "network {name}: the {} program was no longer on {bridge}; attached it again",
+                        hook.as_str()
+                    );
+                    self.repairs.count(name, "programs");
+                }
+            }
         }
         let missing = self.missing_addresses(&net, idx).await?;
         for (a, p) in &missing {
@@ -317,29 +351,20 @@ impl State {
 
     /// Uplinks that vanished are let go (their networks degraded); networks
     /// without an uplink get one as soon as there is one.
-    async fn check_uplinks(&mut self) {
+    async fn check_uplinks(&mut self, hooks: &BTreeSet<(String, String)>) {
         let dir = self.dp.maps_dir();
         let in_use: BTreeSet<String> = self
             .running
             .values()
             .flat_map(|r| r.record.uplinks.iter().cloned())
             .collect();
-        if in_use.is_empty() {
-            return self.claim_uplinks().await;
-        }
-        // Interfaces whose uplink ingress program is in their tcx chain: a
-        // device deleted and created again under the same name has lost it.
-        let hooked: BTreeSet<String> = self
-            .dp
-            .attached()
-            .into_iter()
-            .filter(|l| l.hook == Hook::UplinkIngress.as_str() && l.tcx_position.is_some())
-            .map(|l| l.interface)
-            .collect();
         for u in in_use {
             let now = crate::link::ifindex_of(&u);
             let was = self.repairs.uplink_index.get(&u).copied();
-            if now.is_some() && hooked.contains(&u) && (was.is_none() || was == now) {
+            let hooked = [Hook::UplinkIngress, Hook::UplinkEgress]
+                .iter()
+                .all(|h| hooks.contains(&(u.clone(), h.as_str().to_string())));
+            if now.is_some() && hooked && (was.is_none() || was == now) {
                 continue;
             }
             // Gone, or a new device of the same name whose hooks are not ours.
@@ -366,10 +391,21 @@ impl State {
                     tracing::warn!("network {n}: withdrawing forwards of uplink {u}: {e:#}");
                 }
             }
-            tracing::warn!(
-                "uplink {u} is gone; {} degraded until it or another default route is back",
-                users.join(", ")
-            );
+            if now.is_some() {
+                // Same name, but the programs are not on it (a new device,
+                // or links removed): hooked again just below.
+                tracing::warn!(
+                    "uplink {u}: its programs were no longer attached; attaching them again"
+                );
+                for n in &users {
+                    self.repairs.count(n, "programs");
+                }
+            } else {
+                tracing::warn!(
+                    "uplink {u} is gone; {} degraded until it or another default route is back",
+                    users.join(", ")
+                );
+            }
             self.save_running();
         }
         self.claim_uplinks().await;

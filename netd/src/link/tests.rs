@@ -145,7 +145,10 @@ fn bridge_create_read_delete() {
         nl.set_bridge_stp(other, "netdt1", false).await?;
         let s = nl.bridge_settings(other).await?.context("settings")?;
         assert_eq!(s.stp, Some(false));
-        let err = nl.set_bridge_stp(999_999, "netdt9", true).await.unwrap_err();
+        let err = nl
+            .set_bridge_stp(999_999, "netdt9", true)
+            .await
+            .unwrap_err();
         assert!(format!("{err:#}").starts_with("setting STP on "), "{err:#}");
 
         // Creating it again fails with one readable line.
