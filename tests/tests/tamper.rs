@@ -116,6 +116,39 @@ fn deleted_bridge_is_recreated_with_its_mac_address_ports_and_programs() {
     let mac = before["address"].as_str().unwrap().to_string();
     let old_index = before["ifindex"].as_u64().unwrap();
 
+    // A connection the upstream end will speak on next, after the repairs:
+    // its reply path must follow the recreated bridge.
+    let flag = t.dir.join("push");
+    let server = format!(
+        r#"
+import socket, os, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 7000)); s.listen(1)
+c, _ = s.accept(); c.sendall(b"hello\n")
+while not os.path.exists("{}"): time.sleep(0.05)
+c.sendall(b"pushed\n"); time.sleep(2)
+"#,
+        flag.display()
+    );
+    let mut srv = t.upstream.spawn(&["python3", "-c", &server]);
+    std::thread::sleep(Duration::from_millis(400));
+    let client = format!(
+        r#"
+import socket
+s = socket.create_connection(("{UPSTREAM_IP}", 7000), timeout=60)
+f = s.makefile("rb")
+for _ in range(2): print(f.readline().decode().strip(), flush=True)
+"#
+    );
+    let clog = t.dir.join("push-client.log");
+    let mut cli = g.ns.spawn_logged(&["python3", "-c", &client], &clog);
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&clog)
+            .unwrap_or_default()
+            .contains("hello")),
+        "no connection"
+    );
+
     // Delete it, several times; from now on the guest is only watched, never
     // configured.
     for round in 1..=ROUNDS {
@@ -131,6 +164,16 @@ fn deleted_bridge_is_recreated_with_its_mac_address_ports_and_programs() {
             "{ping_ok:?} {back:?}"
         );
     }
+    // The upstream end speaks first on the old connection: it arrives.
+    std::fs::write(&flag, "").unwrap();
+    let _ = cli.wait();
+    let _ = srv.kill();
+    let out = std::fs::read_to_string(&clog).unwrap();
+    assert!(
+        out.contains("pushed"),
+        "the connection did not survive {ROUNDS} bridge deletions: {out}"
+    );
+
     let after = link(&t, "virbr0").unwrap();
     assert_eq!(after["address"], mac.as_str(), "MAC changed");
     assert_eq!(

@@ -273,9 +273,9 @@ impl State {
             .rebuild_on(name, &net, old, new, &remembered, links)
             .await
         {
-            Ok(attached) => {
+            Ok((attached, kept)) => {
                 tracing::warn!(
-                    "network {name}: bridge {bridge} was deleted; recreated it (ifindex {old} -> {new}) with its MAC and addresses, ports put back: [{}]",
+                    "network {name}: bridge {bridge} was deleted; recreated it (ifindex {old} -> {new}) with its MAC and addresses, ports put back: [{}], {kept} connections kept",
                     attached.join(", ")
                 );
                 self.repairs.count(name, "bridge");
@@ -293,7 +293,7 @@ impl State {
     }
 
     /// Everything keyed by the old bridge ifindex, moved to the new one.
-    /// Returns the ports put back.
+    /// Returns the ports put back and the connections kept.
     async fn rebuild_on(
         &mut self,
         name: &str,
@@ -302,7 +302,7 @@ impl State {
         new: u32,
         remembered: &BTreeMap<u32, String>,
         links: &[LinkInfo],
-    ) -> Result<Vec<String>> {
+    ) -> Result<(Vec<String>, usize)> {
         let bridge = self
             .running
             .get(name)
@@ -311,6 +311,7 @@ impl State {
         for (a, p) in self.missing_addresses(net, new).await? {
             self.nl.add_address(new, a, p).await?;
         }
+        let mut kept = 0;
         let mut attached = Vec::new();
         for (pidx, pname) in remembered {
             if links.iter().any(|l| l.index == *pidx && l.master.is_none()) {
@@ -326,8 +327,9 @@ impl State {
         if let Some(cfg) = self.datapath_config(net).await? {
             let dir = self.dp.maps_dir();
             let subnet = net.ipv4.as_ref().and_then(|v| v.parsed().ok());
-            // Also drops the old bridge's connections: their entries name an
-            // ifindex that no longer exists; the next packet makes new ones.
+            // Open connections follow the bridge, so replies, even ones the
+            // guest did not ask for since, still reach it.
+            kept = dataplane::maps::ct_move_bridge(&dir, old, new)? / 2;
             dataplane::maps::remove_network(&dir, old, subnet)?;
             dataplane::maps::add_network(&dir, new, &cfg, subnet)?;
             if let Some(prefix) = net.ipv6.as_ref().and_then(|v| v.parsed().ok()) {
@@ -346,7 +348,7 @@ impl State {
         }
         self.sync_forwards(name).await?;
         self.save_running();
-        Ok(attached)
+        Ok((attached, kept))
     }
 
     /// Uplinks that vanished are let go (their networks degraded); networks

@@ -158,6 +158,27 @@ pub fn ct_entries(dir: &Path) -> Result<Vec<(CtKey, CtEntry)>> {
     Ok(conntrack(dir)?.iter().filter_map(Result::ok).collect())
 }
 
+/// Moves the connections of a bridge to the ifindex of the bridge that
+/// replaced it (same name, recreated): replies keep finding their guests.
+/// Returns how many entries (both directions count) moved.
+pub fn ct_move_bridge(dir: &Path, old: u32, new: u32) -> Result<usize> {
+    let mut ct = conntrack(dir)?;
+    let mine: Vec<(CtKey, CtEntry)> = ct
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, e)| e.bridge_ifindex == old)
+        .collect();
+    let mut n = 0;
+    for (k, mut e) in mine {
+        e.bridge_ifindex = new;
+        // BPF_EXIST: an entry the datapath expired meanwhile stays gone.
+        if ct.insert(k, e, 2).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 /// Deletes the entries `pred` picks together with their other direction,
 /// so no half connection is left. Returns how many entries went.
 pub fn ct_remove_where(dir: &Path, pred: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize> {
