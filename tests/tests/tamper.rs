@@ -168,6 +168,7 @@ for _ in range(2): print(f.readline().decode().strip(), flush=True)
     std::fs::write(&flag, "").unwrap();
     let _ = cli.wait();
     let _ = srv.kill();
+    let _ = srv.wait();
     let out = std::fs::read_to_string(&clog).unwrap();
     assert!(
         out.contains("pushed"),

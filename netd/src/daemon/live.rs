@@ -171,16 +171,28 @@ impl State {
         if !add && !found {
             bail!("no host entry with MAC {mac} and IP {ip}");
         }
-        if let Some(net) = &changed_live
-            && let Some(run) = self.running.get(name)
-        {
-            let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, name);
+        let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, name);
+        let apply_hosts = |state: &State, net: &Network| -> Result<()> {
             dhcp::write_host_files(net, &paths)?;
-            if let Some(d) = &run.dnsmasq {
+            if let Some(d) = state.running.get(name).and_then(|r| r.dnsmasq.as_ref()) {
                 d.reload()?;
             }
+            Ok(())
+        };
+        if let Some(net) = &changed_live {
+            apply_hosts(self, net)?;
         }
-        self.record_edit(name, &edit, persistent, live)
+        let before = self.running.get(name).map(|r| r.record.definition.clone());
+        if let Err(e) = self.record_edit(name, &edit, persistent, live) {
+            // dnsmasq goes back to the entries the running definition has.
+            if changed_live.is_some()
+                && let Some(old) = &before
+            {
+                let _ = apply_hosts(self, old);
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Whether a running network's persistent definition differs from the
@@ -213,5 +225,31 @@ impl State {
         } else {
             config::to_toml(net)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_flags() {
+        assert_eq!(Scope::from_flags(false, false).unwrap(), Scope::Both);
+        assert_eq!(Scope::from_flags(true, false).unwrap(), Scope::Live);
+        assert_eq!(Scope::from_flags(false, true).unwrap(), Scope::Config);
+        let e = Scope::from_flags(true, true).unwrap_err();
+        assert_eq!(e.to_string(), "--live and --config exclude each other");
+    }
+
+    #[test]
+    fn autostart_alone_is_not_a_pending_change() {
+        let live =
+            config::from_toml("name = \"n\"\nmode = \"nat\"\n[ipv4]\naddress = \"10.1.0.1/24\"\n")
+                .unwrap();
+        let mut p = live.clone();
+        p.autostart = true;
+        assert!(!differs(&live, &p));
+        p.mtu = Some(1400);
+        assert!(differs(&live, &p));
     }
 }

@@ -426,6 +426,35 @@ hosts = [{ ip = "192.168.122.5", names = ["db", "db.lan"] }, { ip = "fd00::5", n
     }
 
     #[test]
+    fn a_folder_dnsmasq_cannot_pass_is_refused_by_name() {
+        let top = std::env::temp_dir().join(format!("netd-conf-0700-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        let run = top.join("private").join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let private = top.join("private");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let p = paths(&run, &top.join("state"), "default");
+        let err = write_files(&default_net(), "virbr0", &p).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            format!(
+                "dnsmasq cannot read its files in {}: {} has mode 700 and needs o+x (mode 701), as dnsmasq drops root",
+                run.join("dnsmasq").display(),
+                private.display()
+            )
+        );
+        assert!(!p.conf.exists() && !p.hostsfile.exists());
+        // Searchable: written, the folder netd made 0755 and the files 0644.
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap();
+        write_files(&default_net(), "virbr0", &p).unwrap();
+        let mode = |q: &Path| std::fs::metadata(q).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&run.join("dnsmasq")), 0o755);
+        assert_eq!(mode(&p.hostsfile), 0o644);
+        let _ = std::fs::remove_dir_all(&top);
+    }
+
+    #[test]
     fn paths_follow_the_layout() {
         let p = p();
         assert_eq!(p.conf, Path::new("/run/netd/dnsmasq/default.conf"));
