@@ -393,6 +393,8 @@ fn degraded_of(t: &Topology, net: &str) -> Option<String> {
         .map(String::from)
 }
 
+const UPLINK_ROUNDS: usize = 3;
+
 #[test]
 fn lost_uplink_degrades_and_its_return_recovers() {
     require_netd!();
@@ -410,51 +412,53 @@ fn lost_uplink_degrades_and_its_return_recovers() {
     nat_works(&t, &g3);
     assert!(degraded(&t).is_none());
 
-    t.host.ip_ok(&["link", "del", UPLINK]).unwrap();
-    let t0 = Instant::now();
-    assert!(
-        wait_until(Duration::from_secs(3), || degraded(&t).is_some()),
-        "not degraded\n{}",
-        t.daemon_log()
-    );
-    eprintln!(
-        "MEASURE degraded {} ms after the uplink went",
-        t0.elapsed().as_millis()
-    );
-    let why = degraded(&t).unwrap();
-    assert!(why.contains("uplink"), "{why}");
-    assert!(
-        wait_until(Duration::from_secs(3), || degraded_of(&t, "pinned")
-            .is_some()),
-        "pinned not degraded"
-    );
-    assert_eq!(degraded_of(&t, "pinned").unwrap(), "uplink uplink0 is gone");
-    assert!(t.netd_ok(&["net", "info", "default"]).contains("Degraded:"));
-    // Guests still reach each other and the host.
-    assert!(g1.ns.ping(ip2, 3), "guest to guest");
-    assert!(g1.ns.ping(GW, 3), "guest to host");
+    for round in 1..=UPLINK_ROUNDS {
+        t.host.ip_ok(&["link", "del", UPLINK]).unwrap();
+        let t0 = Instant::now();
+        assert!(
+            wait_until(Duration::from_secs(3), || degraded(&t).is_some()),
+            "not degraded\n{}",
+            t.daemon_log()
+        );
+        eprintln!(
+            "MEASURE round {round}: degraded {} ms after the uplink went",
+            t0.elapsed().as_millis()
+        );
+        let why = degraded(&t).unwrap();
+        assert!(why.contains("uplink"), "{why}");
+        assert!(
+            wait_until(Duration::from_secs(3), || degraded_of(&t, "pinned")
+                .is_some()),
+            "pinned not degraded"
+        );
+        assert_eq!(degraded_of(&t, "pinned").unwrap(), "uplink uplink0 is gone");
+        assert!(t.netd_ok(&["net", "info", "default"]).contains("Degraded:"));
+        // Guests still reach each other and the host.
+        assert!(g1.ns.ping(ip2, 3), "guest to guest");
+        assert!(g1.ns.ping(GW, 3), "guest to host");
 
-    recreate_uplink(&t);
-    let t0 = Instant::now();
-    assert!(
-        wait_until(Duration::from_secs(5), || degraded(&t).is_none()),
-        "not recovered\n{}",
-        t.daemon_log()
-    );
-    eprintln!(
-        "MEASURE recovered {} ms after the uplink came back",
-        t0.elapsed().as_millis()
-    );
-    assert!(
-        wait_until(Duration::from_secs(5), || degraded_of(&t, "pinned")
-            .is_none()),
-        "pinned not recovered\n{}",
-        t.daemon_log()
-    );
-    nat_works(&t, &g1);
-    nat_works(&t, &g2);
-    nat_works(&t, &g3);
-    assert_eq!(repairs(&t, "uplink"), 1);
+        recreate_uplink(&t);
+        let t0 = Instant::now();
+        assert!(
+            wait_until(Duration::from_secs(5), || degraded(&t).is_none()),
+            "not recovered\n{}",
+            t.daemon_log()
+        );
+        eprintln!(
+            "MEASURE round {round}: recovered {} ms after the uplink came back",
+            t0.elapsed().as_millis()
+        );
+        assert!(
+            wait_until(Duration::from_secs(5), || degraded_of(&t, "pinned")
+                .is_none()),
+            "pinned not recovered\n{}",
+            t.daemon_log()
+        );
+        nat_works(&t, &g1);
+        nat_works(&t, &g2);
+        nat_works(&t, &g3);
+    }
+    assert_eq!(repairs(&t, "uplink"), UPLINK_ROUNDS as u64);
 }
 
 const STATIC: &str = r#"
@@ -496,4 +500,59 @@ fn run_dir_under_a_private_folder_refuses_to_start_in_one_line() {
     t.netd_ok(&["net", "start", "default"]);
     let g = t.add_guest("virbr0", Some("52:54:00:12:34:56")).unwrap();
     assert_eq!(g.dhcp().expect("lease").to_string(), "192.168.122.150");
+}
+
+#[test]
+fn another_default_route_takes_over_a_lost_uplink() {
+    require_netd!();
+    let mut t = started("tamper_reroute");
+    let g = t.add_guest("virbr0", None).unwrap();
+    g.dhcp().expect("lease");
+    nat_works(&t, &g);
+
+    t.host.ip_ok(&["link", "del", UPLINK]).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(3), || degraded(&t).is_some()),
+        "not degraded"
+    );
+    // A second way out, on another interface and subnet.
+    let r = &t.router.name;
+    t.host
+        .ip_ok(&[
+            "link", "add", "uplink1", "type", "veth", "peer", "name", "to-host2", "netns", r,
+        ])
+        .unwrap();
+    t.host
+        .ip_ok(&["addr", "add", "198.51.101.2/24", "dev", "uplink1"])
+        .unwrap();
+    t.host.ip_ok(&["link", "set", "uplink1", "up"]).unwrap();
+    t.router
+        .ip_ok(&["addr", "add", "198.51.101.1/24", "dev", "to-host2"])
+        .unwrap();
+    t.router.ip_ok(&["link", "set", "to-host2", "up"]).unwrap();
+    t.host
+        .ip_ok(&["route", "add", "default", "via", "198.51.101.1"])
+        .unwrap();
+    let t0 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(5), || degraded(&t).is_none()),
+        "not recovered on the new default route\n{}",
+        t.daemon_log()
+    );
+    eprintln!(
+        "MEASURE recovered {} ms after another default route appeared",
+        t0.elapsed().as_millis()
+    );
+    assert_eq!(
+        t.netd_json(&["net", "info", "default"])["uplink"],
+        "uplink1"
+    );
+    let srv = tcp_echo_server(&t.upstream, 8080);
+    assert_eq!(
+        tcp_request(&g.ns, UPSTREAM_IP, 8080, "via1").unwrap(),
+        "via1"
+    );
+    let peers: Vec<String> = srv.peer_ips().iter().map(|p| p.to_string()).collect();
+    assert_eq!(peers, vec!["198.51.101.2".to_string()]);
+    assert_eq!(repairs(&t, "uplink"), 1);
 }
