@@ -126,9 +126,11 @@ impl State {
         let hooks = self.live_hooks();
         for name in &names {
             if let Err(e) = self.check_bridge(name, &links, &hooks).await {
-                tracing::warn!("network {name}: repair failed: {e:#}");
-                self.repairs
-                    .set_degraded(name, Some(format!("bridge repair failed: {e:#}")));
+                // Retried each pass; logged when the reason changes.
+                let why = format!("bridge repair failed: {e:#}");
+                if self.repairs.set_degraded(name, Some(why.clone())) {
+                    tracing::warn!("network {name} is degraded: {why}");
+                }
             }
         }
         self.check_uplinks(&hooks).await;
