@@ -253,6 +253,25 @@ async fn autostart(
 struct DumpQuery {
     #[serde(default)]
     xml: bool,
+    /// The persistent definition instead of the live one.
+    #[serde(default)]
+    inactive: bool,
+}
+
+/// `?live=true` / `?config=true`: which definitions a live edit changes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScopeQuery {
+    #[serde(default)]
+    live: bool,
+    #[serde(default)]
+    config: bool,
+}
+
+impl ScopeQuery {
+    fn scope(&self) -> anyhow::Result<crate::daemon::Scope> {
+        crate::daemon::Scope::from_flags(self.live, self.config)
+    }
 }
 
 async fn dump(
@@ -261,19 +280,26 @@ async fn dump(
     Query(q): Query<DumpQuery>,
 ) -> ApiResult<DumpResponse> {
     Ok(Json(DumpResponse {
-        text: d.state.lock().await.dump(&name, q.xml)?,
+        text: d.state.lock().await.dump(&name, q.xml, q.inactive)?,
     }))
 }
 
 async fn hosts(
     State(d): Shared,
     Path(name): Path<String>,
+    Query(q): Query<ScopeQuery>,
     Body(req): Body<HostRequest>,
 ) -> ApiResult<NameResponse> {
+    let scope = q.scope()?;
+    let host = crate::config::Host {
+        mac: req.mac,
+        ip: req.ip,
+        name: req.name,
+    };
     d.state
         .lock()
         .await
-        .update_host(&name, req.add, &req.mac, req.ip, req.name)?;
+        .update_host(&name, req.add, host, scope)?;
     Ok(Json(NameResponse { name }))
 }
 
@@ -318,8 +344,10 @@ async fn forwards_of(
 async fn forward_add(
     State(d): Shared,
     Path(name): Path<String>,
+    Query(q): Query<ScopeQuery>,
     body: Bytes,
 ) -> ApiResult<NameResponse> {
+    let scope = q.scope()?;
     let reqs = decode_forward_add(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     let mut fs = Vec::with_capacity(reqs.len());
     for (i, r) in reqs.into_iter().enumerate() {
@@ -333,19 +361,21 @@ async fn forward_add(
             address: r.address,
         });
     }
-    d.state.lock().await.add_forwards(&name, fs).await?;
+    d.state.lock().await.add_forwards(&name, fs, scope).await?;
     Ok(Json(NameResponse { name }))
 }
 
 async fn forward_remove(
     State(d): Shared,
     Path(name): Path<String>,
+    Query(q): Query<ScopeQuery>,
     Body(r): Body<ForwardRequest>,
 ) -> ApiResult<NameResponse> {
+    let scope = q.scope()?;
     d.state
         .lock()
         .await
-        .remove_forward(&name, r.proto, r.port, r.address)
+        .remove_forward(&name, r.proto, r.port, r.address, scope)
         .await?;
     Ok(Json(NameResponse { name }))
 }

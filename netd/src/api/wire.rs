@@ -79,6 +79,14 @@ pub struct NetworkInfo {
     /// Hostdev networks: the VF pool.
     #[serde(default)]
     pub vf_pool: Option<VfPoolSummary>,
+    /// A running network whose persistent definition differs from the live
+    /// one (`net dump --inactive` shows it; the next start uses it).
+    #[serde(default)]
+    pub pending_changes: bool,
+    /// Why a running network does not work fully right now (e.g. its uplink
+    /// is gone); None when it does.
+    #[serde(default)]
+    pub degraded: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -52,6 +52,10 @@ pub enum Command {
         name: String,
         #[arg(long)]
         xml: bool,
+        /// The persistent definition (what the next start uses) instead of
+        /// the running one.
+        #[arg(long)]
+        inactive: bool,
     },
     /// Live changes to a running or stored network.
     Update {
@@ -75,6 +79,8 @@ pub struct HostArgs {
     ip: std::net::Ipv4Addr,
     #[arg(long)]
     name: Option<String>,
+    #[command(flatten)]
+    scope: super::forward::ScopeArgs,
 }
 
 impl Command {
@@ -131,8 +137,14 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
         }
         Command::List { all, out } => list(client, *all, out.format),
         Command::Info { name, out } => info(client, name, out.format),
-        Command::Dump { name, xml } => {
-            let d: DumpResponse = client.get(&format!("/v1/networks/{name}/dump?xml={xml}"))?;
+        Command::Dump {
+            name,
+            xml,
+            inactive,
+        } => {
+            let d: DumpResponse = client.get(&format!(
+                "/v1/networks/{name}/dump?xml={xml}&inactive={inactive}"
+            ))?;
             print!("{}", d.text);
             Ok(())
         }
@@ -152,7 +164,10 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
                     .transpose()
                     .map_err(|e| anyhow::anyhow!("--name: {e}"))?,
             };
-            let _: NameResponse = client.post(&format!("/v1/networks/{name}/hosts"), &req)?;
+            let _: NameResponse = client.post(
+                &format!("/v1/networks/{name}/hosts{}", h.scope.query()),
+                &req,
+            )?;
             println!("network {name} updated");
             Ok(())
         }
@@ -235,6 +250,7 @@ pub fn render_info(i: &NetworkInfo) -> String {
         ("Masquerade as", opt(&i.masquerade_address)),
         ("dnsmasq pid", opt(&i.dnsmasq_pid)),
         ("dnsmasq restarts", i.dnsmasq_restarts.to_string()),
+        ("Pending changes", yes_no(i.pending_changes)),
     ];
     let mut s = String::new();
     for (k, v) in rows {
@@ -250,6 +266,9 @@ pub fn render_info(i: &NetworkInfo) -> String {
         if let Some(why) = &p.problem {
             s.push_str(&format!("{:<17} {why}\n", "Pool problem:"));
         }
+    }
+    if let Some(why) = &i.degraded {
+        s.push_str(&format!("{:<17} {why}\n", "Degraded:"));
     }
     for n in &i.notes {
         s.push_str(&format!("Note:             {n}\n"));

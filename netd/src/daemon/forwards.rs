@@ -5,9 +5,11 @@
 //! when those change.
 
 use super::State;
+use super::journal::{Edit, same_forward};
+use super::live::Scope;
 use crate::config::{self, Forward, Mode, Network, PortRange};
 use crate::dataplane::maps::{self, ForwardEntry};
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
@@ -71,15 +73,6 @@ impl PortIndex {
                 })
         })
     }
-}
-
-fn same_forward(
-    f: &Forward,
-    proto: config::Proto,
-    port: PortRange,
-    address: Option<Ipv4Addr>,
-) -> bool {
-    f.proto == proto && f.port.start == port.start && f.address == address
 }
 
 impl State {
@@ -164,50 +157,84 @@ impl State {
 
     /// Adds forwards to a network, all or none: each is validated and
     /// checked against every forward of every network (and the others of
-    /// the batch); a running network's map entries are written first (only
-    /// the new keys, so other flows never notice; a failure restores every
-    /// key it touched), and the definition is stored only once they took.
-    pub async fn add_forwards(&mut self, name: &str, new: Vec<Forward>) -> Result<()> {
-        let mut net = self
-            .definition(name)
-            .ok_or_else(|| anyhow!("network {name:?} is not defined"))?
-            .clone();
+    /// the batch), only the new map keys are written, so other flows never
+    /// notice, and each changed side gets one journal record.
+    pub async fn add_forwards(
+        &mut self,
+        name: &str,
+        new: Vec<Forward>,
+        scope: Scope,
+    ) -> Result<()> {
+        let (persistent, live) = self.edit_sides(name, scope)?;
+        // Only forwards that could clash go into the index: one edit then
+        // costs a scan of the others, not an index of all of them.
+        let ranges: Vec<PortRange> = new.iter().map(|f| f.port).collect();
+        let lo = ranges.iter().map(|r| r.start).min().unwrap_or(0);
+        let hi = ranges.iter().map(|r| r.end).max().unwrap_or(0);
+        let protos: std::collections::HashSet<config::Proto> =
+            new.iter().map(|f| f.proto).collect();
+        let near = |f: &Forward| {
+            protos.contains(&f.proto)
+                && f.port.start <= hi
+                && f.port.end >= lo
+        };
         let mut taken = PortIndex::default();
-        let everyone = self
-            .defs
-            .values()
-            .chain(self.running.values().map(|r| &r.record.definition));
-        for other in everyone {
-            for f in &other.forwards {
-                taken.insert(f, &other.name);
-            }
-        }
-        for f in &new {
-            config::validate_forward(&net, f)?;
-            if let Some((owner, to)) = taken.clash(f) {
-                bail!(
-                    "{} port {} on {} is already forwarded by network {owner:?} to {to}",
-                    f.proto.as_str(),
-                    f.port,
-                    f.address
-                        .map(|a| a.to_string())
-                        .unwrap_or_else(|| "the uplink addresses".into()),
+        {
+            let mine = self
+                .defs
+                .get(name)
+                .filter(|_| persistent)
+                .into_iter()
+                .chain(
+                    self.running
+                        .get(name)
+                        .filter(|_| live)
+                        .map(|r| &r.record.definition),
                 );
+            let sides: Vec<&Network> = mine.collect();
+            let others = self
+                .defs
+                .values()
+                .chain(self.running.values().map(|r| &r.record.definition))
+                .filter(|o| o.name != name);
+            for other in others.chain(sides.iter().copied()) {
+                for f in other.forwards.iter().filter(|f| near(f)) {
+                    taken.insert(f, &other.name);
+                }
             }
-            taken.insert(f, name);
+            for f in &new {
+                for side in &sides {
+                    config::validate_forward(side, f)?;
+                }
+                if let Some((owner, to)) = taken.clash(f) {
+                    bail!(
+                        "{} port {} on {} is already forwarded by network {owner:?} to {to}",
+                        f.proto.as_str(),
+                        f.port,
+                        f.address
+                            .map(|a| a.to_string())
+                            .unwrap_or_else(|| "the uplink addresses".into()),
+                    );
+                }
+                taken.insert(f, name);
+            }
         }
-        let mut added = net.clone();
-        added.forwards = new.clone();
-        net.forwards.extend(new);
-        let mut written = Vec::new();
-        if let Some(run) = self.running.get(name) {
+        let mut entries = Vec::new();
+        if live && let Some(run) = self.running.get(name) {
+            // Only the new forwards' entries: clone the definition without
+            // its (possibly many) forwards.
+            let mut added = Network {
+                forwards: Vec::new(),
+                ..run.record.definition.clone()
+            };
+            added.forwards = new.clone();
             let (idx, uplinks) = (run.record.bridge_ifindex, run.record.uplinks.clone());
-            written = self.forward_entries(&added, idx, &uplinks).await;
-            maps::add_forwards(&self.dp.maps_dir(), &written)?;
+            entries = self.forward_entries(&added, idx, &uplinks).await;
+            maps::add_forwards(&self.dp.maps_dir(), &entries)?;
         }
-        if let Err(e) = self.store_definition(net) {
-            // Not stored: take back what the kernel got.
-            let _ = maps::remove_forwards(&self.dp.maps_dir(), &written);
+        let edit = Edit::AddForwards { forwards: new };
+        if let Err(e) = self.record_edit(name, &edit, persistent, live) {
+            let _ = maps::remove_forwards(&self.dp.maps_dir(), &entries);
             return Err(e);
         }
         Ok(())
@@ -219,48 +246,38 @@ impl State {
         proto: config::Proto,
         port: PortRange,
         address: Option<Ipv4Addr>,
+        scope: Scope,
     ) -> Result<()> {
-        let mut net = self
-            .definition(name)
-            .ok_or_else(|| anyhow!("network {name:?} is not defined"))?
-            .clone();
-        let (gone, kept): (Vec<Forward>, Vec<Forward>) = net
-            .forwards
-            .drain(..)
-            .partition(|f| same_forward(f, proto, port, address));
-        if gone.is_empty() {
+        let (persistent, live) = self.edit_sides(name, scope)?;
+        let found = self.sides(name, persistent, live).iter().any(|n| {
+            n.forwards
+                .iter()
+                .any(|f| same_forward(f, proto, port, address))
+        });
+        if !found {
             bail!(
                 "network {name:?} has no {} forward on port {port}",
                 proto.as_str()
             );
         }
-        net.forwards = kept;
-        let mut removed = net.clone();
-        removed.forwards = gone;
         let mut entries = Vec::new();
-        if let Some(run) = self.running.get(name) {
+        if live && let Some(run) = self.running.get(name) {
+            let mut removed = run.record.definition.clone();
+            removed
+                .forwards
+                .retain(|f| same_forward(f, proto, port, address));
             let (idx, uplinks) = (run.record.bridge_ifindex, run.record.uplinks.clone());
             entries = self.forward_entries(&removed, idx, &uplinks).await;
             maps::remove_forwards(&self.dp.maps_dir(), &entries)?;
         }
-        if let Err(e) = self.store_definition(net) {
-            // Not stored: the forward stays, so put its entries back.
+        let edit = Edit::RemoveForward {
+            proto,
+            port,
+            address,
+        };
+        if let Err(e) = self.record_edit(name, &edit, persistent, live) {
             let _ = maps::add_forwards(&self.dp.maps_dir(), &entries);
             return Err(e);
-        }
-        Ok(())
-    }
-
-    /// Stores a changed definition, persistent or running.
-    fn store_definition(&mut self, net: Network) -> Result<()> {
-        let name = net.name.clone();
-        if self.defs.contains_key(&name) {
-            self.store.save_definition(&net)?;
-            self.defs.insert(name.clone(), net.clone());
-        }
-        if let Some(run) = self.running.get_mut(&name) {
-            run.record.definition = net;
-            self.save_running();
         }
         Ok(())
     }

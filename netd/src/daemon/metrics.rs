@@ -21,6 +21,8 @@ pub struct Snapshot {
     pub forwards: Vec<ForwardMetrics>,
     /// (map, entries, max entries).
     pub maps: Vec<(String, u64, u32)>,
+    /// (network, what, count): repairs of tampering (see repair.rs).
+    pub repairs: Vec<(String, String, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -296,6 +298,15 @@ pub fn render(s: &Snapshot) -> String {
             f.sample(&[("network", &n.name)], free);
         }
     }
+    let mut f = Family::new(
+        o,
+        "netd_repairs_total",
+        "counter",
+        "Repairs of a network's kernel state someone else undid, by kind (bridge, bridge_down, address, programs, uplink).",
+    );
+    for (net, what, n) in &s.repairs {
+        f.sample(&[("network", net), ("what", what)], *n);
+    }
 
     let mut f = Family::new(
         o,
@@ -409,6 +420,7 @@ impl super::State {
             conntrack,
             forwards,
             maps: maps::fill_levels(&dir).unwrap_or_default(),
+            repairs: self.repairs.counts(),
         }
     }
 }
@@ -455,6 +467,7 @@ mod tests {
                 hits: 3,
             }],
             maps: vec![("NETD_CT".into(), 4, 262144)],
+            repairs: vec![("default".into(), "bridge".into(), 2)],
         }
     }
 
@@ -476,6 +489,7 @@ mod tests {
             "netd_map_max_entries{map=\"NETD_CT\"} 262144",
             "netd_vf_pool_size{network=\"passthrough\"} 8",
             "netd_vf_pool_free{network=\"passthrough\"} 5",
+            "netd_repairs_total{network=\"default\",what=\"bridge\"} 2",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

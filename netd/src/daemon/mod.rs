@@ -5,8 +5,11 @@
 mod doctor;
 mod forwards;
 mod lane;
+pub mod journal;
+mod live;
 pub mod metrics;
 mod network;
+mod repair;
 mod status;
 pub mod store;
 mod teardown;
@@ -14,6 +17,7 @@ mod uplink;
 mod vf;
 
 pub use forwards::ForwardInfo;
+pub use live::Scope;
 pub use network::State;
 
 use crate::dataplane::Dataplane;
@@ -81,6 +85,7 @@ pub async fn run(opts: Options) -> Result<()> {
     tokio::spawn(uplink::watch(daemon.clone()));
     tokio::spawn(uplink::gc(daemon.clone()));
     tokio::spawn(lane::watch(daemon.clone()));
+    tokio::spawn(repair::watch(daemon.clone()));
     let server = tokio::spawn(crate::api::server::serve(daemon.clone()));
     if let Some(addr) = opts.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)

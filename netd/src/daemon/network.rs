@@ -27,6 +27,8 @@ pub struct State {
     pub running: BTreeMap<String, Running>,
     /// Where hostdev networks find their VFs (sysfs) and how they program them.
     pub sriov: crate::sriov::Sriov,
+    /// What the reconciler remembers and counts (see repair.rs).
+    pub repairs: super::repair::Repairs,
 }
 
 pub struct Running {
@@ -51,6 +53,7 @@ impl State {
             defs,
             running: BTreeMap::new(),
             sriov,
+            repairs: Default::default(),
         })
     }
 
@@ -209,6 +212,12 @@ impl State {
             .cloned()
             .ok_or_else(|| anyhow!("network {name:?} is not defined"))?;
         self.check_against_others(&net).await?;
+        // Compaction: the live edits of the persistent side go into its file.
+        if self.store.journal_path(name).exists()
+            && let Err(e) = self.store.save_definition(&net)
+        {
+            tracing::warn!("network {name}: folding its journal into the definition: {e:#}");
+        }
         self.start_definition(net, false).await
     }
 
@@ -330,7 +339,7 @@ impl State {
     }
 
     /// The datapath's view of a network; None for modes with no datapath.
-    async fn datapath_config(&self, net: &Network) -> Result<Option<NetConfig>> {
+    pub(super) async fn datapath_config(&self, net: &Network) -> Result<Option<NetConfig>> {
         let mode = match net.mode {
             Mode::Nat => netd_common::mode::NAT,
             Mode::Route => netd_common::mode::ROUTE,
@@ -409,7 +418,7 @@ impl State {
     }
 
     /// The configured uplink, else whatever holds the default route now.
-    async fn uplink_for(&self, net: &Network) -> Result<Option<String>> {
+    pub(super) async fn uplink_for(&self, net: &Network) -> Result<Option<String>> {
         if let Some(u) = &net.uplink {
             return Ok(Some(u.to_string()));
         }
@@ -426,7 +435,7 @@ impl State {
 
     /// Hooks the uplink programs onto `uplink` (once, however many
     /// networks share it) and publishes its address.
-    async fn use_uplink(&mut self, net: &str, uplink: &str) -> Result<()> {
+    pub(super) async fn use_uplink(&mut self, net: &str, uplink: &str) -> Result<()> {
         let index = crate::link::ifindex_of(uplink)
             .ok_or_else(|| anyhow!("uplink {uplink:?} does not exist"))?;
         let first = !self.uplink_users(uplink).any(|n| n != net);
@@ -438,6 +447,8 @@ impl State {
         let addr = self.nl.primary_ipv4(index).await?;
         let addr6 = self.global_ipv6(index).await;
         dataplane::maps::set_uplink(&self.dp.maps_dir(), index, addr, addr6)?;
+        // The reconciler tells a recreated uplink (new ifindex) by this.
+        self.repairs.hooked_uplink(uplink, index);
         Ok(())
     }
 
@@ -700,77 +711,6 @@ impl State {
         self.save_running();
     }
 
-    // ---- live host entries -------------------------------------------------
-
-    /// Adds or removes a DHCP host entry. Applied with SIGHUP so dnsmasq
-    /// keeps running and no guest loses its lease.
-    pub fn update_host(
-        &mut self,
-        name: &str,
-        add: bool,
-        mac: &config::Mac,
-        ip: Ipv4Addr,
-        host: Option<config::HostName>,
-    ) -> Result<()> {
-        let mut net = self.require(name)?.clone();
-        let mac = mac.clone();
-        let v4 = net
-            .ipv4
-            .as_mut()
-            .ok_or_else(|| anyhow!("network {name:?} has no IPv4 subnet"))?;
-        if add {
-            if v4.hosts.iter().any(|h| h.mac == mac || h.ip == ip) {
-                bail!("a host entry with MAC {mac} or IP {ip} already exists");
-            }
-            v4.hosts.push(config::Host {
-                mac,
-                ip,
-                name: host,
-            });
-        } else {
-            let before = v4.hosts.len();
-            v4.hosts.retain(|h| !(h.mac == mac && h.ip == ip));
-            if v4.hosts.len() == before {
-                bail!("no host entry with MAC {mac} and IP {ip}");
-            }
-        }
-        config::validate(&net)?;
-        // All or nothing: dnsmasq gets the change first, and the definition
-        // is stored only once it took; a failure puts dnsmasq's files back.
-        let old = self.require(name)?.clone();
-        let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, name);
-        let apply = |n: &Network, run: Option<&Running>| -> Result<()> {
-            if let Some(run) = run {
-                dhcp::write_host_files(n, &paths)?;
-                if let Some(d) = &run.dnsmasq {
-                    d.reload()?;
-                }
-            }
-            Ok(())
-        };
-        if let Err(e) = apply(&net, self.running.get(name)) {
-            let _ = apply(&old, self.running.get(name));
-            return Err(e);
-        }
-        if self.defs.contains_key(name) {
-            if let Err(e) = self.store.save_definition(&net) {
-                let _ = apply(&old, self.running.get(name));
-                return Err(e);
-            }
-            self.defs.insert(name.to_string(), net.clone());
-        }
-        if let Some(run) = self.running.get_mut(name) {
-            run.record.definition = net.clone();
-        }
-        if let Some(run) = self.running.get(name)
-            && net.strict
-        {
-            self.sync_bindings(name, &net, run.record.bridge_ifindex)?;
-        }
-        self.save_running();
-        Ok(())
-    }
-
     // ---- queries -----------------------------------------------------------
 
     pub fn list(&self, all: bool) -> Vec<NetworkSummary> {
@@ -879,15 +819,8 @@ impl State {
             notes,
             connections: vf_pool.as_ref().map(|p| p.held),
             vf_pool,
-        })
-    }
-
-    pub fn dump(&self, name: &str, xml: bool) -> Result<String> {
-        let net = self.require(name)?;
-        Ok(if xml {
-            config::xml::to_libvirt(net)
-        } else {
-            config::to_toml(net)
+            pending_changes: self.pending_changes(name),
+            degraded: run.and_then(|_| self.repairs.degraded(name)),
         })
     }
 

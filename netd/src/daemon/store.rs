@@ -72,7 +72,9 @@ impl Store {
                 continue;
             }
             match config::load_file(&p) {
-                Ok(n) => {
+                Ok(mut n) => {
+                    // Live edits made since the file was last written.
+                    super::journal::fold(&self.journal_path(&n.name), &mut n);
                     out.insert(n.name.clone(), n);
                 }
                 Err(err) => tracing::warn!("ignoring {}: {err:#}", p.display()),
@@ -81,15 +83,30 @@ impl Store {
         out
     }
 
+    /// Writes the whole definition; its journal, now folded in, goes.
     pub fn save_definition(&self, net: &Network) -> Result<()> {
-        write_atomic(&self.def_path(&net.name), config::to_toml(net).as_bytes())
+        write_atomic(&self.def_path(&net.name), config::to_toml(net).as_bytes())?;
+        super::journal::remove(&self.journal_path(&net.name))
     }
 
     pub fn remove_definition(&self, name: &str) -> Result<()> {
         match std::fs::remove_file(self.def_path(name)) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+            _ => super::journal::remove(&self.journal_path(name)),
         }
+    }
+
+    /// Live edits of the persistent definition since its file was written.
+    pub fn journal_path(&self, name: &str) -> PathBuf {
+        self.paths.networks_dir().join(format!("{name}.journal"))
+    }
+
+    /// Live edits of the running definition since running.json was written.
+    pub fn live_journal_path(&self, name: &str) -> PathBuf {
+        self.paths
+            .state_dir
+            .join("live")
+            .join(format!("{name}.journal"))
     }
 
     /// The bridge MAC for a network: generated once (52:54:00:xx:xx:xx, the
@@ -137,7 +154,10 @@ impl Store {
         f.networks
             .into_iter()
             .filter_map(|(name, v)| match serde_json::from_value::<RunRecord>(v) {
-                Ok(r) => Some((name, r)),
+                Ok(mut r) => {
+                    super::journal::fold(&self.live_journal_path(&name), &mut r.definition);
+                    Some((name, r))
+                }
                 Err(e) => {
                     tracing::warn!("running network {name:?}: its record does not load: {e}");
                     None
@@ -146,11 +166,19 @@ impl Store {
             .collect()
     }
 
+    /// Writes every run record in full; the live journals, folded into
+    /// them, go.
     pub fn save_running(&self, running: &BTreeMap<String, RunRecord>) -> Result<()> {
         let f = RunFile {
             networks: running.clone(),
         };
-        write_atomic(&self.run_file(), &serde_json::to_vec_pretty(&f)?)
+        write_atomic(&self.run_file(), &serde_json::to_vec_pretty(&f)?)?;
+        if let Ok(rd) = std::fs::read_dir(self.paths.state_dir.join("live")) {
+            for e in rd.flatten() {
+                super::journal::remove(&e.path())?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -59,6 +59,12 @@ pub fn add_network(
     Ok(())
 }
 
+/// Replaces a published network's settings, keeping its counters.
+pub fn update_network(dir: &Path, bridge_ifindex: u32, cfg: &NetConfig) -> Result<()> {
+    networks(dir)?.insert(bridge_ifindex, cfg, 0)?;
+    Ok(())
+}
+
 /// Withdraws a network, and its connections. Missing entries are not an
 /// error: removal must keep going on teardown.
 pub fn remove_network(
@@ -229,6 +235,27 @@ fn conntrack(dir: &Path) -> Result<HashMap<MapData, CtKey, CtEntry>> {
 /// Every conntrack entry, both directions.
 pub fn ct_entries(dir: &Path) -> Result<Vec<(CtKey, CtEntry)>> {
     Ok(conntrack(dir)?.iter().filter_map(Result::ok).collect())
+}
+
+/// Moves the connections of a bridge to the ifindex of the bridge that
+/// replaced it (same name, recreated): replies keep finding their guests.
+/// Returns how many entries (both directions count) moved.
+pub fn ct_move_bridge(dir: &Path, old: u32, new: u32) -> Result<usize> {
+    let mut ct = conntrack(dir)?;
+    let mine: Vec<(CtKey, CtEntry)> = ct
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, e)| e.bridge_ifindex == old)
+        .collect();
+    let mut n = 0;
+    for (k, mut e) in mine {
+        e.bridge_ifindex = new;
+        // BPF_EXIST: an entry the datapath expired meanwhile stays gone.
+        if ct.insert(k, e, 2).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Deletes the entries `pred` picks together with their other direction,

@@ -248,21 +248,26 @@ fn make_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot chmod {}", dir.display()))
 }
 
-/// dnsmasq rereads the host files after dropping root, so every folder above them must be
-/// searchable by others. Warns (once per call) when one is not.
-fn check_searchable(dir: &Path) {
+/// dnsmasq reads its host files after dropping root (and again on SIGHUP), so every folder
+/// above them must be searchable by others. netd makes the folders it creates so; a folder
+/// above them that is not is refused, naming the folder and the mode it needs: a dnsmasq
+/// that cannot read its host files would hand static hosts dynamic addresses, silently.
+fn check_searchable(dir: &Path) -> Result<()> {
     for d in dir.ancestors() {
-        if let Ok(m) = std::fs::metadata(d)
-            && m.permissions().mode() & 0o001 == 0
-        {
-            tracing::warn!(
-                "{} is not searchable by others (mode {:o}): dnsmasq cannot reread its host files after dropping root",
+        let Ok(m) = std::fs::metadata(d) else {
+            continue;
+        };
+        let mode = m.permissions().mode() & 0o7777;
+        if mode & 0o001 == 0 {
+            anyhow::bail!(
+                "dnsmasq cannot read its files in {}: {} has mode {mode:o} and needs o+x (mode {:o}), as dnsmasq drops root",
+                dir.display(),
                 d.display(),
-                m.permissions().mode() & 0o7777
+                mode | 0o001
             );
-            return;
         }
     }
+    Ok(())
 }
 
 /// Writes `text` to `path` atomically (temp file in the same folder, then rename), mode 0644.
@@ -326,7 +331,7 @@ fn prepare_dirs(paths: &DhcpPaths) -> Result<()> {
             .with_context(|| format!("cannot create {}", d.display()))?;
     }
     if let Some(d) = paths.hostsfile.parent() {
-        check_searchable(d);
+        check_searchable(d)?;
     }
     Ok(())
 }
@@ -431,6 +436,35 @@ hosts = [{ ip = "192.168.122.5", names = ["db", "db.lan"] }, { ip = "fd00::5", n
 
     fn lines(c: &str) -> Vec<&str> {
         c.lines().collect()
+    }
+
+    #[test]
+    fn a_folder_dnsmasq_cannot_pass_is_refused_by_name() {
+        let top = std::env::temp_dir().join(format!("netd-conf-0700-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        let run = top.join("private").join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let private = top.join("private");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let p = paths(&run, &top.join("state"), "default");
+        let err = write_files(&default_net(), "virbr0", &p).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            format!(
+                "dnsmasq cannot read its files in {}: {} has mode 700 and needs o+x (mode 701), as dnsmasq drops root",
+                run.join("dnsmasq").display(),
+                private.display()
+            )
+        );
+        assert!(!p.conf.exists() && !p.hostsfile.exists());
+        // Searchable: written, the folder netd made 0755 and the files 0644.
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap();
+        write_files(&default_net(), "virbr0", &p).unwrap();
+        let mode = |q: &Path| std::fs::metadata(q).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&run.join("dnsmasq")), 0o755);
+        assert_eq!(mode(&p.hostsfile), 0o644);
+        let _ = std::fs::remove_dir_all(&top);
     }
 
     #[test]

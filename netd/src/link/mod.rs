@@ -299,6 +299,25 @@ impl Netlink {
             }))
     }
 
+    /// `ip link set DEV type bridge stp_state 0|1` (kernel STP). Ports that
+    /// are forwarding when STP is turned on keep forwarding.
+    pub async fn set_bridge_stp(&self, index: u32, name: &str, enabled: bool) -> Result<()> {
+        let msg = LinkMessageBuilder::<LinkBridge>::new(name)
+            .index(index)
+            .stp_state(if enabled {
+                BridgeStpState::KernelStp
+            } else {
+                BridgeStpState::Disabled
+            })
+            .build();
+        self.handle
+            .link()
+            .change(msg)
+            .execute()
+            .await
+            .map_err(nl_lazy(|| format!("setting STP on {}", describe(index))))
+    }
+
     /// `ip link set DEV up`.
     pub async fn set_up(&self, index: u32) -> Result<()> {
         let msg = LinkUnspec::new_with_index(index).up().build();

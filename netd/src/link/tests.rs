@@ -138,6 +138,18 @@ fn bridge_create_read_delete() {
         assert_eq!(s.stp, Some(false));
         assert_eq!(s.forward_delay_cs, Some(0));
         assert_eq!(nl.link_by_index(other).await?.context("netdt1")?.mtu, 1500);
+        // STP turned on and off again on a live bridge.
+        nl.set_bridge_stp(other, "netdt1", true).await?;
+        let s = nl.bridge_settings(other).await?.context("settings")?;
+        assert_eq!(s.stp, Some(true));
+        nl.set_bridge_stp(other, "netdt1", false).await?;
+        let s = nl.bridge_settings(other).await?.context("settings")?;
+        assert_eq!(s.stp, Some(false));
+        let err = nl
+            .set_bridge_stp(999_999, "netdt9", true)
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").starts_with("setting STP on "), "{err:#}");
 
         // Creating it again fails with one readable line.
         let err = nl.create_bridge(&spec("netdt0")).await.unwrap_err();
