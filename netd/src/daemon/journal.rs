@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::str::FromStr;
 
 /// A journal larger than this is folded into its definition at the next edit.
 pub const COMPACT_BYTES: u64 = 256 * 1024;
@@ -254,8 +253,8 @@ hosts = [{ mac = "52:54:00:00:00:01", ip = "10.9.0.10" }]
     fn fwd(port: &str, to: &str) -> Forward {
         Forward {
             proto: Proto::Tcp,
-            port: port.into(),
-            to: to.into(),
+            port: port.parse().unwrap(),
+            to: to.parse().unwrap(),
             address: None,
         }
     }
@@ -267,7 +266,7 @@ hosts = [{ mac = "52:54:00:00:00:01", ip = "10.9.0.10" }]
             },
             Edit::RemoveForward {
                 proto: Proto::Tcp,
-                port: "80".into(),
+                port: "80".parse().unwrap(),
                 address: None,
             },
             Edit::AddForwards {
@@ -275,13 +274,13 @@ hosts = [{ mac = "52:54:00:00:00:01", ip = "10.9.0.10" }]
             },
             Edit::AddHost {
                 host: Host {
-                    mac: "52:54:00:00:00:02".into(),
+                    mac: "52:54:00:00:00:02".parse().unwrap(),
                     ip: "10.9.0.20".parse().unwrap(),
                     name: None,
                 },
             },
             Edit::RemoveHost {
-                mac: "52:54:00:00:00:01".into(),
+                mac: "52:54:00:00:00:01".parse().unwrap(),
                 ip: "10.9.0.10".parse().unwrap(),
             },
         ]
@@ -334,7 +333,7 @@ hosts = [{ mac = "52:54:00:00:00:01", ip = "10.9.0.10" }]
         assert_eq!(n.forwards.len(), 4);
         Edit::RemoveForward {
             proto: Proto::Tcp,
-            port: "81".into(),
+            port: "81".parse().unwrap(),
             address: None,
         }
         .apply(&mut n);

@@ -436,7 +436,7 @@ impl State {
             let net = run.record.definition.clone();
             if run.record.uplinks.is_empty() {
                 let want = match &net.uplink {
-                    Some(u) => crate::link::ifindex_of(u).map(|_| u.clone()),
+                    Some(u) => crate::link::ifindex_of(u).map(|_| u.to_string()),
                     None => self
                         .nl
                         .default_route_v4()
