@@ -215,7 +215,7 @@ fn masquerade(
     };
     let r = nat::snat_new(req);
     if r != 0 {
-        return stats::drop(r, len);
+        return nat::refused(ctx, net, bridge, ip, r);
     }
     let xlate = req.xlate;
     stats::count(reason::CT_NEW, len);
@@ -255,7 +255,7 @@ fn hairpin(
     req.xlate.dport = target.port;
     let r = nat::snat_new(req);
     if r != 0 {
-        return stats::drop(r, len);
+        return nat::refused(ctx, net, bridge, ip, r);
     }
     stats::count(reason::CT_NEW, len);
     let xlate = req.xlate;

@@ -2,6 +2,11 @@
 //! icmp-port-unreachable` rules answer them: the guest gets an ICMP error
 //! from its gateway at once instead of waiting for a timeout. Answers are
 //! rate-limited per CPU, like the kernel's own ICMP errors.
+//!
+//! Two answers: port unreachable (code 3) for what policy refuses, and
+//! communication administratively prohibited (code 13) for a flow the
+//! masquerade cannot serve (its port range is full towards that peer), as
+//! RFC 5508 REQ-8 asks of a NAT out of resources, instead of silence.
 
 use aya_ebpf::{
     bindings::{__sk_buff, TC_ACT_SHOT},
@@ -46,29 +51,65 @@ fn fold(sum: i64) -> u16 {
     !(s as u16)
 }
 
+/// ICMP destination-unreachable codes netd answers with.
+pub const CODE_PORT_UNREACHABLE: u8 = 3;
+pub const CODE_ADMIN_PROHIBITED: u8 = 13;
+
 /// Turns the refused packet into a port-unreachable from `gateway` and
-/// sends it back out of the bridge it came from. Not inlined: its buffers
-/// would otherwise add to the stack of the masquerade path.
-#[inline(never)]
+/// sends it back out of the bridge it came from; counted `drop_policy`.
+#[inline(always)]
 pub fn port_unreachable(
     ctx: &mut TcContext,
     ifindex: u32,
     ip: &Ipv4,
     gateway: u32,
-    len: u32,
+    _len: u32,
 ) -> i32 {
+    unreachable(
+        ctx,
+        ifindex,
+        ip,
+        gateway,
+        refusal(CODE_PORT_UNREACHABLE, reason::DROP_POLICY),
+    )
+}
+
+/// The code and the drop reason of an answer, in one argument: a BPF
+/// function takes at most five.
+#[inline(always)]
+pub const fn refusal(code: u8, why: u32) -> u32 {
+    ((code as u32) << 24) | (why & 0x00ff_ffff)
+}
+
+/// Turns the refused packet into an ICMP destination unreachable with the
+/// code of `refusal` from `gateway` and sends it back out of the bridge it
+/// came from; the packet is counted under the refusal's reason whether
+/// answered or not (over budget, IP options, a later fragment). Not
+/// inlined: its buffers would otherwise add to the stack of the masquerade
+/// path.
+#[inline(never)]
+pub fn unreachable(
+    ctx: &mut TcContext,
+    ifindex: u32,
+    ip: &Ipv4,
+    gateway: u32,
+    refusal: u32,
+) -> i32 {
+    let code = (refusal >> 24) as u8;
+    let why = refusal & 0x00ff_ffff;
+    let len = ctx.len();
     // Options would shift the quote; such packets (rare) are just dropped.
     if ip.hdr_len != 20 || ip.is_later_fragment() || !within_budget() {
-        return stats::drop(reason::DROP_POLICY, len);
+        return stats::drop(why, len);
     }
     let Ok(macs) = ctx.load::<[u8; 12]>(0) else {
-        return stats::drop(reason::DROP_POLICY, len);
+        return stats::drop(why, len);
     };
     let Ok(quote) = ctx.load::<[u8; QUOTE]>(ETH_LEN) else {
-        return stats::drop(reason::DROP_POLICY, len);
+        return stats::drop(why, len);
     };
     if unsafe { bpf_skb_change_tail(ctx.skb.skb as *mut __sk_buff, REPLY_LEN, 0) } != 0 {
-        return stats::drop(reason::DROP_POLICY, len);
+        return stats::drop(why, len);
     }
     let mut eth = [0u8; 12];
     eth[..6].copy_from_slice(&macs[6..]);
@@ -114,7 +155,7 @@ pub fn port_unreachable(
 
     let mut icmp = [0u8; ICMP_LEN];
     icmp[0] = 3; // destination unreachable
-    icmp[1] = 3; // port unreachable
+    icmp[1] = code;
     icmp[8..].copy_from_slice(&quote);
     let sum = unsafe {
         bpf_csum_diff(
@@ -136,6 +177,6 @@ pub fn port_unreachable(
         return TC_ACT_SHOT;
     }
     stats::count(reason::REJECT_SENT, len);
-    stats::count(reason::DROP_POLICY, len);
+    stats::count(why, len);
     unsafe { bpf_redirect(ifindex, 0) as i32 }
 }
