@@ -5,7 +5,7 @@ use aya_ebpf::{
     cty::c_void,
     helpers::{bpf_get_prandom_u32, bpf_loop},
     macros::map,
-    maps::PerCpuArray,
+    maps::{LruHashMap, PerCpuArray},
     programs::TcContext,
 };
 use netd_common::{CtKey, CtKey6, ForwardKey, NetConfig, nat_kind, reason};
@@ -39,6 +39,8 @@ pub trait Masquerade: Tuple {
     fn request() -> Option<*mut SnatRequest<Self>>;
     /// `*out = t.reversed()`, field by field: no copy on the stack.
     fn reverse_into(t: &Self, out: &mut Self);
+    /// Destinations recently found with no free port (see `FULL`).
+    fn full() -> &'static LruHashMap<Self, Full>;
 }
 
 impl Masquerade for CtKey {
@@ -70,6 +72,10 @@ impl Masquerade for CtKey {
     #[inline(always)]
     fn request() -> Option<*mut SnatRequest<Self>> {
         REQUEST.get_ptr_mut(0)
+    }
+    #[inline(always)]
+    fn full() -> &'static LruHashMap<Self, Full> {
+        &FULL
     }
     #[inline(always)]
     fn reverse_into(t: &Self, out: &mut Self) {
@@ -113,6 +119,10 @@ impl Masquerade for CtKey6 {
         REQUEST6.get_ptr_mut(0)
     }
     #[inline(always)]
+    fn full() -> &'static LruHashMap<Self, Full> {
+        &FULL6
+    }
+    #[inline(always)]
     fn reverse_into(t: &Self, out: &mut Self) {
         out.saddr = t.daddr;
         out.daddr = t.saddr;
@@ -128,6 +138,28 @@ impl Masquerade for CtKey6 {
 static REQUEST: PerCpuArray<SnatRequest<CtKey>> = PerCpuArray::with_max_entries(1, 0);
 #[map(name = "NETD_SNAT_REQ6")]
 static REQUEST6: PerCpuArray<SnatRequest<CtKey6>> = PerCpuArray::with_max_entries(1, 0);
+
+/// Destinations (peer address and port, protocol, masquerade address; the
+/// masquerade port 0) whose whole range was found taken, with the time
+/// until which that is believed. A full range costs a walk of every port
+/// (tens of milliseconds for 64k): without this, each retry of a refused
+/// flow, or a guest flooding new flows to one peer, would pay it again.
+/// A port freed in the meantime is used at most a second later.
+#[map(name = "NETD_NAT_FULL")]
+static FULL: LruHashMap<CtKey, Full> = LruHashMap::with_max_entries(4096, 0);
+#[map(name = "NETD_NAT_FULL6")]
+static FULL6: LruHashMap<CtKey6, Full> = LruHashMap::with_max_entries(1024, 0);
+
+/// A `FULL` entry: which range was full, and until when that is believed
+/// (networks sharing a masquerade address may have different ranges).
+#[repr(C)]
+pub struct Full {
+    until_ns: u64,
+    port_min: u16,
+    port_max: u16,
+    _pad: u32,
+}
+const FULL_FOR_NS: u64 = 1_000_000_000;
 
 /// Primes above 65536: each is coprime to any port-class size (at most
 /// 32768), and so is its remainder by that size, so a stride of
@@ -336,12 +368,13 @@ pub fn snat_new<K: Masquerade>(req: &mut SnatRequest<K>) -> u32 {
     }
 }
 
-/// Sets up the walk: the guest's own port, and its two parity classes.
+/// Sets up the walk: the guest's own port, and its two parity classes;
+/// true when the destination was found full less than a second ago.
 /// Not inlined: the callback's frame is on the deepest call chain of the
 /// NAT66 program (program, `snat_new`, `try_port`, `ct::create`), and this
 /// arithmetic would add its spills to it.
 #[inline(never)]
-fn start_search<K: Masquerade>(s: &mut SnatRequest<K>) {
+fn start_search<K: Masquerade>(s: &mut SnatRequest<K>) -> bool {
     let lo = u32::from(s.port_min);
     let hi = u32::from(s.port_max);
     let wanted = u32::from(u16::from_be(s.orig.sport()));
@@ -354,6 +387,34 @@ fn start_search<K: Masquerade>(s: &mut SnatRequest<K>) {
     } else {
         0
     };
+    full_key(s);
+    match K::full().get_ptr(&s.probe) {
+        Some(f) => unsafe {
+            (*f).until_ns > ct::now() && (*f).port_min == s.port_min && (*f).port_max == s.port_max
+        },
+        None => false,
+    }
+}
+
+/// `s.probe` := the `FULL` key of the request's destination: its reply
+/// tuple with masquerade port 0.
+#[inline(always)]
+fn full_key<K: Masquerade>(s: &mut SnatRequest<K>) {
+    s.xlate.set_sport(0);
+    K::reverse_into(&s.xlate, &mut s.probe);
+}
+
+/// Notes that no port is free towards the request's destination.
+#[inline(never)]
+fn remember_full<K: Masquerade>(s: &mut SnatRequest<K>) {
+    full_key(s);
+    let f = Full {
+        until_ns: ct::now() + FULL_FOR_NS,
+        port_min: s.port_min,
+        port_max: s.port_max,
+        _pad: 0,
+    };
+    let _ = K::full().insert(&s.probe, &f, 0);
 }
 
 /// Attempt `index` of the port search: 0 is the guest's own port, then
@@ -364,8 +425,22 @@ extern "C" fn try_port<K: Masquerade>(index: u64, _ctx: *mut c_void) -> i64 {
     };
     let s = unsafe { &mut *s };
     let i = index as u32;
+    if i == 0 && start_search(s) {
+        // Found full a moment ago: refused without the walk.
+        return 1;
+    }
+    let r = attempt(s, i);
+    if r == 0 && i == s.same.len + s.other.len {
+        // The last port of the range is taken too.
+        remember_full(s);
+    }
+    r
+}
+
+/// Attempt `i` (see `try_port`): 1 when the search is over.
+#[inline(always)]
+fn attempt<K: Masquerade>(s: &mut SnatRequest<K>, i: u32) -> i64 {
     let port = if i == 0 {
-        start_search(s);
         s.wanted
     } else if i <= s.same.len {
         s.same.nth(i - 1)
