@@ -66,6 +66,20 @@ pub struct NetworkInfo {
     pub dnsmasq_healthy: Option<bool>,
     /// Hints for operators, e.g. the static route upstream routers need.
     pub notes: Vec<String>,
+    /// NAT networks: per protocol, the masquerade ports forwards leave.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masquerade_ports: Vec<MasqueradePorts>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasqueradePorts {
+    pub proto: String,
+    /// Ports of the range no forward takes.
+    pub left: u32,
+    /// Ports in the range.
+    pub size: u32,
+    /// The `nat.min_free_ports` a new forward must leave.
+    pub min_free: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

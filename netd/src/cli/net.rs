@@ -222,6 +222,19 @@ pub fn render_info(i: &NetworkInfo) -> String {
     for (k, v) in rows {
         s.push_str(&format!("{:<17} {v}\n", format!("{k}:")));
     }
+    if !i.masquerade_ports.is_empty() {
+        let per: Vec<String> = i
+            .masquerade_ports
+            .iter()
+            .map(|m| format!("{} {} of {}", m.proto, m.left, m.size))
+            .collect();
+        s.push_str(&format!(
+            "{:<17} {} left after forwards (forwards must leave {})\n",
+            "Masquerade ports:",
+            per.join(", "),
+            i.masquerade_ports[0].min_free
+        ));
+    }
     for n in &i.notes {
         s.push_str(&format!("Note:             {n}\n"));
     }

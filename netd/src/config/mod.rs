@@ -1,6 +1,7 @@
 //! Network definitions: the TOML model, its validation, and libvirt XML import.
 
 mod model;
+pub mod nat_pool;
 mod validate;
 pub mod xml;
 

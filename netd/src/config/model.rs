@@ -98,6 +98,10 @@ pub struct Nat {
     /// Fixed masquerade address instead of the uplink's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Ipv4Addr>,
+    /// Masquerade ports per protocol a forward may not take away (default
+    /// 1024, see `nat_pool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_free_ports: Option<u32>,
 }
 
 impl Nat {

@@ -64,6 +64,11 @@ pub fn validate(net: &Network) -> Result<()> {
     if let Some(nat) = &net.nat {
         nat.port_range()
             .map_err(|e| anyhow::anyhow!("nat.ports: {e}"))?;
+        if let Some(m) = nat.min_free_ports
+            && m > 65535
+        {
+            bail!("nat.min_free_ports {m} is more than there are ports (65535)");
+        }
     }
     if matches!(net.mode, Mode::Nat | Mode::Route | Mode::Open)
         && net.ipv4.is_none()

@@ -198,6 +198,7 @@ impl State {
             }
             taken.insert(f, name);
         }
+        self.check_masquerade_pool(name, &new)?;
         let mut added = net.clone();
         added.forwards = new.clone();
         net.forwards.extend(new);
@@ -208,6 +209,24 @@ impl State {
             maps::add_forwards(&self.dp.maps_dir(), &entries)?;
         }
         Ok(())
+    }
+
+    /// Refuses forwards that would starve a network's masquerade pool
+    /// (see `config::nat_pool`): every network, defined or running, with
+    /// the forwards it has now.
+    fn check_masquerade_pool(&self, name: &str, new: &[Forward]) -> Result<()> {
+        let mut names: BTreeSet<&String> = self.defs.keys().collect();
+        names.extend(self.running.keys());
+        // The network being changed first, so its own pool is named when
+        // both would be short.
+        let mut nets: Vec<&Network> = self.definition(name).into_iter().collect();
+        nets.extend(
+            names
+                .into_iter()
+                .filter(|n| *n != name)
+                .filter_map(|n| self.definition(n)),
+        );
+        config::nat_pool::check_masquerade_pool(&nets, new)
     }
 
     pub async fn remove_forward(

@@ -789,7 +789,40 @@ impl State {
                 .unwrap_or(0),
             dnsmasq_healthy: run.and_then(|r| r.dnsmasq.as_ref()).map(Dnsmasq::healthy),
             notes,
+            masquerade_ports: self.masquerade_ports(net),
         })
+    }
+
+    /// Per protocol, the masquerade ports of a NAT network that the
+    /// forwards of every network leave it.
+    fn masquerade_ports(&self, net: &Network) -> Vec<crate::api::wire::MasqueradePorts> {
+        if net.mode != Mode::Nat {
+            return Vec::new();
+        }
+        let mut names: std::collections::BTreeSet<&String> = self.defs.keys().collect();
+        names.extend(self.running.keys());
+        let forwards: Vec<&config::Forward> = names
+            .into_iter()
+            .filter_map(|n| self.definition(n))
+            .flat_map(|n| &n.forwards)
+            .collect();
+        let min_free = net
+            .nat
+            .as_ref()
+            .and_then(|n| n.min_free_ports)
+            .unwrap_or(config::nat_pool::DEFAULT_MIN_FREE_PORTS);
+        [config::Proto::Tcp, config::Proto::Udp]
+            .into_iter()
+            .map(|p| {
+                let (left, size) = config::nat_pool::ports_left(net, p, forwards.iter().copied());
+                crate::api::wire::MasqueradePorts {
+                    proto: p.as_str().into(),
+                    left,
+                    size,
+                    min_free,
+                }
+            })
+            .collect()
     }
 
     pub fn dump(&self, name: &str, xml: bool) -> Result<String> {

@@ -1,0 +1,236 @@
+//! End to end: the masquerade's port pool with the real daemon, guests in
+//! namespaces and real UDP. Topology: guest -> host (netd) -> router ->
+//! upstream.
+//! - Forty addresses of one guest namespace send from the same port to one
+//!   upstream server: all forty are answered, each from its own outside port.
+//! - A forward that would starve the pool (UDP 1024-65535) is refused in
+//!   one line and changes nothing; the boundary (1024 left) is accepted,
+//!   `net info` shows what is left, and outbound UDP still works with it.
+
+use netd_tests::*;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+const NAT_NET: &str = r#"
+name = "default"
+mode = "nat"
+bridge = "virbr0"
+[ipv4]
+address = "192.168.122.1/24"
+"#;
+
+fn nat_topology(name: &str) -> Topology {
+    let mut t = Topology::new(name).expect("topology");
+    t.start_daemon().expect("daemon");
+    let def = t.write_file("default.toml", NAT_NET);
+    t.netd_ok(&["net", "define", def.to_str().unwrap()]);
+    t.netd_ok(&["net", "start", "default"]);
+    t
+}
+
+/// Sends one datagram from each of `addrs`, all from `sport`, to
+/// upstream:`dport`, and prints the addresses that got their echo back.
+const MANY_CLIENTS: &str = r#"
+import socket, sys, time, select
+dst, dport, sport = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+socks = {}
+for a in sys.argv[4:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((a, sport))
+    socks[s] = a
+deadline = time.time() + 8
+answered = set()
+sent_at = 0
+while len(answered) < len(socks) and time.time() < deadline:
+    if time.time() - sent_at > 1:
+        # (Re)send for the ones not answered yet: the first datagram of an
+        # address may wait for ARP on the way back.
+        for s, a in socks.items():
+            if a not in answered:
+                s.sendto(('hi from %s' % a).encode(), (dst, dport))
+        sent_at = time.time()
+    r, _, _ = select.select(list(socks), [], [], 0.2)
+    for s in r:
+        d, _ = s.recvfrom(2048)
+        if d.decode() == 'hi from %s' % socks[s]:
+            answered.add(socks[s])
+for a in sorted(answered):
+    print(a)
+"#;
+
+fn guest_with_addresses(t: &mut Topology, n: u8) -> (Guest, Vec<String>) {
+    let g = t.add_guest("virbr0", None).expect("guest");
+    let addrs: Vec<String> = (0..n).map(|i| format!("192.168.122.{}", 100 + i)).collect();
+    let mut script = String::from("set -e\nip link set eth0 up\n");
+    for a in &addrs {
+        script.push_str(&format!("ip addr add {a}/24 dev eth0\n"));
+    }
+    script.push_str("ip route add default via 192.168.122.1\n");
+    g.ns.sh_ok(&script);
+    (g, addrs)
+}
+
+/// The outside (address, port) of every datagram the server saw.
+fn outside_ports(srv: &Server, n: usize) -> Vec<(String, u16)> {
+    srv.wait_peers(n, Duration::from_secs(5))
+        .iter()
+        .map(|p| {
+            let (a, port) = p.rsplit_once(':').expect("peer");
+            (a.to_string(), port.parse().expect("port"))
+        })
+        .collect()
+}
+
+#[test]
+fn forty_addresses_from_one_port_get_forty_outside_ports() {
+    require_netd!();
+    let mut t = nat_topology("nat_ports_forty");
+    let (g, addrs) = guest_with_addresses(&mut t, 40);
+    let srv = udp_echo_server(&t.upstream, 3478);
+    let mut argv = vec![
+        "/usr/bin/python3".to_string(),
+        "-c".into(),
+        MANY_CLIENTS.into(),
+        UPSTREAM_IP.to_string(),
+        "3478".into(),
+        "40000".into(),
+    ];
+    argv.extend(addrs.iter().cloned());
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let o = g.ns.exec_timeout(&argv, Duration::from_secs(30));
+    assert!(o.success(), "{o}");
+    let answered: BTreeSet<&str> = o.stdout.lines().collect();
+    let want: BTreeSet<&str> = addrs.iter().map(String::as_str).collect();
+    assert_eq!(answered, want, "every address answered");
+
+    // The server saw the host's address only, from forty distinct ports
+    // (retransmissions of an address reuse its port).
+    let seen = outside_ports(&srv, 40);
+    let ports: BTreeSet<u16> = seen.iter().map(|(_, p)| *p).collect();
+    for (a, _) in &seen {
+        assert_eq!(a, &HOST_IP.to_string());
+    }
+    assert_eq!(ports.len(), 40, "distinct outside ports: {ports:?}");
+    assert!(ports.contains(&40000), "one keeps its own port: {ports:?}");
+    assert!(
+        ports.iter().all(|p| *p >= 1024 && p % 2 == 0),
+        "in range, parity kept: {ports:?}"
+    );
+    let stats = t.netd_bpf(&["stats", "-o", "json"]);
+    let v: Value = serde_json::from_str(&stats.stdout).expect("stats JSON");
+    let count = |name: &str| {
+        v["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["reason"] == name)
+            .map_or(0, |r| r["packets"].as_u64().unwrap())
+    };
+    assert_eq!(count("drop_ports_exhausted"), 0, "nothing refused: {v}");
+    assert!(count("snat") >= 40, "{v}");
+
+    // The doctor counts distinct ports per protocol and address.
+    let s = t.netd_json(&["status"]);
+    let check = s["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "nat-ports")
+        .unwrap_or_else(|| panic!("no nat-ports check: {s:#}"))
+        .clone();
+    assert_eq!(check["level"], "OK", "{check}");
+    let msg = check["message"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!(
+            "40 of 64512 masquerade ports (1024-65535) on {HOST_IP}"
+        )) && msg.contains("udp"),
+        "{msg}"
+    );
+}
+
+fn udp_left(t: &Topology) -> (u64, u64) {
+    let info: Value = t.netd_json(&["net", "info", "default"]);
+    let m = info["masquerade_ports"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no masquerade_ports: {info:#}"))
+        .iter()
+        .find(|m| m["proto"] == "udp")
+        .expect("udp")
+        .clone();
+    (m["left"].as_u64().unwrap(), m["size"].as_u64().unwrap())
+}
+
+#[test]
+fn forward_of_every_udp_port_is_refused() {
+    require_netd!();
+    let mut t = nat_topology("nat_ports_forward_all");
+    let (g, _) = guest_with_addresses(&mut t, 1);
+    assert_eq!(udp_left(&t), (64512, 64512));
+
+    let o = t.netd(&[
+        "forward",
+        "add",
+        "default",
+        "--proto",
+        "udp",
+        "--port",
+        "1024-65535",
+        "--to",
+        "192.168.122.100",
+    ]);
+    assert_eq!(o.status, 1, "{o}");
+    assert_eq!(
+        o.stderr.trim(),
+        "error: udp forward of port 1024-65535 would leave network \"default\" 0 of its 64512 masquerade ports (1024-65535) for udp, fewer than nat.min_free_ports = 1024; forward fewer ports, widen [nat] ports, or lower min_free_ports in the [nat] section of \"default\"",
+    );
+    // Nothing changed: no forward, no map entry, all ports left.
+    let list = t.netd_json(&["forward", "list", "default"]);
+    assert_eq!(list.as_array().map(Vec::len), Some(0), "{list:#}");
+    let fw = t.netd_bpf(&["forwards", "list", "-o", "json"]);
+    assert_eq!(fw.stdout.trim(), "[]", "{fw}");
+    assert_eq!(udp_left(&t), (64512, 64512));
+
+    // The boundary: exactly 1024 left is accepted, and shown.
+    t.netd_ok(&[
+        "forward",
+        "add",
+        "default",
+        "--proto",
+        "udp",
+        "--port",
+        "2048-65535",
+        "--to",
+        "192.168.122.100",
+    ]);
+    assert_eq!(udp_left(&t), (1024, 64512));
+    let text = t.netd_ok(&["net", "info", "default"]);
+    assert!(
+        text.contains(
+            "Masquerade ports: tcp 64512 of 64512, udp 1024 of 64512 left after forwards"
+        ),
+        "{text}"
+    );
+    // One more port is one too many.
+    let o = t.netd(&[
+        "forward",
+        "add",
+        "default",
+        "--proto",
+        "udp",
+        "--port",
+        "2047",
+        "--to",
+        "192.168.122.100",
+    ]);
+    assert_eq!(o.status, 1, "{o}");
+    assert!(o.stderr.contains(" 1023 of its 64512 "), "{o}");
+
+    // The guest's UDP still goes out, from one of the 1024 ports left,
+    // though its own port 40000 is forwarded.
+    let srv = udp_echo_server(&t.upstream, 3479);
+    let reply = udp_request_from(&g.ns, UPSTREAM_IP, 3479, "still here", Some(40000)).unwrap();
+    assert_eq!(reply, "still here");
+    let seen = outside_ports(&srv, 1);
+    assert!((1024..=2047).contains(&seen[0].1), "{seen:?}");
+}
