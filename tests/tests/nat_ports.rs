@@ -68,6 +68,11 @@ fn guest_with_addresses(t: &mut Topology, n: u8) -> (Guest, Vec<String>) {
     }
     script.push_str("ip route add default via 192.168.122.1\n");
     g.ns.sh_ok(&script);
+    // A new bridge port (STP on) forwards only after the forward delay.
+    assert!(
+        wait_until(Duration::from_secs(10), || g.ns.ping("192.168.122.1", 1)),
+        "the guest never reached its gateway"
+    );
     (g, addrs)
 }
 
@@ -229,7 +234,15 @@ fn forward_of_every_udp_port_is_refused() {
     // The guest's UDP still goes out, from one of the 1024 ports left,
     // though its own port 40000 is forwarded.
     let srv = udp_echo_server(&t.upstream, 3479);
-    let reply = udp_request_from(&g.ns, UPSTREAM_IP, 3479, "still here", Some(40000)).unwrap();
+    let reply = udp_request_from(&g.ns, UPSTREAM_IP, 3479, "still here", Some(40000))
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\nct: {}\nstats: {}\nserver: {:?}",
+                t.netd_bpf(&["ct", "list"]),
+                t.netd_bpf(&["stats"]),
+                srv.peers()
+            )
+        });
     assert_eq!(reply, "still here");
     let seen = outside_ports(&srv, 1);
     assert!((1024..=2047).contains(&seen[0].1), "{seen:?}");
