@@ -22,6 +22,7 @@ pub mod maps {
     pub const SETTINGS: &str = "NETD_SETTINGS";
     pub const FORWARDS_REV: &str = "NETD_FWD_REV";
     pub const TAILS: &str = "NETD_TAILS";
+    pub const NAT_MAPPINGS: &str = "NETD_NAT_MAP";
     pub const ALL: &[&str] = &[
         NETWORKS,
         SUBNETS,
@@ -36,6 +37,7 @@ pub mod maps {
         NET_STATS,
         SETTINGS,
         TAILS,
+        NAT_MAPPINGS,
     ];
 }
 
@@ -111,6 +113,15 @@ pub struct NetConfig {
 pub mod net_flags {
     /// IPv6 is masqueraded (libvirt's `<nat ipv6='yes'>`) instead of routed.
     pub const NAT66: u8 = 1;
+    /// Endpoint-independent mapping (RFC 4787 REQ-1): a guest address and
+    /// port keep one outside port for every destination.
+    pub const EIM: u8 = 2;
+    /// Endpoint-independent filtering (RFC 4787 REQ-8): any outside host
+    /// may send to a mapped port while the mapping lives.
+    pub const EIF: u8 = 4;
+    /// Address-dependent filtering: hosts the guest has sent to may send
+    /// to its mapped port from any of their ports.
+    pub const ADF: u8 = 8;
 }
 
 /// Key of the subnets LPM trie: which network owns an address.
@@ -386,6 +397,48 @@ impl Default for Settings {
     }
 }
 
+/// Key of the NAT mappings map (endpoint-independent mapping): one entry
+/// per mapping for each way it is looked up, told apart by `kind`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatMapKey {
+    /// INSIDE: the guest's address; OUTSIDE: the masquerade address;
+    /// PEER: the address of a host the guest sent to.
+    pub addr: u32,
+    /// INSIDE: the guest's port; OUTSIDE and PEER: the outside port.
+    pub port: u16,
+    pub proto: u8,
+    pub kind: u8,
+}
+
+/// `NatMapKey::kind`.
+pub mod map_kind {
+    /// Guest address and port -> outside address and port.
+    pub const INSIDE: u8 = 1;
+    /// Outside address and port -> guest address and port.
+    pub const OUTSIDE: u8 = 2;
+    /// A host the guest sent to from a mapped port (address-dependent
+    /// filtering lets it in).
+    pub const PEER: u8 = 3;
+}
+
+/// The other end of a mapping (for PEER entries only `expires_ns` counts).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatMapping {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+    /// Bridge of the guest's network.
+    pub bridge_ifindex: u32,
+    pub _pad2: u32,
+    pub created_ns: u64,
+    /// CLOCK_MONOTONIC; refreshed by each new outbound flow of the mapping.
+    pub expires_ns: u64,
+}
+
+pub const NAT_MAP_MAX_ENTRIES: u32 = 131_072;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -406,7 +459,9 @@ mod pod {
         ForwardTarget,
         Counter,
         NetStats,
-        Settings
+        Settings,
+        NatMapKey,
+        NatMapping
     );
 }
 
@@ -426,6 +481,8 @@ mod tests {
         assert_eq!(size_of::<ForwardKey>(), 8);
         assert_eq!(size_of::<ForwardTarget>(), 24);
         assert_eq!(size_of::<Settings>(), 32);
+        assert_eq!(size_of::<NatMapKey>(), 8);
+        assert_eq!(size_of::<NatMapping>(), 32);
     }
 
     #[test]

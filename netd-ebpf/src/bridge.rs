@@ -244,7 +244,11 @@ fn hairpin(
     if ip.is_later_fragment() || !matches!(ip.proto, parse::IPPROTO_TCP | parse::IPPROTO_UDP) {
         return stats::pass(reason::PASS, len);
     }
-    let Some(target) = nat::forward_target(ip.daddr, l4.dport, ip.proto) else {
+    // A forward, or a guest's endpoint-independent mapping (RFC 4787
+    // REQ-9), filtered as if the host's address sent it.
+    let Some(target) = nat::forward_target(ip.daddr, l4.dport, ip.proto)
+        .or_else(|| crate::mapping::inbound(ip.daddr, l4.dport, ip.proto, ip.daddr))
+    else {
         return stats::pass(reason::PASS, len);
     };
     let Some(req) = nat::SnatRequest::new(key, l4, net.gateway, net, bridge, bridge, len) else {

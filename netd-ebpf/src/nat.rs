@@ -8,7 +8,7 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
     programs::TcContext,
 };
-use netd_common::{CtKey, CtKey6, ForwardKey, NetConfig, nat_kind, reason};
+use netd_common::{CtKey, CtKey6, ForwardKey, NetConfig, nat_kind, net_flags, reason};
 
 use crate::csum::{self, CsumError, L4Csum};
 use crate::ct::{self, CreateError, Tuple};
@@ -17,7 +17,7 @@ use crate::parse::{
     ICMP_ECHO, ICMP_ECHOREPLY, ICMPV6_ECHO_REQUEST, IP_DADDR_OFF, IP_SADDR_OFF, IPPROTO_ICMP,
     IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, Ipv4, L4,
 };
-use crate::reject;
+use crate::{mapping, reject};
 
 /// A tuple the masquerade can rewrite: its source address and port.
 pub trait Masquerade: Tuple {
@@ -41,6 +41,12 @@ pub trait Masquerade: Tuple {
     fn reverse_into(t: &Self, out: &mut Self);
     /// Destinations recently found with no free port (see `FULL`).
     fn full() -> &'static LruHashMap<Self, Full>;
+    /// Endpoint-independent mapping (see `mapping`), IPv4 only: the
+    /// request's guest end's own outside port (0: none), whether another
+    /// end's mapping holds `port` (wire order), and recording the mapping.
+    fn own_port(s: &SnatRequest<Self>) -> u32;
+    fn held_by_other(s: &SnatRequest<Self>, port: u16) -> bool;
+    fn record_mapping(s: &SnatRequest<Self>);
 }
 
 impl Masquerade for CtKey {
@@ -76,6 +82,18 @@ impl Masquerade for CtKey {
     #[inline(always)]
     fn full() -> &'static LruHashMap<Self, Full> {
         &FULL
+    }
+    #[inline(always)]
+    fn own_port(s: &SnatRequest<Self>) -> u32 {
+        mapping::own_port(s.orig.saddr, s.orig.sport, s.orig.proto, s.nat_addr)
+    }
+    #[inline(always)]
+    fn held_by_other(s: &SnatRequest<Self>, port: u16) -> bool {
+        mapping::held_by_other(s.nat_addr, port, s.orig.proto, s.orig.saddr, s.orig.sport)
+    }
+    #[inline(always)]
+    fn record_mapping(s: &SnatRequest<Self>) {
+        mapping::record(s)
     }
     #[inline(always)]
     fn reverse_into(t: &Self, out: &mut Self) {
@@ -122,6 +140,17 @@ impl Masquerade for CtKey6 {
     fn full() -> &'static LruHashMap<Self, Full> {
         &FULL6
     }
+    /// NAT66 maps per destination only.
+    #[inline(always)]
+    fn own_port(_: &SnatRequest<Self>) -> u32 {
+        0
+    }
+    #[inline(always)]
+    fn held_by_other(_: &SnatRequest<Self>, _: u16) -> bool {
+        false
+    }
+    #[inline(always)]
+    fn record_mapping(_: &SnatRequest<Self>) {}
     #[inline(always)]
     fn reverse_into(t: &Self, out: &mut Self) {
         out.saddr = t.daddr;
@@ -226,6 +255,10 @@ pub struct SnatRequest<K: Masquerade = CtKey> {
     /// SNAT for masquerade; DNAT for a hairpin, whose destination is also
     /// rewritten (set `xlate.daddr`/`dport` before the search).
     pub kind: u8,
+    /// The network's `net_flags`.
+    pub flags: u8,
+    /// Search state: the destination was found full a moment ago.
+    noted_full: bool,
     /// Search state: the guest's own port (tried first), the two parity
     /// classes (the guest port's own first, RFC 4787 REQ-4), and 0 once a
     /// port is claimed or the drop reason so far.
@@ -265,6 +298,7 @@ impl<K: Masquerade> SnatRequest<K> {
         slot.icmp_type = l4.icmp_type;
         slot.tcp_flags = l4.tcp_flags;
         slot.kind = nat_kind::SNAT;
+        slot.flags = net.flags;
         slot.result = 0;
         Some(slot)
     }
@@ -387,6 +421,13 @@ fn start_search<K: Masquerade>(s: &mut SnatRequest<K>) -> bool {
     } else {
         0
     };
+    if s.kind == nat_kind::SNAT && s.flags & net_flags::EIM != 0 {
+        // An endpoint-independent mapping keeps its port.
+        let own = K::own_port(s);
+        if own >= lo && own <= hi {
+            s.wanted = own;
+        }
+    }
     full_key(s);
     match K::full().get_ptr(&s.probe) {
         Some(f) => unsafe {
@@ -425,11 +466,15 @@ extern "C" fn try_port<K: Masquerade>(index: u64, _ctx: *mut c_void) -> i64 {
     };
     let s = unsafe { &mut *s };
     let i = index as u32;
-    if i == 0 && start_search(s) {
-        // Found full a moment ago: refused without the walk.
-        return 1;
+    if i == 0 {
+        s.noted_full = start_search(s);
     }
     let r = attempt(s, i);
+    if r == 0 && i == 0 && s.noted_full {
+        // Found full a moment ago and the preferred port is taken too:
+        // refused without the walk.
+        return 1;
+    }
     if r == 0 && i == s.same.len + s.other.len {
         // The last port of the range is taken too.
         remember_full(s);
@@ -455,6 +500,10 @@ fn attempt<K: Masquerade>(s: &mut SnatRequest<K>, i: u32) -> i64 {
     if K::port_forwarded(s.nat_addr, p, s.orig.proto()) {
         return 0;
     }
+    if s.kind == nat_kind::SNAT && K::held_by_other(s, p) {
+        // Another guest end's endpoint-independent mapping.
+        return 0;
+    }
     s.xlate.set_sport(p);
     // A lookup first: a failed insert into the LRU table costs far more
     // (it takes a free element, or evicts one, before it finds the key).
@@ -465,6 +514,9 @@ fn attempt<K: Masquerade>(s: &mut SnatRequest<K>, i: u32) -> i64 {
     match s.create() {
         Ok(()) => {
             s.result = 0;
+            if s.kind == nat_kind::SNAT && s.flags & net_flags::EIM != 0 {
+                K::record_mapping(s);
+            }
             1
         }
         Err(CreateError::Full) => {

@@ -18,7 +18,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use netd::dataplane::{Hook, maps};
-use netd_common::NetConfig;
+use netd_common::{NetConfig, dir, map_kind, nat_kind, net_flags};
 use netd_tests::bpf_fixture::*;
 use netd_tests::packet::*;
 
@@ -32,11 +32,17 @@ struct Br1Range<'a> {
 
 impl<'a> Br1Range<'a> {
     fn new(e: &'a Env, lo: u16, hi: u16) -> Self {
+        Self::with_flags(e, lo, hi, 0)
+    }
+
+    /// With `net_flags` (mapping and filtering behaviours) too.
+    fn with_flags(e: &'a Env, lo: u16, hi: u16, flags: u8) -> Self {
         let nets = maps::list_networks(&e.maps).expect("networks");
         let (_, saved) = *nets.iter().find(|(b, _)| *b == e.br1).expect("br1");
         let cfg = NetConfig {
             port_min: lo,
             port_max: hi,
+            flags,
             ..saved
         };
         maps::add_network(&e.maps, e.br1, &cfg, None).expect("add_network");
@@ -55,6 +61,8 @@ impl Drop for Br1Range<'_> {
 fn forget_br1(e: &Env) {
     let br1 = e.br1;
     maps::ct_remove_where(&e.maps, |_, v| v.bridge_ifindex == br1).expect("ct cleanup");
+    maps::nat_mappings_remove_where(&e.maps, |_, m| m.bridge_ifindex == br1)
+        .expect("mapping cleanup");
 }
 
 /// A UDP datagram from guest `n` of br1.
@@ -350,6 +358,173 @@ fn over_budget_refusals_are_silent_but_counted() {
     // Leave the next case (the fixture runs them one at a time) a fresh
     // budget.
     std::thread::sleep(Duration::from_millis(1100));
+}
+
+// ---------------------------------------------------------------------------
+// 3. Endpoint-independent mapping and filtering (br1 with net_flags).
+
+const A: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 60);
+const B: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 61);
+
+/// An unsolicited datagram from `from`:`sport` to NAT:`port` at up0.
+fn inbound(from: Ipv4Addr, sport: u16, port: u16) -> Packet {
+    from_router(Packet::udp(from, sport, NAT, port, b"knock"))
+}
+
+/// Checks `p` (in at up0) is let in to br1's guest `n`:`gport`.
+#[track_caller]
+fn let_in(e: &Env, what: &str, p: &Packet, n: u8, gport: u16) {
+    let dnat = e.stat("dnat");
+    let (rc, out) = e.in_up0(p);
+    assert_eq!(rc, TC_ACT_REDIRECT, "{what}: verdict\n{}", hexdump(&out));
+    let mut want = p.clone().macs(hmac(n), BR1_MAC);
+    want.dst = h(n);
+    want.set_dport(gport);
+    want.ttl -= 1;
+    assert_frame(what, &out, &want.frame());
+    assert_eq!(e.stat("dnat") - dnat, 1, "{what}: counted dnat");
+}
+
+/// Checks `p` (in at up0) is left to the host stack, untouched.
+#[track_caller]
+fn kept_out(e: &Env, what: &str, p: &Packet) {
+    let (rc, out) = e.in_up0(p);
+    assert_eq!(rc, TC_ACT_OK, "{what}: verdict\n{}", hexdump(&out));
+    assert_eq!(out, p.frame(), "{what}: changed");
+}
+
+#[test]
+fn endpoint_independent_mapping_keeps_one_port_per_guest_end() {
+    netd_tests::require_root!();
+    let e = env();
+    let _net = Br1Range::with_flags(&e, 3000, 3015, net_flags::EIM);
+    // Guest .10:5000 to A, then to B and to another port of A: one port.
+    let p = out_br1(&e, "to A", &udp_h(10, 5000, A, 9));
+    assert_eq!(out_br1(&e, "to B", &udp_h(10, 5000, B, 9)), p);
+    assert_eq!(out_br1(&e, "to A:10", &udp_h(10, 5000, A, 10)), p);
+    // TCP from the same port is another mapping, parity kept.
+    let t = out_br1(&e, "TCP", &tcp_h(10, 5000, A, 80));
+    assert!(t.is_multiple_of(2) && (3000..=3015).contains(&t), "{t}");
+    // Another guest from the same port gets another port, everywhere.
+    let q = out_br1(&e, ".11 to A", &udp_h(11, 5000, A, 9));
+    assert_ne!(q, p);
+    assert_eq!(out_br1(&e, ".11 to B", &udp_h(11, 5000, B, 9)), q);
+    // The mapping is in the map, both ways, with the guest's network.
+    let all = maps::nat_mappings(&e.maps).expect("mappings");
+    let m = all
+        .iter()
+        .find(|(k, _)| k.port == p.to_be() && k.proto == IPPROTO_UDP)
+        .expect("the outside end");
+    assert_eq!(m.0.kind, map_kind::OUTSIDE);
+    assert_eq!(m.0.addr, be(NAT));
+    assert_eq!((m.1.addr, m.1.port), (be(h(10)), 5000u16.to_be()));
+    assert_eq!(m.1.bridge_ifindex, e.br1);
+    // Address-port-dependent filtering (the default): B cannot send in
+    // before .10 sent to it, and the replies of A's flow still come back.
+    kept_out(
+        &e,
+        "C to the mapped port",
+        &inbound(Ipv4Addr::new(203, 0, 113, 62), 9, p),
+    );
+    let r = from_router(Packet::udp(A, 9, NAT, p, b"pong"));
+    e.rnat_ok("reply from A", &r, h(10), 5000, hmac(10), BR1_MAC);
+
+    // A network with per-destination mapping must not take a mapped port:
+    // br0's guest .30 asks for port p (its own) and gets another.
+    let asks = from_guest(30, Packet::udp(g(30), p, A, 9, b"x"));
+    let (rc, out) = e.in_br0(&asks);
+    assert_eq!(rc, TC_ACT_REDIRECT);
+    assert_ne!(Frame(&out).ip().sport(), p, "took a mapped port");
+    maps::ct_remove_where(&e.maps, |k, _| k.saddr == be(g(30)) || k.daddr == be(g(30)))
+        .expect("cleanup");
+}
+
+#[test]
+fn endpoint_independent_mapping_holds_ports_per_guest_end() {
+    netd_tests::require_root!();
+    let e = env();
+    let _net = Br1Range::with_flags(&e, 3000, 3015, net_flags::EIM);
+    // Servers of its own: a refusal is remembered per destination for a
+    // second, and the other cases use A and B.
+    let (a, b) = (
+        Ipv4Addr::new(203, 0, 113, 70),
+        Ipv4Addr::new(203, 0, 113, 71),
+    );
+    for n in 10..26u8 {
+        out_br1(&e, "filling", &udp_h(n, 5000, a, 9));
+    }
+    // The 17th guest end is refused towards A and towards anyone else:
+    // every port is some guest end's for every destination.
+    for (what, dst) in [("to A", a), ("to B", b)] {
+        let p = udp_h(26, 5000, dst, 9);
+        let (rc, out) = e.run(Hook::BridgeIngress, e.br1, &p.frame());
+        assert_eq!(rc, TC_ACT_REDIRECT, "{what}");
+        assert_frame(what, &out, &unreachable_h(&p, 26, 13).frame());
+    }
+    // The 16 keep theirs towards a new destination.
+    let p = out_br1(&e, ".12 to B", &udp_h(12, 5000, b, 10));
+    assert!((3000..=3015).contains(&p));
+}
+
+#[test]
+fn endpoint_independent_filtering_lets_anyone_in() {
+    netd_tests::require_root!();
+    let e = env();
+    let _net = Br1Range::with_flags(&e, 3000, 3015, net_flags::EIM | net_flags::EIF);
+    let p = out_br1(&e, "to A", &udp_h(10, 5000, A, 9));
+    // B never heard from the guest, and reaches it on the mapped port.
+    let knock = inbound(B, 7777, p);
+    let_in(&e, "B to the mapped port", &knock, 10, 5000);
+    // The guest answers B from the same outside port.
+    assert_eq!(out_br1(&e, "answer to B", &udp_h(10, 5000, B, 7777)), p);
+    // A port nobody maps stays the host's.
+    let free = (3000..=3015).find(|x| *x != p).unwrap();
+    kept_out(&e, "an unmapped port", &inbound(B, 7777, free));
+    let k = e
+        .ct(&ct_key(B, 7777, NAT, p, IPPROTO_UDP))
+        .expect("B's connection");
+    assert_eq!((k.nat, k.dir), (nat_kind::DNAT, dir::ORIGINAL));
+
+    // Hairpin (RFC 4787 REQ-9): guest .11 reaches .10 through its mapping;
+    // the source becomes the gateway, as for forwards.
+    let hp = udp_h(11, 6000, NAT, p);
+    let (rc, out) = e.run(Hook::BridgeIngress, e.br1, &hp.frame());
+    assert_eq!(rc, TC_ACT_REDIRECT, "hairpin\n{}", hexdump(&out));
+    // (6000 is outside br1's range: the gateway's port is searched for.)
+    let sport = Frame(&out).ip().sport();
+    assert!((3000..=3015).contains(&sport), "{sport}");
+    let mut want = hp.clone().macs(hmac(10), BR1_MAC);
+    want.src = GW1;
+    want.dst = h(10);
+    want.set_sport(sport);
+    want.set_dport(5000);
+    want.ttl -= 1;
+    assert_frame("hairpin", &out, &want.frame());
+    // .10's answer goes back to .11 from its mapped port.
+    let back = udp_h(10, 5000, GW1, sport);
+    let (rc, out) = e.run(Hook::BridgeIngress, e.br1, &back.frame());
+    assert_eq!(rc, TC_ACT_REDIRECT, "hairpin answer\n{}", hexdump(&out));
+    let mut want = back.clone().macs(hmac(11), BR1_MAC);
+    want.src = NAT;
+    want.set_sport(p);
+    want.dst = h(11);
+    want.set_dport(6000);
+    want.ttl -= 1;
+    assert_frame("hairpin answer", &out, &want.frame());
+}
+
+#[test]
+fn address_dependent_filtering_lets_in_hosts_sent_to() {
+    netd_tests::require_root!();
+    let e = env();
+    let _net = Br1Range::with_flags(&e, 3000, 3015, net_flags::EIM | net_flags::ADF);
+    let p = out_br1(&e, "to A", &udp_h(10, 5000, A, 9));
+    // A from another of its ports: in. B: not.
+    let_in(&e, "A from another port", &inbound(A, 4444, p), 10, 5000);
+    kept_out(&e, "B", &inbound(B, 4444, p));
+    // Once the guest sends to B, B may send in from any port.
+    out_br1(&e, "to B", &udp_h(10, 5000, B, 9));
+    let_in(&e, "B after", &inbound(B, 4445, p), 10, 5000);
 }
 
 // ---------------------------------------------------------------------------

@@ -102,6 +102,54 @@ pub struct Nat {
     /// 1024, see `nat_pool`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_free_ports: Option<u32>,
+    /// RFC 4787 mapping behaviour; endpoint-independent when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<NatMappingKind>,
+    /// RFC 4787 filtering behaviour; address-port-dependent when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filtering: Option<NatFiltering>,
+}
+
+/// Which outside port a guest address and port gets (RFC 4787 section 4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatMappingKind {
+    /// One outside port for every destination (REQ-1).
+    #[default]
+    EndpointIndependent,
+    /// An outside port per destination address and port.
+    AddressPortDependent,
+}
+
+/// Who may send to a guest's outside port (RFC 4787 section 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatFiltering {
+    /// Anyone, while the mapping lives.
+    EndpointIndependent,
+    /// Hosts the guest sent to, from any of their ports.
+    AddressDependent,
+    /// Only the address and port the guest sent to.
+    #[default]
+    AddressPortDependent,
+}
+
+impl Nat {
+    /// The `net_flags` bits of the mapping and filtering behaviours.
+    pub fn behaviour_flags(nat: Option<&Nat>) -> u8 {
+        let mapping = nat.and_then(|n| n.mapping).unwrap_or_default();
+        let filtering = nat.and_then(|n| n.filtering).unwrap_or_default();
+        let mut f = 0;
+        if mapping == NatMappingKind::EndpointIndependent {
+            f |= netd_common::net_flags::EIM;
+            f |= match filtering {
+                NatFiltering::EndpointIndependent => netd_common::net_flags::EIF,
+                NatFiltering::AddressDependent => netd_common::net_flags::ADF,
+                NatFiltering::AddressPortDependent => 0,
+            };
+        }
+        f
+    }
 }
 
 impl Nat {

@@ -197,4 +197,37 @@ mod tests {
         let e = check_masquerade_pool(&[&n], &[fwd(Proto::Udp, "3000", None)]).unwrap_err();
         assert!(e.to_string().contains("15 of its 16"), "{e}");
     }
+
+    #[test]
+    fn mapping_and_filtering_parse_to_datapath_flags() {
+        use crate::config::Nat;
+        use netd_common::net_flags::{ADF, EIF, EIM};
+        let flags = |nat: &str| Nat::behaviour_flags(net("n", nat).nat.as_ref());
+        // RFC 4787 defaults: endpoint-independent mapping, address-port-
+        // dependent filtering.
+        assert_eq!(flags(""), EIM);
+        assert_eq!(
+            flags("[nat]\nfiltering = \"endpoint-independent\""),
+            EIM | EIF
+        );
+        assert_eq!(flags("[nat]\nfiltering = \"address-dependent\""), EIM | ADF);
+        assert_eq!(flags("[nat]\nmapping = \"address-port-dependent\""), 0);
+        let bad = crate::config::parse(
+            "name = \"n\"\nmode = \"nat\"\n[ipv4]\naddress = \"192.168.50.1/24\"\n[nat]\nmapping = \"address-port-dependent\"\nfiltering = \"endpoint-independent\"\n",
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            bad.contains("needs nat.mapping = \"endpoint-independent\""),
+            "{bad}"
+        );
+        let typo = crate::config::parse(
+            "name = \"n\"\nmode = \"nat\"\n[ipv4]\naddress = \"192.168.50.1/24\"\n[nat]\nmapping = \"full-cone\"\n",
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(typo.contains("endpoint-independent"), "{typo}");
+    }
 }

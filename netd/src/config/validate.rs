@@ -69,6 +69,15 @@ pub fn validate(net: &Network) -> Result<()> {
         {
             bail!("nat.min_free_ports {m} is more than there are ports (65535)");
         }
+        if nat.mapping == Some(NatMappingKind::AddressPortDependent)
+            && nat
+                .filtering
+                .is_some_and(|f| f != NatFiltering::AddressPortDependent)
+        {
+            bail!(
+                "nat.filtering other than \"address-port-dependent\" needs nat.mapping = \"endpoint-independent\""
+            );
+        }
     }
     if matches!(net.mode, Mode::Nat | Mode::Route | Mode::Open)
         && net.ipv4.is_none()

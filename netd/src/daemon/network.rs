@@ -343,6 +343,10 @@ impl State {
                 netd_common::net_flags::NAT66
             } else {
                 0
+            } | if net.mode == Mode::Nat {
+                config::Nat::behaviour_flags(net.nat.as_ref())
+            } else {
+                0
             },
             _pad: [0; 2],
         }))

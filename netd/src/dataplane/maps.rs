@@ -173,6 +173,40 @@ pub fn ct_remove_where(dir: &Path, pred: impl Fn(&CtKey, &CtEntry) -> bool) -> R
     Ok(n)
 }
 
+/// Live endpoint-independent mappings, by their outside end: (outside
+/// address and port, the mapping). Empty when the map is absent (a
+/// datapath from before mappings).
+pub fn nat_mappings(dir: &Path) -> Result<Vec<(netd_common::NatMapKey, netd_common::NatMapping)>> {
+    use netd_common::{NatMapKey, NatMapping, map_kind};
+    let Ok(m) = open(dir, names::NAT_MAPPINGS) else {
+        return Ok(Vec::new());
+    };
+    let m: HashMap<MapData, NatMapKey, NatMapping> = HashMap::try_from(m)?;
+    let now = monotonic_ns();
+    Ok(m.iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| k.kind == map_kind::OUTSIDE && v.expires_ns > now)
+        .collect())
+}
+
+/// Deletes every mapping entry (all kinds) `pred` picks by its value;
+/// returns how many went.
+pub fn nat_mappings_remove_where(
+    dir: &Path,
+    pred: impl Fn(&netd_common::NatMapKey, &netd_common::NatMapping) -> bool,
+) -> Result<usize> {
+    use netd_common::{NatMapKey, NatMapping};
+    let mut m: HashMap<MapData, NatMapKey, NatMapping> =
+        HashMap::try_from(open(dir, names::NAT_MAPPINGS)?)?;
+    let doomed: Vec<NatMapKey> = m
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| pred(k, v))
+        .map(|(k, _)| k)
+        .collect();
+    Ok(doomed.iter().filter(|k| m.remove(k).is_ok()).count())
+}
+
 /// CLOCK_MONOTONIC now, the clock bpf_ktime_get_ns reads.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
