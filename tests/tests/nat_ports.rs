@@ -6,6 +6,10 @@
 //! - A forward that would starve the pool (UDP 1024-65535) is refused in
 //!   one line and changes nothing; the boundary (1024 left) is accepted,
 //!   `net info` shows what is left, and outbound UDP still works with it.
+//! - Endpoint-independent mapping: the guest sends to upstream A from port
+//!   5000; upstream B sends to the same outside port: with endpoint-
+//!   independent filtering the guest gets it, with address-port-dependent
+//!   filtering (the default) it does not.
 
 use netd_tests::*;
 use serde_json::Value;
@@ -21,9 +25,13 @@ address = "192.168.122.1/24"
 "#;
 
 fn nat_topology(name: &str) -> Topology {
+    nat_topology_with(name, "")
+}
+
+fn nat_topology_with(name: &str, extra: &str) -> Topology {
     let mut t = Topology::new(name).expect("topology");
     t.start_daemon().expect("daemon");
-    let def = t.write_file("default.toml", NAT_NET);
+    let def = t.write_file("default.toml", &format!("{NAT_NET}{extra}"));
     t.netd_ok(&["net", "define", def.to_str().unwrap()]);
     t.netd_ok(&["net", "start", "default"]);
     t
@@ -246,4 +254,123 @@ fn forward_of_every_udp_port_is_refused() {
     assert_eq!(reply, "still here");
     let seen = outside_ports(&srv, 1);
     assert!((1024..=2047).contains(&seen[0].1), "{seen:?}");
+}
+
+/// In the guest: from port 5000, one datagram to A and its echo, then
+/// whatever else arrives on the port within `wait` seconds, one line each.
+const GUEST_5000: &str = r#"
+import socket, sys
+a, port, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', 5000))
+s.settimeout(1)
+for _ in range(5):
+    s.sendto(b'hello A', (a, port))
+    try:
+        d, src = s.recvfrom(2048)
+        break
+    except socket.timeout:
+        pass
+print('echo', d.decode(), flush=True)
+s.settimeout(wait)
+try:
+    while True:
+        d, src = s.recvfrom(2048)
+        print('from %s:%d %s' % (src[0], src[1], d.decode()), flush=True)
+except socket.timeout:
+    print('done', flush=True)
+"#;
+
+/// From upstream's second address B (203.0.113.11:4000), one datagram.
+const KNOCK: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('203.0.113.11', 4000))
+s.sendto(b'knock from B', (sys.argv[1], int(sys.argv[2])))
+"#;
+
+/// The guest's log once it is done: A's echo, then what B's knock on the
+/// outside port A saw brought. Returns (log, outside port).
+fn knock_after_a(t: &mut Topology) -> (String, u16) {
+    let (g, _) = guest_with_addresses(t, 1);
+    t.upstream.sh_ok("ip addr add 203.0.113.11/24 dev eth0");
+    let srv = udp_echo_server(&t.upstream, 3478);
+    let log = t.dir.join("guest5000.log");
+    let mut child = g.ns.spawn_logged(
+        &[
+            "/usr/bin/python3",
+            "-c",
+            GUEST_5000,
+            &UPSTREAM_IP.to_string(),
+            "3478",
+            "4",
+        ],
+        &log,
+    );
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(10), || read().contains("echo hello A")),
+        "no echo from A: {}",
+        read()
+    );
+    let seen = outside_ports(&srv, 1);
+    assert_eq!(seen[0].0, HOST_IP.to_string());
+    let port = seen[0].1;
+    let o = t.upstream.exec(&[
+        "/usr/bin/python3",
+        "-c",
+        KNOCK,
+        &HOST_IP.to_string(),
+        &port.to_string(),
+    ]);
+    assert!(o.success(), "{o}");
+    assert!(
+        wait_until(Duration::from_secs(10), || read().contains("done")),
+        "the guest never finished: {}",
+        read()
+    );
+    let _ = child.wait();
+    (read(), port)
+}
+
+#[test]
+fn endpoint_independent_filtering_lets_another_host_in() {
+    require_netd!();
+    let mut t = nat_topology_with(
+        "nat_ports_eif",
+        "[nat]\nmapping = \"endpoint-independent\"\nfiltering = \"endpoint-independent\"\n",
+    );
+    let (log, port) = knock_after_a(&mut t);
+    assert!(
+        log.contains("from 203.0.113.11:4000 knock from B"),
+        "B's datagram did not reach the guest:\n{log}"
+    );
+    // The mapping is listed with its kind and who may send in.
+    let rows: Value = serde_json::from_str(&t.netd_bpf(&["nat", "list", "-o", "json"]).stdout)
+        .expect("nat list JSON");
+    let m = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "mapping")
+        .unwrap_or_else(|| panic!("no mapping row: {rows:#}"));
+    assert_eq!(m["inside"], "192.168.122.100:5000", "{m}");
+    assert_eq!(m["outside"], format!("{HOST_IP}:{port}"), "{m}");
+    assert_eq!(m["proto"], "udp");
+    assert_eq!(m["bridge"], "virbr0", "{m}");
+    assert!(m["peer"].as_str().unwrap().starts_with("any"), "{m}");
+    let text = t.netd_bpf(&["nat", "list"]).stdout;
+    assert!(text.contains("mapping"), "{text}");
+}
+
+#[test]
+fn address_port_dependent_filtering_keeps_another_host_out() {
+    require_netd!();
+    // The default: endpoint-independent mapping, address-port-dependent
+    // filtering.
+    let mut t = nat_topology("nat_ports_apdf");
+    let (log, _) = knock_after_a(&mut t);
+    assert!(!log.contains("knock from B"), "B got in:\n{log}");
+    let rows = t.netd_bpf(&["nat", "list", "-o", "json"]).stdout;
+    assert!(rows.contains("address-port-dependent filtering"), "{rows}");
 }
