@@ -122,6 +122,8 @@ pub mod net_flags {
     /// Address-dependent filtering: hosts the guest has sent to may send
     /// to its mapped port from any of their ports.
     pub const ADF: u8 = 8;
+    /// Guests' SYNs get their MSS clamped to the uplink's MTU.
+    pub const CLAMP_MSS: u8 = 16;
 }
 
 /// Key of the subnets LPM trie: which network owns an address.

@@ -2,7 +2,7 @@
 //! masquerade, then straight to the uplink with a redirect.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use netd_common::{CtKey, NetConfig, dir, mode, nat_kind, reason, tail};
+use netd_common::{CtKey, NetConfig, dir, mode, nat_kind, net_flags, reason, tail};
 
 use crate::flow::{self, FlowError};
 use crate::forward::{self, Route};
@@ -219,6 +219,13 @@ fn masquerade(
     }
     let xlate = req.xlate;
     stats::count(reason::CT_NEW, len);
+    if net.flags & net_flags::CLAMP_MSS != 0
+        && ip.proto == parse::IPPROTO_TCP
+        && l4.tcp_flags & parse::TCP_SYN != 0
+        && !ip.is_later_fragment()
+    {
+        crate::mss::clamp(ctx, out, ip.l4_off() as u32, l4.csum_off as u32);
+    }
     if nat::rewrite(ctx, ip, l4, key, &xlate).is_err() {
         return stats::drop(reason::DROP_MALFORMED, len);
     }

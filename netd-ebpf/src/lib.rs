@@ -15,6 +15,7 @@ pub mod icmp;
 pub mod ipv6;
 pub mod mapping;
 pub mod maps;
+pub mod mss;
 pub mod nat;
 pub mod nat66;
 pub mod parse;

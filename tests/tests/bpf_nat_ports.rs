@@ -528,6 +528,102 @@ fn address_dependent_filtering_lets_in_hosts_sent_to() {
 }
 
 // ---------------------------------------------------------------------------
+// 4. MSS clamping (net_flags::CLAMP_MSS) for an uplink with a smaller MTU.
+
+/// `frame` (Ethernet, IPv4 without options, TCP without options) with TCP
+/// `opts` appended to the header: lengths, data offset and both checksums
+/// recomputed from scratch.
+fn with_tcp_options(frame: &[u8], opts: &[u8]) -> Vec<u8> {
+    assert_eq!(opts.len() % 4, 0);
+    let (eth_ip, rest) = frame.split_at(ETH_LEN + 20);
+    let (tcp, payload) = rest.split_at(20);
+    let mut seg = tcp.to_vec();
+    seg[12] = (((20 + opts.len()) / 4) << 4) as u8;
+    seg[16..18].copy_from_slice(&[0, 0]);
+    seg.extend_from_slice(opts);
+    seg.extend_from_slice(payload);
+    let mut ip = eth_ip[ETH_LEN..].to_vec();
+    let tot = (20 + seg.len()) as u16;
+    ip[2..4].copy_from_slice(&tot.to_be_bytes());
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+    let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+    let c = l4_checksum(src, dst, IPPROTO_TCP, &seg);
+    seg[16..18].copy_from_slice(&c.to_be_bytes());
+    let mut out = eth_ip[..ETH_LEN].to_vec();
+    out.extend_from_slice(&ip);
+    out.extend_from_slice(&seg);
+    out
+}
+
+/// A SYN's options: NOP, window scale 7, MSS `mss`, SACK permitted, NOP, NOP.
+fn syn_options(mss: u16) -> Vec<u8> {
+    let m = mss.to_be_bytes();
+    vec![1, 3, 3, 7, 2, 4, m[0], m[1], 4, 2, 1, 1]
+}
+
+/// Gives up0 an MTU for one case, 1500 again at the end (also by panic).
+struct UplinkMtu<'a>(&'a Env);
+
+impl<'a> UplinkMtu<'a> {
+    fn set(e: &'a Env, mtu: u32) -> Self {
+        let st = std::process::Command::new("ip")
+            .args(["-n", &e.ns, "link", "set", "up0", "mtu", &mtu.to_string()])
+            .status()
+            .expect("ip");
+        assert!(st.success(), "ip link set up0 mtu {mtu}");
+        UplinkMtu(e)
+    }
+}
+
+impl Drop for UplinkMtu<'_> {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["-n", &self.0.ns, "link", "set", "up0", "mtu", "1500"])
+            .status();
+    }
+}
+
+/// Sends a SYN with MSS `mss` from br1's guest `n` and returns the frame
+/// as it left, after checking it against the masqueraded SYN carrying
+/// MSS `want_mss`.
+#[track_caller]
+fn syn_leaves(e: &Env, n: u8, sport: u16, mss: u16, want_mss: u16) -> Vec<u8> {
+    let p = tcp_h(n, sport, A, 443);
+    let frame = with_tcp_options(&p.frame(), &syn_options(mss));
+    let (rc, out) = e.run(Hook::BridgeIngress, e.br1, &frame);
+    assert_eq!(rc, TC_ACT_REDIRECT, "SYN: verdict\n{}", hexdump(&out));
+    let port = Frame(&out).ip().sport();
+    let want = with_tcp_options(&snat_of(&p, port).frame(), &syn_options(want_mss));
+    assert_frame(&format!("SYN with MSS {mss}"), &out, &want);
+    let ip = Frame(&out).ip();
+    assert!(verify_ip(ip).is_empty(), "{:?}", verify_ip(ip));
+    out
+}
+
+#[test]
+fn mss_clamped_to_a_smaller_uplink_mtu() {
+    netd_tests::require_root!();
+    let e = env();
+    let _mtu = UplinkMtu::set(&e, 1492);
+    {
+        let _net = Br1Range::with_flags(&e, 3000, 3015, net_flags::CLAMP_MSS);
+        // 1460 (for a 1500 MTU) leaves as 1452: 1492 less 40.
+        let out = syn_leaves(&e, 10, 5000, 1460, 1452);
+        let opts = &out[ETH_LEN + 20 + 20..ETH_LEN + 20 + 32];
+        assert_eq!(&opts[4..8], &[2, 4, 0x05, 0xac], "MSS option 1452");
+        // Already small enough: untouched.
+        syn_leaves(&e, 11, 5000, 1400, 1400);
+        syn_leaves(&e, 12, 5000, 1452, 1452);
+    }
+    // Without nat.clamp_mss nothing is clamped.
+    let _net = Br1Range::with_flags(&e, 3000, 3015, 0);
+    syn_leaves(&e, 13, 5000, 1460, 1460);
+}
+
+// ---------------------------------------------------------------------------
 // Cost of a new flow (printed; run with --ignored --nocapture).
 
 /// Mean kernel time per new flow over `n` new flows from guest .11 of br1

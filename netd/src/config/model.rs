@@ -108,6 +108,10 @@ pub struct Nat {
     /// RFC 4787 filtering behaviour; address-port-dependent when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filtering: Option<NatFiltering>,
+    /// Lower the MSS option of guests' SYNs to the uplink's MTU (for
+    /// uplinks with a smaller MTU than the bridge: PPPoE, tunnels).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clamp_mss: bool,
 }
 
 /// Which outside port a guest address and port gets (RFC 4787 section 4.1).
@@ -147,6 +151,9 @@ impl Nat {
                 NatFiltering::AddressDependent => netd_common::net_flags::ADF,
                 NatFiltering::AddressPortDependent => 0,
             };
+        }
+        if nat.is_some_and(|n| n.clamp_mss) {
+            f |= netd_common::net_flags::CLAMP_MSS;
         }
         f
     }

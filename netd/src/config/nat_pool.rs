@@ -212,6 +212,10 @@ mod tests {
         );
         assert_eq!(flags("[nat]\nfiltering = \"address-dependent\""), EIM | ADF);
         assert_eq!(flags("[nat]\nmapping = \"address-port-dependent\""), 0);
+        assert_eq!(
+            flags("[nat]\nmapping = \"address-port-dependent\"\nclamp_mss = true"),
+            netd_common::net_flags::CLAMP_MSS
+        );
         let bad = crate::config::parse(
             "name = \"n\"\nmode = \"nat\"\n[ipv4]\naddress = \"192.168.50.1/24\"\n[nat]\nmapping = \"address-port-dependent\"\nfiltering = \"endpoint-independent\"\n",
             false,
