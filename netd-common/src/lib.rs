@@ -23,6 +23,8 @@ pub mod maps {
     pub const FORWARDS_REV: &str = "NETD_FWD_REV";
     pub const TAILS: &str = "NETD_TAILS";
     pub const NAT_MAPPINGS: &str = "NETD_NAT_MAP";
+    pub const NAT_LIMITS: &str = "NETD_NAT_LIMITS";
+    pub const GUEST_FLOWS: &str = "NETD_GUEST_FLOWS";
     pub const ALL: &[&str] = &[
         NETWORKS,
         SUBNETS,
@@ -38,6 +40,8 @@ pub mod maps {
         SETTINGS,
         TAILS,
         NAT_MAPPINGS,
+        NAT_LIMITS,
+        GUEST_FLOWS,
     ];
 }
 
@@ -336,7 +340,9 @@ pub mod reason {
     pub const DROP_UPLINK_RESTRICTED: u32 = 14;
     pub const CSUM_FILLED: u32 = 15;
     pub const REJECT_SENT: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// A guest over its network's `nat.max_flows_per_guest`.
+    pub const DROP_GUEST_QUOTA: u32 = 17;
+    pub const COUNT: u32 = 18;
 
     /// Names for the CLI and metrics, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -357,10 +363,11 @@ pub mod reason {
         "drop_uplink_restricted",
         "csum_filled",
         "reject_sent",
+        "drop_guest_quota",
     ];
 
     pub const fn is_drop(r: u32) -> bool {
-        matches!(r, 6..=12 | 14)
+        matches!(r, 6..=12 | 14 | 17)
     }
 }
 
@@ -441,6 +448,27 @@ pub struct NatMapping {
 
 pub const NAT_MAP_MAX_ENTRIES: u32 = 131_072;
 
+/// A NAT network's fair-sharing limits, keyed by bridge ifindex (absent or
+/// 0: no limit).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatLimits {
+    pub max_flows_per_guest: u32,
+    pub _pad: u32,
+}
+
+/// Masqueraded flows of one guest address (wire order), counted by the
+/// datapath as they open and recounted from conntrack by the daemon's GC,
+/// which is what takes closed ones off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestFlows {
+    pub flows: u32,
+    pub _pad: u32,
+}
+
+pub const GUEST_FLOWS_MAX_ENTRIES: u32 = 65_536;
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -463,7 +491,9 @@ mod pod {
         NetStats,
         Settings,
         NatMapKey,
-        NatMapping
+        NatMapping,
+        NatLimits,
+        GuestFlows
     );
 }
 

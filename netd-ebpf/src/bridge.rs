@@ -210,6 +210,9 @@ fn masquerade(
             None => return stats::drop(reason::DROP_NO_UPLINK_ADDR, len),
         }
     };
+    if nat::over_quota(bridge, ip.saddr) {
+        return nat::refused(ctx, net, bridge, ip, reason::DROP_GUEST_QUOTA);
+    }
     let Some(req) = nat::SnatRequest::new(key, l4, nat_addr, net, bridge, out, len) else {
         return stats::drop(reason::DROP_CT_FULL, len);
     };
@@ -217,6 +220,7 @@ fn masquerade(
     if r != 0 {
         return nat::refused(ctx, net, bridge, ip, r);
     }
+    nat::count_flow(bridge, ip.saddr);
     let xlate = req.xlate;
     stats::count(reason::CT_NEW, len);
     if net.flags & net_flags::CLAMP_MSS != 0

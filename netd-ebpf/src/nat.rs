@@ -8,7 +8,9 @@ use aya_ebpf::{
     maps::{LruHashMap, PerCpuArray},
     programs::TcContext,
 };
-use netd_common::{CtKey, CtKey6, ForwardKey, NetConfig, nat_kind, net_flags, reason};
+use netd_common::{
+    CtKey, CtKey6, ForwardKey, GuestFlows, NatLimits, NetConfig, nat_kind, net_flags, reason,
+};
 
 use crate::csum::{self, CsumError, L4Csum};
 use crate::ct::{self, CreateError, Tuple};
@@ -527,13 +529,56 @@ fn attempt<K: Masquerade>(s: &mut SnatRequest<K>, i: u32) -> i64 {
     }
 }
 
+/// Fair-sharing limits by bridge ifindex (see `NatLimits`).
+#[map(name = "NETD_NAT_LIMITS")]
+pub static LIMITS: aya_ebpf::maps::HashMap<u32, NatLimits> =
+    aya_ebpf::maps::HashMap::pinned(netd_common::MAX_NETWORKS, 0);
+
+/// Masqueraded flows per guest address (see `GuestFlows`).
+#[map(name = "NETD_GUEST_FLOWS")]
+pub static GUEST_FLOWS: aya_ebpf::maps::HashMap<u32, GuestFlows> =
+    aya_ebpf::maps::HashMap::pinned(netd_common::GUEST_FLOWS_MAX_ENTRIES, 0);
+
+/// Whether `guest` of the network on `bridge` has as many masqueraded
+/// flows open as the network allows one guest (`nat.max_flows_per_guest`).
+#[inline(always)]
+pub fn over_quota(bridge: u32, guest: u32) -> bool {
+    let Some(l) = (unsafe { LIMITS.get(&bridge) }) else {
+        return false;
+    };
+    let max = l.max_flows_per_guest;
+    if max == 0 {
+        return false;
+    }
+    match unsafe { GUEST_FLOWS.get(&guest) } {
+        Some(f) => f.flows >= max,
+        None => false,
+    }
+}
+
+/// Counts a new masqueraded flow of `guest`, for networks with a limit.
+#[inline(always)]
+pub fn count_flow(bridge: u32, guest: u32) {
+    if !unsafe { LIMITS.get(&bridge) }.is_some_and(|l| l.max_flows_per_guest != 0) {
+        return;
+    }
+    match GUEST_FLOWS.get_ptr_mut(&guest) {
+        Some(f) => unsafe { (*f).flows += 1 },
+        None => {
+            let one = GuestFlows { flows: 1, _pad: 0 };
+            let _ = GUEST_FLOWS.insert(&guest, &one, 0);
+        }
+    }
+}
+
 /// The verdict on a new flow `snat_new` could not serve: a full port range
 /// is answered with ICMP "administratively prohibited" from the gateway
 /// (RFC 5508 REQ-8), so the guest's application fails at once instead of
-/// retrying into silence; anything else is a plain drop.
+/// retrying into silence, and so is a guest over its quota; anything else
+/// is a plain drop.
 #[inline(always)]
 pub fn refused(ctx: &mut TcContext, net: &NetConfig, bridge: u32, ip: &Ipv4, why: u32) -> i32 {
-    if why == reason::DROP_PORTS_EXHAUSTED {
+    if why == reason::DROP_PORTS_EXHAUSTED || why == reason::DROP_GUEST_QUOTA {
         return reject::unreachable(
             ctx,
             bridge,

@@ -624,6 +624,87 @@ fn mss_clamped_to_a_smaller_uplink_mtu() {
 }
 
 // ---------------------------------------------------------------------------
+// 5. Fair sharing: nat.max_flows_per_guest.
+
+/// Sets br1's flow limit for one case; none again at the end.
+struct FlowLimit<'a>(&'a Env);
+
+impl<'a> FlowLimit<'a> {
+    fn set(e: &'a Env, max: u32) -> Self {
+        maps::set_nat_limits(&e.maps, e.br1, max).expect("limits");
+        FlowLimit(e)
+    }
+}
+
+impl Drop for FlowLimit<'_> {
+    fn drop(&mut self) {
+        let _ = maps::set_nat_limits(&self.0.maps, self.0.br1, 0);
+        let _ = maps::recount_guest_flows(&self.0.maps);
+    }
+}
+
+#[test]
+fn guest_over_its_flow_quota_is_refused_and_others_are_not() {
+    netd_tests::require_root!();
+    let e = env();
+    let _net = Br1Range::new(&e, 3000, 3099);
+    let _limit = FlowLimit::set(&e, 3);
+    let server = Ipv4Addr::new(203, 0, 113, 80);
+    let mut first = 0;
+    for i in 0..3u16 {
+        let p = out_br1(&e, "within the quota", &udp_h(10, 5000 + i, server, 9));
+        if i == 0 {
+            first = p;
+        }
+    }
+    assert_eq!(maps::guest_flows_of(&e.maps, h(10)).unwrap(), 3);
+    // The fourth: refused with code 13, counted under its own reason.
+    let over = udp_h(10, 5003, server, 9);
+    let (quota, sent, exhausted) = (
+        e.stat("drop_guest_quota"),
+        e.stat("reject_sent"),
+        e.stat("drop_ports_exhausted"),
+    );
+    let (rc, out) = e.run(Hook::BridgeIngress, e.br1, &over.frame());
+    assert_eq!(rc, TC_ACT_REDIRECT, "over quota\n{}", hexdump(&out));
+    assert_frame("over quota", &out, &unreachable_h(&over, 10, 13).frame());
+    assert_eq!(e.stat("drop_guest_quota") - quota, 1);
+    assert_eq!(e.stat("reject_sent") - sent, 1);
+    assert_eq!(
+        e.stat("drop_ports_exhausted"),
+        exhausted,
+        "not a port shortage"
+    );
+    assert!(
+        e.ct(&ct_key(h(10), 5003, server, 9, IPPROTO_UDP)).is_none(),
+        "a refused flow left an entry"
+    );
+    // Its open flows go on; another guest is not affected.
+    assert_eq!(
+        out_br1(&e, "an open flow", &udp_h(10, 5000, server, 9)),
+        first
+    );
+    for i in 0..3u16 {
+        out_br1(&e, "another guest", &udp_h(11, 5000 + i, server, 9));
+    }
+    // A flow closes (GC removes it, and recounts): room for one more.
+    maps::ct_remove_where(&e.maps, |k, _| {
+        *k == ct_key(h(10), 5000, server, 9, IPPROTO_UDP)
+    })
+    .expect("close a flow");
+    maps::recount_guest_flows(&e.maps).expect("recount");
+    assert_eq!(maps::guest_flows_of(&e.maps, h(10)).unwrap(), 2);
+    out_br1(&e, "after one closed", &over);
+    let (rc, _) = e.run(
+        Hook::BridgeIngress,
+        e.br1,
+        &udp_h(10, 5004, server, 9).frame(),
+    );
+    assert_eq!(rc, TC_ACT_REDIRECT, "full again: refused (answered)");
+    assert_eq!(e.stat("drop_guest_quota") - quota, 2);
+}
+
+// ---------------------------------------------------------------------------
 // Cost of a new flow (printed; run with --ignored --nocapture).
 
 /// Mean kernel time per new flow over `n` new flows from guest .11 of br1

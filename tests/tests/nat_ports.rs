@@ -68,8 +68,15 @@ for a in sorted(answered):
 "#;
 
 fn guest_with_addresses(t: &mut Topology, n: u8) -> (Guest, Vec<String>) {
+    guest_from(t, 100, n)
+}
+
+/// A guest namespace holding 192.168.122.`first` and the `n - 1` after it.
+fn guest_from(t: &mut Topology, first: u8, n: u8) -> (Guest, Vec<String>) {
     let g = t.add_guest("virbr0", None).expect("guest");
-    let addrs: Vec<String> = (0..n).map(|i| format!("192.168.122.{}", 100 + i)).collect();
+    let addrs: Vec<String> = (0..n)
+        .map(|i| format!("192.168.122.{}", first + i))
+        .collect();
     let mut script = String::from("set -e\nip link set eth0 up\n");
     for a in &addrs {
         script.push_str(&format!("ip addr add {a}/24 dev eth0\n"));
@@ -373,4 +380,61 @@ fn address_port_dependent_filtering_keeps_another_host_out() {
     assert!(!log.contains("knock from B"), "B got in:\n{log}");
     let rows = t.netd_bpf(&["nat", "list", "-o", "json"]).stdout;
     assert!(rows.contains("address-port-dependent filtering"), "{rows}");
+}
+
+#[test]
+fn guest_over_max_flows_is_refused_at_once_and_others_are_not() {
+    require_netd!();
+    let mut t = nat_topology_with("nat_ports_quota", "[nat]\nmax_flows_per_guest = 3\n");
+    let (a, _) = guest_from(&mut t, 100, 1);
+    let (b, _) = guest_from(&mut t, 101, 1);
+    let _srv = tcp_echo_server(&t.upstream, 8080);
+    for i in 0..3 {
+        assert_eq!(
+            tcp_request(&a.ns, UPSTREAM_IP, 8080, &format!("hello {i}")).unwrap(),
+            format!("hello {i}")
+        );
+    }
+    // The fourth connection is refused by ICMP 3/13, which the guest's TCP
+    // reports at once as "no route to host", not after a timeout.
+    let start = std::time::Instant::now();
+    let e = tcp_request(&a.ns, UPSTREAM_IP, 8080, "one too many").unwrap_err();
+    assert!(
+        format!("{e:#}").contains("No route to host"),
+        "refused how? {e:#}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+    let stats: Value =
+        serde_json::from_str(&t.netd_bpf(&["stats", "-o", "json"]).stdout).expect("stats");
+    let quota = stats["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "drop_guest_quota")
+        .map(|r| r["packets"].as_u64().unwrap())
+        .unwrap_or(0);
+    assert!(quota >= 1, "{stats}");
+    // Another guest of the network is not affected.
+    for i in 0..3 {
+        assert_eq!(
+            tcp_request(&b.ns, UPSTREAM_IP, 8080, &format!("b {i}")).unwrap(),
+            format!("b {i}")
+        );
+    }
+    // Once the closed connections expire (10 s) the GC's recount gives the
+    // first guest room again.
+    assert!(
+        wait_until(Duration::from_secs(30), || tcp_request(
+            &a.ns,
+            UPSTREAM_IP,
+            8080,
+            "again"
+        )
+        .is_ok_and(|r| r == "again")),
+        "the quota never freed up"
+    );
 }

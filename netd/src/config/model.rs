@@ -112,6 +112,10 @@ pub struct Nat {
     /// uplinks with a smaller MTU than the bridge: PPPoE, tunnels).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub clamp_mss: bool,
+    /// Masqueraded flows one guest address may have open at once; more
+    /// are refused with ICMP "administratively prohibited". Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_flows_per_guest: Option<u32>,
 }
 
 /// Which outside port a guest address and port gets (RFC 4787 section 4.1).

@@ -69,6 +69,9 @@ pub fn validate(net: &Network) -> Result<()> {
         {
             bail!("nat.min_free_ports {m} is more than there are ports (65535)");
         }
+        if nat.max_flows_per_guest == Some(0) {
+            bail!("nat.max_flows_per_guest must be at least 1 (leave it out for no limit)");
+        }
         if nat.mapping == Some(NatMappingKind::AddressPortDependent)
             && nat
                 .filtering

@@ -361,6 +361,14 @@ impl State {
         };
         let subnet = net.ipv4.as_ref().and_then(|v| v.parsed().ok());
         dataplane::maps::add_network(&self.dp.maps_dir(), run.record.bridge_ifindex, &cfg, subnet)?;
+        if net.mode == Mode::Nat {
+            let max = net.nat.as_ref().and_then(|n| n.max_flows_per_guest);
+            dataplane::maps::set_nat_limits(
+                &self.dp.maps_dir(),
+                run.record.bridge_ifindex,
+                max.unwrap_or(0),
+            )?;
+        }
         if let Some(prefix) = net.ipv6.as_ref().and_then(|v| v.parsed().ok()) {
             crate::link::set_ipv6_forwarding(true)?;
             dataplane::maps::add_subnet6(&self.dp.maps_dir(), run.record.bridge_ifindex, prefix)?;

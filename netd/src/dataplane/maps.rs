@@ -72,7 +72,79 @@ pub fn remove_network(
     let _ = networks(dir)?.remove(&bridge_ifindex);
     let _ = net_stats(dir)?.remove(&bridge_ifindex);
     ct_remove_where(dir, |_, e| e.bridge_ifindex == bridge_ifindex)?;
+    let _ = set_nat_limits(dir, bridge_ifindex, 0);
+    let _ = nat_mappings_remove_where(dir, |_, m| m.bridge_ifindex == bridge_ifindex);
     Ok(())
+}
+
+fn nat_limits(dir: &Path) -> Result<HashMap<MapData, u32, netd_common::NatLimits>> {
+    Ok(HashMap::try_from(open(dir, names::NAT_LIMITS)?)?)
+}
+
+fn guest_flows(dir: &Path) -> Result<HashMap<MapData, u32, netd_common::GuestFlows>> {
+    Ok(HashMap::try_from(open(dir, names::GUEST_FLOWS)?)?)
+}
+
+/// Sets a NAT network's `nat.max_flows_per_guest` (0: no limit).
+pub fn set_nat_limits(dir: &Path, bridge_ifindex: u32, max_flows_per_guest: u32) -> Result<()> {
+    let mut m = nat_limits(dir)?;
+    if max_flows_per_guest == 0 {
+        let _ = m.remove(&bridge_ifindex);
+        return Ok(());
+    }
+    let l = netd_common::NatLimits {
+        max_flows_per_guest,
+        _pad: 0,
+    };
+    m.insert(bridge_ifindex, l, 0)?;
+    Ok(())
+}
+
+/// Recounts the masqueraded flows of every guest of a network with a
+/// limit from conntrack, the count the datapath only ever raises: what
+/// closed or expired comes off here. Returns the guests counted.
+pub fn recount_guest_flows(dir: &Path) -> Result<usize> {
+    use netd_common::{GuestFlows, dir as ctdir, nat_kind};
+    let limited: std::collections::HashSet<u32> = nat_limits(dir)?
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(b, _)| b)
+        .collect();
+    let mut gf = guest_flows(dir)?;
+    let now = monotonic_ns();
+    let mut counts: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+    if !limited.is_empty() {
+        for (k, e) in ct_entries(dir)? {
+            if e.dir == ctdir::ORIGINAL
+                && e.nat == nat_kind::SNAT
+                && e.expires_ns > now
+                && limited.contains(&e.bridge_ifindex)
+            {
+                *counts.entry(k.saddr).or_default() += 1;
+            }
+        }
+    }
+    let stale: Vec<u32> = gf
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|g| !counts.contains_key(g))
+        .collect();
+    for g in stale {
+        let _ = gf.remove(&g);
+    }
+    for (g, n) in &counts {
+        gf.insert(g, GuestFlows { flows: *n, _pad: 0 }, 0)?;
+    }
+    Ok(counts.len())
+}
+
+/// The datapath's count of a guest's masqueraded flows (networks with a
+/// limit only).
+pub fn guest_flows_of(dir: &Path, guest: Ipv4Addr) -> Result<u32> {
+    Ok(guest_flows(dir)?
+        .get(&u32::from(guest).to_be(), 0)
+        .map(|g| g.flows)
+        .unwrap_or(0))
 }
 
 /// An IPv6 address as the datapath holds it: four words in wire order.
@@ -235,6 +307,8 @@ pub fn gc(dir: &Path) -> Result<(usize, usize)> {
             removed += 1;
         }
     }
+    // Quotas count what is open: recount now that the expired are gone.
+    let _ = recount_guest_flows(dir);
     let mut frags: HashMap<MapData, FragKey, FragPorts> =
         HashMap::try_from(open(dir, names::FRAGS)?)?;
     let stale: Vec<FragKey> = frags
