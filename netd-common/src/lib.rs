@@ -25,6 +25,7 @@ pub mod maps {
     pub const NAT_MAPPINGS: &str = "NETD_NAT_MAP";
     pub const NAT_LIMITS: &str = "NETD_NAT_LIMITS";
     pub const GUEST_FLOWS: &str = "NETD_GUEST_FLOWS";
+    pub const NAT_TIMEOUTS: &str = "NETD_NAT_TIMEOUTS";
     pub const ALL: &[&str] = &[
         NETWORKS,
         SUBNETS,
@@ -42,6 +43,7 @@ pub mod maps {
         NAT_MAPPINGS,
         NAT_LIMITS,
         GUEST_FLOWS,
+        NAT_TIMEOUTS,
     ];
 }
 
@@ -224,7 +226,9 @@ pub struct CtEntryOf<K> {
     pub nat: u8,
     /// TCP flags seen in this direction (FIN=1, SYN=2, RST=4, ACK=16).
     pub tcp_flags: u8,
-    pub _pad: u32,
+    /// The network's own timeouts when it sets them, packed by
+    /// `NatTimeouts::packed` at creation; 0: the global `Settings`.
+    pub timeouts: u32,
 }
 
 /// An IPv4 conntrack entry.
@@ -469,6 +473,55 @@ pub struct GuestFlows {
 
 pub const GUEST_FLOWS_MAX_ENTRIES: u32 = 65_536;
 
+/// A NAT network's own connection timeouts in seconds (RFC 4787 REQ-5,
+/// RFC 5382 REQ-5), keyed by bridge ifindex; networks without one use the
+/// global `Settings`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatTimeouts {
+    pub udp: u32,
+    pub tcp_established: u32,
+    /// Half-open and closing connections.
+    pub tcp_transitory: u32,
+    pub _pad: u32,
+}
+
+impl NatTimeouts {
+    /// The form a conntrack entry carries (`CtEntryOf::timeouts`), so the
+    /// per-packet path needs no lookup: UDP the seconds; TCP established
+    /// minutes (high 16 bits) and transitory seconds (low 16 bits).
+    pub const fn packed(&self, proto: u8) -> u32 {
+        match proto {
+            17 => self.udp,
+            6 => {
+                let est = self.tcp_established.div_ceil(60);
+                let est = if est > 0xffff { 0xffff } else { est };
+                let tr = if self.tcp_transitory > 0xffff {
+                    0xffff
+                } else {
+                    self.tcp_transitory
+                };
+                (est << 16) | tr
+            }
+            _ => 0,
+        }
+    }
+
+    /// The timeout in seconds of a connection in `state` from `packed`;
+    /// None when it carries none.
+    pub const fn unpack(packed: u32, proto: u8, established: bool) -> Option<u32> {
+        if packed == 0 {
+            return None;
+        }
+        match proto {
+            17 => Some(packed),
+            6 if established => Some((packed >> 16) * 60),
+            6 => Some(packed & 0xffff),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -493,7 +546,8 @@ mod pod {
         NatMapKey,
         NatMapping,
         NatLimits,
-        GuestFlows
+        GuestFlows,
+        NatTimeouts
     );
 }
 
@@ -515,6 +569,28 @@ mod tests {
         assert_eq!(size_of::<Settings>(), 32);
         assert_eq!(size_of::<NatMapKey>(), 8);
         assert_eq!(size_of::<NatMapping>(), 32);
+        assert_eq!(size_of::<NatTimeouts>(), 16);
+    }
+
+    #[test]
+    fn timeouts_pack_and_unpack() {
+        let t = NatTimeouts {
+            udp: 150,
+            tcp_established: 7440,
+            tcp_transitory: 240,
+            _pad: 0,
+        };
+        assert_eq!(NatTimeouts::unpack(t.packed(17), 17, false), Some(150));
+        assert_eq!(NatTimeouts::unpack(t.packed(6), 6, true), Some(7440));
+        assert_eq!(NatTimeouts::unpack(t.packed(6), 6, false), Some(240));
+        assert_eq!(NatTimeouts::unpack(t.packed(1), 1, false), None);
+        assert_eq!(NatTimeouts::unpack(0, 17, false), None);
+        // Established rounds up to whole minutes, never below what was set.
+        let odd = NatTimeouts {
+            tcp_established: 7441,
+            ..t
+        };
+        assert_eq!(NatTimeouts::unpack(odd.packed(6), 6, true), Some(7500));
     }
 
     #[test]

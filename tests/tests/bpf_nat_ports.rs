@@ -705,6 +705,80 @@ fn guest_over_its_flow_quota_is_refused_and_others_are_not() {
 }
 
 // ---------------------------------------------------------------------------
+// 6. A network's own timeouts ([nat.timeouts]).
+
+struct Timeouts<'a>(&'a Env);
+
+impl Drop for Timeouts<'_> {
+    fn drop(&mut self) {
+        let _ = maps::set_nat_timeouts(&self.0.maps, self.0.br1, None);
+    }
+}
+
+/// Seconds until the entry keyed `k` expires.
+#[track_caller]
+fn expires_in(e: &Env, k: &netd_common::CtKey) -> i64 {
+    let entry = e.ct(k).expect("entry");
+    (entry.expires_ns as i64 - maps::monotonic_ns() as i64) / 1_000_000_000
+}
+
+#[test]
+fn a_networks_own_timeouts_apply_to_its_connections() {
+    netd_tests::require_root!();
+    let e = env();
+    let _net = Br1Range::new(&e, 3000, 3099);
+    let server = Ipv4Addr::new(203, 0, 113, 90);
+    // Without its own: the global defaults (UDP 60 s).
+    let p = out_br1(&e, "UDP, defaults", &udp_h(10, 5000, server, 9));
+    let secs = expires_in(&e, &ct_key(h(10), 5000, server, 9, IPPROTO_UDP));
+    assert!((58..=60).contains(&secs), "default UDP: {secs}");
+    let _ = p;
+    maps::set_nat_timeouts(
+        &e.maps,
+        e.br1,
+        Some(netd_common::NatTimeouts {
+            udp: 150,
+            tcp_established: 7440,
+            tcp_transitory: 240,
+            _pad: 0,
+        }),
+    )
+    .expect("timeouts");
+    let _t = Timeouts(&e);
+    out_br1(&e, "UDP", &udp_h(11, 5000, server, 9));
+    let k = ct_key(h(11), 5000, server, 9, IPPROTO_UDP);
+    let secs = expires_in(&e, &k);
+    assert!((148..=150).contains(&secs), "UDP: {secs}");
+    // The reply entry carries the same, and a reply refreshes it.
+    let port = u16::from_be(e.ct(&k).unwrap().xlate.sport);
+    let r = from_router(Packet::udp(server, 9, NAT, port, b"pong"));
+    e.rnat_ok("UDP reply", &r, h(11), 5000, hmac(11), BR1_MAC);
+    let rk = ct_key(server, 9, NAT, port, IPPROTO_UDP);
+    assert!((148..=150).contains(&expires_in(&e, &rk)));
+    // TCP: 4 minutes half-open, 2 h 4 min once established.
+    let syn = tcp_h(12, 6000, server, 443);
+    let tport = out_br1(&e, "SYN", &syn);
+    let tk = ct_key(h(12), 6000, server, 443, IPPROTO_TCP);
+    let secs = expires_in(&e, &tk);
+    assert!((238..=240).contains(&secs), "half-open: {secs}");
+    let synack = from_router(Packet::tcp(server, 443, NAT, tport, TCP_SYN | TCP_ACK));
+    e.rnat_ok("SYN-ACK", &synack, h(12), 6000, hmac(12), BR1_MAC);
+    let secs = expires_in(&e, &tk);
+    assert!((7438..=7440).contains(&secs), "established: {secs}");
+    let fin = tcp_h(12, 6000, server, 443);
+    let mut fin = fin;
+    if let L4::Tcp { flags, .. } = &mut fin.l4 {
+        *flags = TCP_FIN | TCP_ACK;
+    }
+    out_br1(&e, "FIN", &fin);
+    let secs = expires_in(&e, &tk);
+    assert!((238..=240).contains(&secs), "closing: {secs}");
+    // The old flow keeps the timeouts it was opened with.
+    let secs = expires_in(&e, &ct_key(h(10), 5000, server, 9, IPPROTO_UDP));
+    assert!(secs <= 60, "opened before: {secs}");
+}
+
+// ---------------------------------------------------------------------------
 // Cost of a new flow (printed; run with --ignored --nocapture).
 
 /// Mean kernel time per new flow over `n` new flows from guest .11 of br1

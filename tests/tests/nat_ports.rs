@@ -160,6 +160,11 @@ fn forty_addresses_from_one_port_get_forty_outside_ports() {
         .unwrap_or_else(|| panic!("no nat-ports check: {s:#}"))
         .clone();
     assert_eq!(check["level"], "OK", "{check}");
+    let text = t.netd_ok(&["net", "info", "default"]);
+    assert!(
+        text.contains("Timeouts:         udp 60s, tcp established 21600s, tcp handshake 60s, tcp closing 10s (defaults)"),
+        "{text}"
+    );
     let msg = check["message"].as_str().unwrap();
     assert!(
         msg.contains(&format!(
@@ -345,9 +350,22 @@ fn endpoint_independent_filtering_lets_another_host_in() {
     require_netd!();
     let mut t = nat_topology_with(
         "nat_ports_eif",
-        "[nat]\nmapping = \"endpoint-independent\"\nfiltering = \"endpoint-independent\"\n",
+        "[nat]\nmapping = \"endpoint-independent\"\nfiltering = \"endpoint-independent\"\n[nat.timeouts]\nudp = 150\n",
     );
     let (log, port) = knock_after_a(&mut t);
+    // This network's own UDP timeout, shown and applied.
+    let text = t.netd_ok(&["net", "info", "default"]);
+    assert!(
+        text.contains("Timeouts:         udp 150s, tcp established 21600s, tcp handshake 60s, tcp closing 10s ([nat.timeouts])"),
+        "{text}"
+    );
+    let ct: Value = serde_json::from_str(
+        &t.netd_bpf(&["ct", "list", "--port", "3478", "-o", "json"])
+            .stdout,
+    )
+    .expect("ct JSON");
+    let left = ct[0]["expires_in_secs"].as_u64().expect("an entry");
+    assert!((140..=150).contains(&left), "{ct:#}");
     assert!(
         log.contains("from 203.0.113.11:4000 knock from B"),
         "B's datagram did not reach the guest:\n{log}"

@@ -69,6 +69,19 @@ pub struct NetworkInfo {
     /// NAT networks: per protocol, the masquerade ports forwards leave.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masquerade_ports: Vec<MasqueradePorts>,
+    /// NAT networks: the idle timeouts their connections get, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_timeouts: Option<NatTimeoutInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatTimeoutInfo {
+    pub udp: u32,
+    pub tcp_established: u32,
+    pub tcp_handshake: u32,
+    pub tcp_closing: u32,
+    /// Set by the network's `[nat.timeouts]` (else the global defaults).
+    pub own: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

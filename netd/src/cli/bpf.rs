@@ -524,14 +524,19 @@ fn mapping_rows(a: &ListArgs) -> Result<Vec<Translation>> {
 
 fn ct_flush(a: &MapArgs, network: Option<&str>) -> Result<()> {
     let dir = a.dir();
-    let n = match network {
-        Some(name) => {
-            let idx = network_ifindex(name, &a.state_dir)?;
-            maps::ct_remove_where(&dir, |_, e| e.bridge_ifindex == idx)?
-        }
-        None => maps::ct_remove_where(&dir, |_, _| true)?,
-    };
-    println!("flushed {n} conntrack entries");
+    let idx = network
+        .map(|name| network_ifindex(name, &a.state_dir))
+        .transpose()?;
+    let n = maps::ct_remove_where(&dir, |_, e| idx.is_none_or(|i| e.bridge_ifindex == i))?;
+    // The endpoint-independent mappings go with the connections that made
+    // them (a datapath from before mappings has none to flush).
+    let m = maps::nat_mappings_remove_where(&dir, |_, v| idx.is_none_or(|i| v.bridge_ifindex == i))
+        .unwrap_or(0);
+    if m == 0 {
+        println!("flushed {n} conntrack entries");
+    } else {
+        println!("flushed {n} conntrack entries and {m} NAT mapping entries");
+    }
     Ok(())
 }
 

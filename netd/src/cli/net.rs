@@ -235,6 +235,17 @@ pub fn render_info(i: &NetworkInfo) -> String {
             i.masquerade_ports[0].min_free
         ));
     }
+    if let Some(t) = &i.nat_timeouts {
+        s.push_str(&format!(
+            "{:<17} udp {}s, tcp established {}s, tcp handshake {}s, tcp closing {}s ({})\n",
+            "Timeouts:",
+            t.udp,
+            t.tcp_established,
+            t.tcp_handshake,
+            t.tcp_closing,
+            if t.own { "[nat.timeouts]" } else { "defaults" }
+        ));
+    }
     for n in &i.notes {
         s.push_str(&format!("Note:             {n}\n"));
     }

@@ -116,6 +116,55 @@ pub struct Nat {
     /// are refused with ICMP "administratively prohibited". Unset: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_flows_per_guest: Option<u32>,
+    /// This network's connection timeouts; the global ones when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<NatTimeoutsConfig>,
+}
+
+/// `[nat.timeouts]`, in seconds, each at least what RFC 4787 REQ-5 and
+/// RFC 5382 REQ-5 ask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NatTimeoutsConfig {
+    /// Idle UDP flows (at least 120).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<u32>,
+    /// Idle established TCP connections (at least 7440, 2 h 4 min).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_established: Option<u32>,
+    /// Half-open and closing TCP connections (at least 240).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_transitory: Option<u32>,
+}
+
+impl NatTimeoutsConfig {
+    pub const MIN_UDP: u32 = 120;
+    pub const MIN_TCP_ESTABLISHED: u32 = 7440;
+    pub const MIN_TCP_TRANSITORY: u32 = 240;
+    /// What the datapath can carry (see `NatTimeouts::packed`).
+    pub const MAX: u32 = 65535;
+
+    /// The datapath's form: unset UDP stays global (0); TCP is global when
+    /// neither TCP value is set, else the unset one takes the RFC minimum
+    /// (transitory) or the global default (established).
+    pub fn datapath(&self) -> netd_common::NatTimeouts {
+        let tcp = self.tcp_established.is_some() || self.tcp_transitory.is_some();
+        netd_common::NatTimeouts {
+            udp: self.udp.unwrap_or(0),
+            tcp_established: if tcp {
+                self.tcp_established
+                    .unwrap_or(netd_common::Settings::DEFAULT.tcp_established_timeout)
+            } else {
+                0
+            },
+            tcp_transitory: if tcp {
+                self.tcp_transitory.unwrap_or(Self::MIN_TCP_TRANSITORY)
+            } else {
+                0
+            },
+            _pad: 0,
+        }
+    }
 }
 
 /// Which outside port a guest address and port gets (RFC 4787 section 4.1).

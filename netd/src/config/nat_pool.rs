@@ -234,4 +234,36 @@ mod tests {
         .to_string();
         assert!(typo.contains("endpoint-independent"), "{typo}");
     }
+
+    #[test]
+    fn timeouts_are_checked_against_the_rfc_minimums() {
+        let parse = |t: &str| {
+            crate::config::parse(
+                &format!(
+                    "name = \"n\"\nmode = \"nat\"\n[ipv4]\naddress = \"192.168.50.1/24\"\n[nat.timeouts]\n{t}\n"
+                ),
+                false,
+            )
+        };
+        let n = parse("udp = 300\ntcp_transitory = 240").unwrap();
+        let t = n.nat.unwrap().timeouts.unwrap().datapath();
+        assert_eq!(
+            (t.udp, t.tcp_established, t.tcp_transitory),
+            (300, 21600, 240)
+        );
+        let e = parse("udp = 119").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "nat.timeouts.udp = 119 is below the 120 s RFC 4787/5382 ask for"
+        );
+        assert!(parse("tcp_established = 7439").is_err());
+        assert!(parse("tcp_transitory = 239").is_err());
+        assert!(parse("tcp_transitory = 65536").is_err());
+        assert!(parse("tcp_established = 7440").is_ok());
+        assert!(parse("icmp = 30").is_err(), "unknown keys are refused");
+        // Only UDP set: TCP stays on the global timeouts.
+        let n = parse("udp = 150").unwrap();
+        let t = n.nat.unwrap().timeouts.unwrap().datapath();
+        assert_eq!((t.udp, t.tcp_established, t.tcp_transitory), (150, 0, 0));
+    }
 }

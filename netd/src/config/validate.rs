@@ -69,6 +69,37 @@ pub fn validate(net: &Network) -> Result<()> {
         {
             bail!("nat.min_free_ports {m} is more than there are ports (65535)");
         }
+        if let Some(t) = &nat.timeouts {
+            for (name, v, min) in [
+                ("udp", t.udp, NatTimeoutsConfig::MIN_UDP),
+                (
+                    "tcp_established",
+                    t.tcp_established,
+                    NatTimeoutsConfig::MIN_TCP_ESTABLISHED,
+                ),
+                (
+                    "tcp_transitory",
+                    t.tcp_transitory,
+                    NatTimeoutsConfig::MIN_TCP_TRANSITORY,
+                ),
+            ] {
+                if let Some(v) = v {
+                    if v < min {
+                        bail!(
+                            "nat.timeouts.{name} = {v} is below the {min} s RFC 4787/5382 ask for"
+                        );
+                    }
+                    let max = if name == "tcp_established" {
+                        NatTimeoutsConfig::MAX * 60
+                    } else {
+                        NatTimeoutsConfig::MAX
+                    };
+                    if v > max {
+                        bail!("nat.timeouts.{name} = {v} is above the {max} s netd can keep");
+                    }
+                }
+            }
+        }
         if nat.max_flows_per_guest == Some(0) {
             bail!("nat.max_flows_per_guest must be at least 1 (leave it out for no limit)");
         }

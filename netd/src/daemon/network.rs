@@ -368,6 +368,16 @@ impl State {
                 run.record.bridge_ifindex,
                 max.unwrap_or(0),
             )?;
+            let timeouts = net
+                .nat
+                .as_ref()
+                .and_then(|n| n.timeouts)
+                .map(|t| t.datapath());
+            dataplane::maps::set_nat_timeouts(
+                &self.dp.maps_dir(),
+                run.record.bridge_ifindex,
+                timeouts,
+            )?;
         }
         if let Some(prefix) = net.ipv6.as_ref().and_then(|v| v.parsed().ok()) {
             crate::link::set_ipv6_forwarding(true)?;
@@ -802,6 +812,34 @@ impl State {
             dnsmasq_healthy: run.and_then(|r| r.dnsmasq.as_ref()).map(Dnsmasq::healthy),
             notes,
             masquerade_ports: self.masquerade_ports(net),
+            nat_timeouts: self.nat_timeouts(net),
+        })
+    }
+
+    /// The connection timeouts a NAT network's flows get: its own
+    /// `[nat.timeouts]`, else the global settings.
+    fn nat_timeouts(&self, net: &Network) -> Option<crate::api::wire::NatTimeoutInfo> {
+        if net.mode != Mode::Nat {
+            return None;
+        }
+        let g = dataplane::maps::settings(&self.dp.maps_dir())
+            .unwrap_or(netd_common::Settings::DEFAULT);
+        let own = net
+            .nat
+            .as_ref()
+            .and_then(|n| n.timeouts)
+            .map(|t| t.datapath())
+            .unwrap_or_default();
+        let or = |v: u32, global: u32| if v == 0 { global } else { v };
+        Some(crate::api::wire::NatTimeoutInfo {
+            udp: or(own.udp, g.udp_timeout),
+            tcp_established: or(
+                own.tcp_established.div_ceil(60) * 60,
+                g.tcp_established_timeout,
+            ),
+            tcp_handshake: or(own.tcp_transitory, g.tcp_syn_timeout),
+            tcp_closing: or(own.tcp_transitory, g.tcp_closing_timeout),
+            own: own != netd_common::NatTimeouts::default(),
         })
     }
 

@@ -73,6 +73,7 @@ pub fn remove_network(
     let _ = net_stats(dir)?.remove(&bridge_ifindex);
     ct_remove_where(dir, |_, e| e.bridge_ifindex == bridge_ifindex)?;
     let _ = set_nat_limits(dir, bridge_ifindex, 0);
+    let _ = set_nat_timeouts(dir, bridge_ifindex, None);
     let _ = nat_mappings_remove_where(dir, |_, m| m.bridge_ifindex == bridge_ifindex);
     Ok(())
 }
@@ -83,6 +84,24 @@ fn nat_limits(dir: &Path) -> Result<HashMap<MapData, u32, netd_common::NatLimits
 
 fn guest_flows(dir: &Path) -> Result<HashMap<MapData, u32, netd_common::GuestFlows>> {
     Ok(HashMap::try_from(open(dir, names::GUEST_FLOWS)?)?)
+}
+
+/// Sets (or, with None, removes) a NAT network's own timeouts; they apply
+/// to connections opened from then on.
+pub fn set_nat_timeouts(
+    dir: &Path,
+    bridge_ifindex: u32,
+    t: Option<netd_common::NatTimeouts>,
+) -> Result<()> {
+    let mut m: HashMap<MapData, u32, netd_common::NatTimeouts> =
+        HashMap::try_from(open(dir, names::NAT_TIMEOUTS)?)?;
+    match t {
+        Some(t) if t != netd_common::NatTimeouts::default() => m.insert(bridge_ifindex, t, 0)?,
+        _ => {
+            let _ = m.remove(&bridge_ifindex);
+        }
+    }
+    Ok(())
 }
 
 /// Sets a NAT network's `nat.max_flows_per_guest` (0: no limit).
