@@ -817,26 +817,29 @@ fn occupy(e: &Env, server: Ipv4Addr, count: u32) {
 fn bench_new_flow_cost() {
     netd_tests::require_root!();
     let e = env();
-    let _range = Br1Range::new(&e, 1024, 65535);
     let size = 65535 - 1024 + 1;
     let samples = 500u16;
-    for (pct, server) in [
-        (0u32, Ipv4Addr::new(203, 0, 113, 50)),
-        (50, Ipv4Addr::new(203, 0, 113, 51)),
-        (90, Ipv4Addr::new(203, 0, 113, 52)),
+    for (mode, flags, servers) in [
+        ("per-destination mapping", 0, [50u8, 51, 52]),
+        ("endpoint-independent mapping", net_flags::EIM, [54, 55, 56]),
     ] {
-        let taken = size * pct / 100;
-        occupy(&e, server, taken);
-        // At 0% the guest's own port is free: the common case, one try.
-        let sport0 = if pct == 0 { 20000 } else { 1024 };
-        let (t, refused) = time_new_flows(&e, server, samples, sport0);
-        assert_eq!(refused, 0);
-        println!(
-            "netd bench: nat new flow at {pct}% port occupancy ({taken} of {size} taken, one block): {} ns/flow",
-            t.as_nanos()
-        );
-        forget_br1(&e);
+        let _range = Br1Range::with_flags(&e, 1024, 65535, flags);
+        for (pct, server) in [0u32, 50, 90].into_iter().zip(servers) {
+            let server = Ipv4Addr::new(203, 0, 113, server);
+            let taken = size * pct / 100;
+            occupy(&e, server, taken);
+            // At 0% the guest's own port is free: the common case, one try.
+            let sport0 = if pct == 0 { 20000 } else { 1024 };
+            let (t, refused) = time_new_flows(&e, server, samples, sport0);
+            assert_eq!(refused, 0);
+            println!(
+                "netd bench: nat new flow, {mode}, at {pct}% port occupancy ({taken} of {size} taken, one block): {} ns/flow",
+                t.as_nanos()
+            );
+            forget_br1(&e);
+        }
     }
+    let _range = Br1Range::new(&e, 1024, 65535);
     // The worst case: a range full towards one server walks every port.
     let server = Ipv4Addr::new(203, 0, 113, 53);
     occupy(&e, server, size);
