@@ -483,7 +483,16 @@ pub struct NatTimeouts {
     pub tcp_established: u32,
     /// Half-open and closing connections.
     pub tcp_transitory: u32,
-    pub _pad: u32,
+    /// `timeout_flags::*`.
+    pub flags: u32,
+}
+
+pub mod timeout_flags {
+    /// RFC 4787 REQ-6: only the guest's packets keep a UDP flow alive
+    /// (`nat.refresh = "outbound"`); replies alone let it expire.
+    pub const REFRESH_OUTBOUND: u32 = 1;
+    /// Where `NatTimeouts::packed` carries it for UDP.
+    pub const PACKED_REFRESH_OUTBOUND: u32 = 1 << 31;
 }
 
 impl NatTimeouts {
@@ -492,7 +501,14 @@ impl NatTimeouts {
     /// minutes (high 16 bits) and transitory seconds (low 16 bits).
     pub const fn packed(&self, proto: u8) -> u32 {
         match proto {
-            17 => self.udp,
+            17 => {
+                let secs = if self.udp > 0xffff { 0xffff } else { self.udp };
+                if self.flags & timeout_flags::REFRESH_OUTBOUND != 0 {
+                    secs | timeout_flags::PACKED_REFRESH_OUTBOUND
+                } else {
+                    secs
+                }
+            }
             6 => {
                 let est = self.tcp_established.div_ceil(60);
                 let est = if est > 0xffff { 0xffff } else { est };
@@ -510,11 +526,12 @@ impl NatTimeouts {
     /// The timeout in seconds of a connection in `state` from `packed`;
     /// None when it carries none.
     pub const fn unpack(packed: u32, proto: u8, established: bool) -> Option<u32> {
-        if packed == 0 {
-            return None;
-        }
         match proto {
-            17 => Some(packed),
+            17 => {
+                let secs = packed & 0xffff;
+                if secs == 0 { None } else { Some(secs) }
+            }
+            _ if packed == 0 => None,
             6 if established => Some((packed >> 16) * 60),
             6 => Some(packed & 0xffff),
             _ => None,
@@ -578,9 +595,22 @@ mod tests {
             udp: 150,
             tcp_established: 7440,
             tcp_transitory: 240,
-            _pad: 0,
+            flags: 0,
         };
         assert_eq!(NatTimeouts::unpack(t.packed(17), 17, false), Some(150));
+        // The refresh direction rides along for UDP, global timeout or not.
+        let out = NatTimeouts {
+            flags: timeout_flags::REFRESH_OUTBOUND,
+            ..t
+        };
+        assert_eq!(out.packed(17), 150 | timeout_flags::PACKED_REFRESH_OUTBOUND);
+        assert_eq!(NatTimeouts::unpack(out.packed(17), 17, false), Some(150));
+        let only = NatTimeouts {
+            flags: timeout_flags::REFRESH_OUTBOUND,
+            ..NatTimeouts::default()
+        };
+        assert_eq!(NatTimeouts::unpack(only.packed(17), 17, false), None);
+        assert_eq!(only.packed(6), 0);
         assert_eq!(NatTimeouts::unpack(t.packed(6), 6, true), Some(7440));
         assert_eq!(NatTimeouts::unpack(t.packed(6), 6, false), Some(240));
         assert_eq!(NatTimeouts::unpack(t.packed(1), 1, false), None);

@@ -5,7 +5,9 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::LruHashMap};
 use aya_ebpf::{macros::map, maps::HashMap};
-use netd_common::{CtEntryOf, CtKey, CtKey6, MAX_NETWORKS, NatTimeouts, ct_state, dir};
+use netd_common::{
+    CtEntryOf, CtKey, CtKey6, MAX_NETWORKS, NatTimeouts, ct_state, dir, nat_kind, timeout_flags,
+};
 
 /// NAT networks' own timeouts, by bridge ifindex.
 #[map(name = "NETD_NAT_TIMEOUTS")]
@@ -72,10 +74,41 @@ pub fn now() -> u64 {
 #[inline(always)]
 pub fn lookup<K: Tuple>(key: &K) -> Option<*mut CtEntryOf<K>> {
     let e = K::table().get_ptr_mut(key)?;
-    if unsafe { (*e).expires_ns } < now() {
+    if unsafe { (*e).expires_ns } < now() && !revive(e) {
         return None;
     }
     Some(e)
+}
+
+/// Whether the reply entry of a masqueraded UDP flow refreshed by the
+/// guest's packets only (`nat.refresh = "outbound"`) lives on with its
+/// original entry: the guest's packets refresh only that one, and replies
+/// refresh nothing. It takes the original's expiry. Not inlined: it runs
+/// only for expired entries, and its key copy stays off the callers' stack.
+#[inline(never)]
+fn revive<K: Tuple>(e: *mut CtEntryOf<K>) -> bool {
+    let e = unsafe { &mut *e };
+    if !refreshed_outbound(e) {
+        return false;
+    }
+    let Some(orig) = K::table().get_ptr(&e.xlate.reversed()) else {
+        return false;
+    };
+    let until = unsafe { (*orig).expires_ns };
+    if until < now() {
+        return false;
+    }
+    e.expires_ns = until;
+    true
+}
+
+/// The reply side of a masqueraded UDP flow whose network refreshes on
+/// outbound traffic only.
+#[inline(always)]
+fn refreshed_outbound<K: Tuple>(e: &CtEntryOf<K>) -> bool {
+    e.dir == dir::REPLY
+        && e.nat == nat_kind::SNAT
+        && e.timeouts & timeout_flags::PACKED_REFRESH_OUTBOUND != 0
 }
 
 /// The timeout of a connection in `state`: the network's own when the
@@ -140,13 +173,19 @@ pub fn touch<K: Tuple>(e: *mut CtEntryOf<K>, proto: u8, tcp_flags: u8, bytes: u3
     } else if e.dir == dir::REPLY {
         state = ct_state::ESTABLISHED;
     }
-    e.expires_ns = t + timeout_ns(proto, state, e.timeouts);
+    // Replies do not refresh a flow that only the guest's packets may.
+    let hold = proto == IPPROTO_UDP && refreshed_outbound(e);
+    if !hold {
+        e.expires_ns = t + timeout_ns(proto, state, e.timeouts);
+    }
     if state != e.state {
         e.state = state;
         if let Some(peer) = K::table().get_ptr_mut(&e.xlate.reversed()) {
             let peer = unsafe { &mut *peer };
             peer.state = state;
-            peer.expires_ns = e.expires_ns;
+            if !hold {
+                peer.expires_ns = e.expires_ns;
+            }
         }
     }
 }

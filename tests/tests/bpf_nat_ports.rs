@@ -740,7 +740,7 @@ fn a_networks_own_timeouts_apply_to_its_connections() {
             udp: 150,
             tcp_established: 7440,
             tcp_transitory: 240,
-            _pad: 0,
+            flags: 0,
         }),
     )
     .expect("timeouts");
@@ -776,6 +776,87 @@ fn a_networks_own_timeouts_apply_to_its_connections() {
     // The old flow keeps the timeouts it was opened with.
     let secs = expires_in(&e, &ct_key(h(10), 5000, server, 9, IPPROTO_UDP));
     assert!(secs <= 60, "opened before: {secs}");
+}
+
+/// Puts the global settings back at the end (also by panic).
+struct Settings<'a>(&'a Env, netd_common::Settings);
+
+impl Drop for Settings<'_> {
+    fn drop(&mut self) {
+        let _ = maps::set_settings(&self.0.maps, &self.1);
+    }
+}
+
+#[test]
+fn udp_refreshed_by_the_guests_packets_only() {
+    netd_tests::require_root!();
+    let e = env();
+    let _net = Br1Range::new(&e, 3000, 3099);
+    let saved = maps::settings(&e.maps).expect("settings");
+    let _restore = Settings(&e, saved);
+    // A 1 s UDP timeout keeps the case short.
+    maps::set_settings(
+        &e.maps,
+        &netd_common::Settings {
+            udp_timeout: 1,
+            ..saved
+        },
+    )
+    .expect("settings");
+    maps::set_nat_timeouts(
+        &e.maps,
+        e.br1,
+        Some(netd_common::NatTimeouts {
+            flags: netd_common::timeout_flags::REFRESH_OUTBOUND,
+            ..Default::default()
+        }),
+    )
+    .expect("timeouts");
+    let t = Timeouts(&e);
+    let server = Ipv4Addr::new(203, 0, 113, 91);
+    let ms = |n| std::thread::sleep(Duration::from_millis(n));
+    let reply = |port| from_router(Packet::udp(server, 9, NAT, port, b"pong"));
+
+    // The guest keeps talking: the reply half, never refreshed by replies,
+    // lives on with the guest's half.
+    let p = out_br1(&e, "out", &udp_h(10, 5000, server, 9));
+    e.rnat_ok("first reply", &reply(p), h(10), 5000, hmac(10), BR1_MAC);
+    ms(600);
+    out_br1(&e, "out again", &udp_h(10, 5000, server, 9));
+    ms(600);
+    e.rnat_ok(
+        "reply after 1.2 s",
+        &reply(p),
+        h(10),
+        5000,
+        hmac(10),
+        BR1_MAC,
+    );
+
+    // Only the peer talks: its replies do not keep the flow.
+    let q = out_br1(&e, "out once", &udp_h(11, 5000, server, 9));
+    ms(300);
+    e.rnat_ok("reply at 0.3 s", &reply(q), h(11), 5000, hmac(11), BR1_MAC);
+    ms(1000);
+    let late = reply(q);
+    let (rc, out) = e.in_up0(&late);
+    assert_eq!(rc, TC_ACT_OK, "reply at 1.3 s: verdict\n{}", hexdump(&out));
+    assert_eq!(out, late.frame(), "reply at 1.3 s: translated");
+
+    // nat.refresh = "both": replies keep it.
+    drop(t);
+    let r = out_br1(&e, "out once (both)", &udp_h(12, 5000, server, 9));
+    for i in 1..=4 {
+        ms(300);
+        e.rnat_ok(
+            &format!("reply {i} (both)"),
+            &reply(r),
+            h(12),
+            5000,
+            hmac(12),
+            BR1_MAC,
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------

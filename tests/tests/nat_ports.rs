@@ -162,7 +162,7 @@ fn forty_addresses_from_one_port_get_forty_outside_ports() {
     assert_eq!(check["level"], "OK", "{check}");
     let text = t.netd_ok(&["net", "info", "default"]);
     assert!(
-        text.contains("Timeouts:         udp 60s, tcp established 21600s, tcp handshake 60s, tcp closing 10s (defaults)"),
+        text.contains("Timeouts:         udp 60s (refreshed by the guest's packets), tcp established 21600s, tcp handshake 60s, tcp closing 10s (defaults)"),
         "{text}"
     );
     let msg = check["message"].as_str().unwrap();
@@ -356,7 +356,7 @@ fn endpoint_independent_filtering_lets_another_host_in() {
     // This network's own UDP timeout, shown and applied.
     let text = t.netd_ok(&["net", "info", "default"]);
     assert!(
-        text.contains("Timeouts:         udp 150s, tcp established 21600s, tcp handshake 60s, tcp closing 10s ([nat.timeouts])"),
+        text.contains("Timeouts:         udp 150s (refreshed by the guest's packets), tcp established 21600s, tcp handshake 60s, tcp closing 10s ([nat.timeouts])"),
         "{text}"
     );
     let ct: Value = serde_json::from_str(

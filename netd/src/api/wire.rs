@@ -82,6 +82,10 @@ pub struct NatTimeoutInfo {
     pub tcp_closing: u32,
     /// Set by the network's `[nat.timeouts]` (else the global defaults).
     pub own: bool,
+    /// What keeps a UDP flow alive: "outbound" (the guest's packets) or
+    /// "both".
+    #[serde(default)]
+    pub udp_refresh: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -237,9 +237,14 @@ pub fn render_info(i: &NetworkInfo) -> String {
     }
     if let Some(t) = &i.nat_timeouts {
         s.push_str(&format!(
-            "{:<17} udp {}s, tcp established {}s, tcp handshake {}s, tcp closing {}s ({})\n",
+            "{:<17} udp {}s (refreshed by {}), tcp established {}s, tcp handshake {}s, tcp closing {}s ({})\n",
             "Timeouts:",
             t.udp,
+            if t.udp_refresh == "both" {
+                "both directions"
+            } else {
+                "the guest's packets"
+            },
             t.tcp_established,
             t.tcp_handshake,
             t.tcp_closing,

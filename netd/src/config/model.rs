@@ -119,6 +119,33 @@ pub struct Nat {
     /// This network's connection timeouts; the global ones when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<NatTimeoutsConfig>,
+    /// What keeps a masqueraded UDP flow alive (RFC 4787 REQ-6): the
+    /// guest's packets only ("outbound", the default) or replies too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<NatRefresh>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatRefresh {
+    #[default]
+    Outbound,
+    Both,
+}
+
+impl Nat {
+    /// The datapath's per-network timeouts: `[nat.timeouts]` and the
+    /// refresh direction.
+    pub fn datapath_timeouts(nat: Option<&Nat>) -> netd_common::NatTimeouts {
+        let mut t = nat
+            .and_then(|n| n.timeouts)
+            .map(|t| t.datapath())
+            .unwrap_or_default();
+        if nat.and_then(|n| n.refresh).unwrap_or_default() == NatRefresh::Outbound {
+            t.flags |= netd_common::timeout_flags::REFRESH_OUTBOUND;
+        }
+        t
+    }
 }
 
 /// `[nat.timeouts]`, in seconds, each at least what RFC 4787 REQ-5 and
@@ -162,7 +189,7 @@ impl NatTimeoutsConfig {
             } else {
                 0
             },
-            _pad: 0,
+            flags: 0,
         }
     }
 }

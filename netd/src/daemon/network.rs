@@ -368,15 +368,11 @@ impl State {
                 run.record.bridge_ifindex,
                 max.unwrap_or(0),
             )?;
-            let timeouts = net
-                .nat
-                .as_ref()
-                .and_then(|n| n.timeouts)
-                .map(|t| t.datapath());
+            let timeouts = config::Nat::datapath_timeouts(net.nat.as_ref());
             dataplane::maps::set_nat_timeouts(
                 &self.dp.maps_dir(),
                 run.record.bridge_ifindex,
-                timeouts,
+                Some(timeouts),
             )?;
         }
         if let Some(prefix) = net.ipv6.as_ref().and_then(|v| v.parsed().ok()) {
@@ -830,6 +826,7 @@ impl State {
             .and_then(|n| n.timeouts)
             .map(|t| t.datapath())
             .unwrap_or_default();
+        let refresh = net.nat.as_ref().and_then(|n| n.refresh).unwrap_or_default();
         let or = |v: u32, global: u32| if v == 0 { global } else { v };
         Some(crate::api::wire::NatTimeoutInfo {
             udp: or(own.udp, g.udp_timeout),
@@ -840,6 +837,10 @@ impl State {
             tcp_handshake: or(own.tcp_transitory, g.tcp_syn_timeout),
             tcp_closing: or(own.tcp_transitory, g.tcp_closing_timeout),
             own: own != netd_common::NatTimeouts::default(),
+            udp_refresh: match refresh {
+                config::NatRefresh::Outbound => "outbound".into(),
+                config::NatRefresh::Both => "both".into(),
+            },
         })
     }
 

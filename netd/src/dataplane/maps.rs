@@ -315,14 +315,20 @@ pub fn gc(dir: &Path) -> Result<(usize, usize)> {
     let now = monotonic_ns();
     let mut ct = conntrack(dir)?;
     let all: Vec<(CtKey, CtEntry)> = ct.iter().filter_map(Result::ok).collect();
-    let keys: std::collections::HashSet<CtKey> = all.iter().map(|(k, _)| *k).collect();
     let mut removed = 0;
     // A connection's two entries are written one after the other; give a
     // fresh one a moment before calling it an orphan.
     let settle = now.saturating_sub(1_000_000_000);
+    let expiry: std::collections::HashMap<CtKey, u64> =
+        all.iter().map(|(k, e)| (*k, e.expires_ns)).collect();
     for (k, e) in &all {
-        let orphan = !keys.contains(&e.xlate.reversed()) && e.created_ns < settle;
-        if (e.expires_ns < now || orphan) && ct.remove(k).is_ok() {
+        let peer = expiry.get(&e.xlate.reversed());
+        let orphan = peer.is_none() && e.created_ns < settle;
+        // An expired half whose other half lives stays: a UDP flow
+        // refreshed by the guest's packets only keeps its reply half
+        // expired, and the datapath revives it from the original.
+        let expired = e.expires_ns < now && peer.is_none_or(|p| *p < now);
+        if (expired || orphan) && ct.remove(k).is_ok() {
             removed += 1;
         }
     }
