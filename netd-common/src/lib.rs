@@ -458,7 +458,9 @@ pub const NAT_MAP_MAX_ENTRIES: u32 = 131_072;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatLimits {
     pub max_flows_per_guest: u32,
-    pub _pad: u32,
+    /// Endpoint-independent mappings (outside ports) one guest address may
+    /// hold.
+    pub max_ports_per_guest: u32,
 }
 
 /// Masqueraded flows of one guest address (wire order), counted by the
@@ -468,7 +470,8 @@ pub struct NatLimits {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuestFlows {
     pub flows: u32,
-    pub _pad: u32,
+    /// Its live endpoint-independent mappings.
+    pub ports: u32,
 }
 
 pub const GUEST_FLOWS_MAX_ENTRIES: u32 = 65_536;

@@ -210,7 +210,7 @@ fn masquerade(
             None => return stats::drop(reason::DROP_NO_UPLINK_ADDR, len),
         }
     };
-    if nat::over_quota(bridge, ip.saddr) {
+    if nat::over_quota(bridge, net.flags, key) {
         return nat::refused(ctx, net, bridge, ip, reason::DROP_GUEST_QUOTA);
     }
     let Some(req) = nat::SnatRequest::new(key, l4, nat_addr, net, bridge, out, len) else {

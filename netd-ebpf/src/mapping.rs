@@ -69,6 +69,12 @@ pub fn own_port(guest: u32, gport: u16, proto: u8, nat_addr: u32) -> u32 {
     }
 }
 
+/// Whether the guest end has a live mapping.
+#[inline(never)]
+pub fn has_live(guest: u32, gport: u16, proto: u8) -> bool {
+    live(&key(guest, gport, proto, map_kind::INSIDE)).is_some()
+}
+
 /// Whether a live mapping of another guest end holds outside `port` (wire
 /// order) on `nat_addr`.
 #[inline(never)]
@@ -101,11 +107,16 @@ pub fn record(req: &SnatRequest<CtKey>) {
         expires_ns: t + secs * 1_000_000_000,
     };
     let inside = key(req.orig.saddr, req.orig.sport, proto, map_kind::INSIDE);
-    if let Some(old) = NAT_MAP.get_ptr(&inside)
-        && unsafe { (*old).addr == m.addr && (*old).port == m.port }
-    {
-        // The same mapping: keep when it began.
-        m.created_ns = unsafe { (*old).created_ns };
+    match NAT_MAP.get_ptr(&inside) {
+        Some(old)
+            if unsafe {
+                (*old).addr == m.addr && (*old).port == m.port && (*old).expires_ns >= t
+            } =>
+        {
+            // The same live mapping: keep when it began.
+            m.created_ns = unsafe { (*old).created_ns };
+        }
+        _ => crate::nat::count_mapping(req.bridge, req.orig.saddr),
     }
     let _ = NAT_MAP.insert(&inside, &m, 0);
     let outside = key(req.nat_addr, req.xlate.sport, proto, map_kind::OUTSIDE);

@@ -539,33 +539,54 @@ pub static LIMITS: aya_ebpf::maps::HashMap<u32, NatLimits> =
 pub static GUEST_FLOWS: aya_ebpf::maps::HashMap<u32, GuestFlows> =
     aya_ebpf::maps::HashMap::pinned(netd_common::GUEST_FLOWS_MAX_ENTRIES, 0);
 
-/// Whether `guest` of the network on `bridge` has as many masqueraded
-/// flows open as the network allows one guest (`nat.max_flows_per_guest`).
+/// Whether the guest end of `key`, on the network on `bridge` (with
+/// `net_flags` `flags`), is over one of the network's fair-sharing limits:
+/// as many masqueraded flows open as one guest may have, or, needing a new
+/// endpoint-independent mapping, as many mappings as one guest may hold.
 #[inline(always)]
-pub fn over_quota(bridge: u32, guest: u32) -> bool {
+pub fn over_quota(bridge: u32, flags: u8, key: &CtKey) -> bool {
     let Some(l) = (unsafe { LIMITS.get(&bridge) }) else {
         return false;
     };
-    let max = l.max_flows_per_guest;
-    if max == 0 {
+    let (max_flows, max_ports) = (l.max_flows_per_guest, l.max_ports_per_guest);
+    let Some(used) = (unsafe { GUEST_FLOWS.get(&key.saddr) }) else {
         return false;
+    };
+    if max_flows != 0 && used.flows >= max_flows {
+        return true;
     }
-    match unsafe { GUEST_FLOWS.get(&guest) } {
-        Some(f) => f.flows >= max,
-        None => false,
-    }
+    max_ports != 0
+        && flags & net_flags::EIM != 0
+        && used.ports >= max_ports
+        && !mapping::has_live(key.saddr, key.sport, key.proto)
 }
 
 /// Counts a new masqueraded flow of `guest`, for networks with a limit.
 #[inline(always)]
 pub fn count_flow(bridge: u32, guest: u32) {
-    if !unsafe { LIMITS.get(&bridge) }.is_some_and(|l| l.max_flows_per_guest != 0) {
+    if unsafe { LIMITS.get(&bridge) }.is_none() {
         return;
     }
     match GUEST_FLOWS.get_ptr_mut(&guest) {
         Some(f) => unsafe { (*f).flows += 1 },
         None => {
-            let one = GuestFlows { flows: 1, _pad: 0 };
+            let one = GuestFlows { flows: 1, ports: 0 };
+            let _ = GUEST_FLOWS.insert(&guest, &one, 0);
+        }
+    }
+}
+
+/// Counts a new endpoint-independent mapping of `guest` (its flow is
+/// counted by `count_flow`, which runs after).
+#[inline(always)]
+pub fn count_mapping(bridge: u32, guest: u32) {
+    if unsafe { LIMITS.get(&bridge) }.is_none() {
+        return;
+    }
+    match GUEST_FLOWS.get_ptr_mut(&guest) {
+        Some(f) => unsafe { (*f).ports += 1 },
+        None => {
+            let one = GuestFlows { flows: 0, ports: 1 };
             let _ = GUEST_FLOWS.insert(&guest, &one, 0);
         }
     }

@@ -631,14 +631,14 @@ struct FlowLimit<'a>(&'a Env);
 
 impl<'a> FlowLimit<'a> {
     fn set(e: &'a Env, max: u32) -> Self {
-        maps::set_nat_limits(&e.maps, e.br1, max).expect("limits");
+        maps::set_nat_limits(&e.maps, e.br1, max, 0).expect("limits");
         FlowLimit(e)
     }
 }
 
 impl Drop for FlowLimit<'_> {
     fn drop(&mut self) {
-        let _ = maps::set_nat_limits(&self.0.maps, self.0.br1, 0);
+        let _ = maps::set_nat_limits(&self.0.maps, self.0.br1, 0, 0);
         let _ = maps::recount_guest_flows(&self.0.maps);
     }
 }
@@ -702,6 +702,39 @@ fn guest_over_its_flow_quota_is_refused_and_others_are_not() {
     );
     assert_eq!(rc, TC_ACT_REDIRECT, "full again: refused (answered)");
     assert_eq!(e.stat("drop_guest_quota") - quota, 2);
+}
+
+#[test]
+fn guest_over_its_port_quota_is_refused_a_new_mapping() {
+    netd_tests::require_root!();
+    let e = env();
+    let _net = Br1Range::with_flags(&e, 3000, 3099, net_flags::EIM);
+    maps::set_nat_limits(&e.maps, e.br1, 0, 2).expect("limits");
+    let _limit = FlowLimit(&e);
+    let (s1, s2) = (
+        Ipv4Addr::new(203, 0, 113, 81),
+        Ipv4Addr::new(203, 0, 113, 82),
+    );
+    out_br1(&e, "first port", &udp_h(10, 5000, s1, 9));
+    out_br1(&e, "second port", &udp_h(10, 5001, s1, 9));
+    let u = maps::guest_usage(&e.maps, h(10)).unwrap();
+    assert_eq!((u.flows, u.ports), (2, 2));
+    // A third port: refused, answered with code 13.
+    let quota = e.stat("drop_guest_quota");
+    let third = udp_h(10, 5002, s1, 9);
+    let (rc, out) = e.run(Hook::BridgeIngress, e.br1, &third.frame());
+    assert_eq!(rc, TC_ACT_REDIRECT, "third port\n{}", hexdump(&out));
+    assert_frame("third port", &out, &unreachable_h(&third, 10, 13).frame());
+    assert_eq!(e.stat("drop_guest_quota") - quota, 1);
+    // Its mapped ends reach new destinations: no new port.
+    out_br1(&e, "a held port, elsewhere", &udp_h(10, 5000, s2, 9));
+    assert_eq!(maps::guest_usage(&e.maps, h(10)).unwrap().ports, 2);
+    // Another guest is not affected.
+    out_br1(&e, "another guest", &udp_h(11, 5002, s1, 9));
+    // The GC's recount sees the same.
+    maps::recount_guest_flows(&e.maps).expect("recount");
+    let u = maps::guest_usage(&e.maps, h(10)).unwrap();
+    assert_eq!((u.flows, u.ports), (3, 2));
 }
 
 // ---------------------------------------------------------------------------

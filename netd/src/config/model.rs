@@ -116,6 +116,11 @@ pub struct Nat {
     /// are refused with ICMP "administratively prohibited". Unset: no limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_flows_per_guest: Option<u32>,
+    /// Outside ports (endpoint-independent mappings) one guest address may
+    /// hold; a new one past it is refused like a flow over the flow limit.
+    /// Needs endpoint-independent mapping. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ports_per_guest: Option<u32>,
     /// This network's connection timeouts; the global ones when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<NatTimeoutsConfig>,

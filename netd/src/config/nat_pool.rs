@@ -233,6 +233,21 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(typo.contains("endpoint-independent"), "{typo}");
+        let parse = |nat: &str| {
+            crate::config::parse(
+                &format!(
+                    "name = \"n\"\nmode = \"nat\"\n[ipv4]\naddress = \"192.168.50.1/24\"\n[nat]\n{nat}\n"
+                ),
+                false,
+            )
+        };
+        assert!(parse("max_ports_per_guest = 64").is_ok());
+        let e = parse("max_ports_per_guest = 64\nmapping = \"address-port-dependent\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs nat.mapping"), "{e}");
+        assert!(parse("max_ports_per_guest = 0").is_err());
+        assert!(parse("max_flows_per_guest = 0").is_err());
     }
 
     #[test]

@@ -103,6 +103,16 @@ pub fn validate(net: &Network) -> Result<()> {
         if nat.max_flows_per_guest == Some(0) {
             bail!("nat.max_flows_per_guest must be at least 1 (leave it out for no limit)");
         }
+        if nat.max_ports_per_guest == Some(0) {
+            bail!("nat.max_ports_per_guest must be at least 1 (leave it out for no limit)");
+        }
+        if nat.max_ports_per_guest.is_some()
+            && nat.mapping == Some(NatMappingKind::AddressPortDependent)
+        {
+            bail!(
+                "nat.max_ports_per_guest needs nat.mapping = \"endpoint-independent\" (per-destination mappings hold no ports per guest)"
+            );
+        }
         if nat.mapping == Some(NatMappingKind::AddressPortDependent)
             && nat
                 .filtering

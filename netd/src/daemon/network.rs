@@ -362,11 +362,12 @@ impl State {
         let subnet = net.ipv4.as_ref().and_then(|v| v.parsed().ok());
         dataplane::maps::add_network(&self.dp.maps_dir(), run.record.bridge_ifindex, &cfg, subnet)?;
         if net.mode == Mode::Nat {
-            let max = net.nat.as_ref().and_then(|n| n.max_flows_per_guest);
+            let nat = net.nat.as_ref();
             dataplane::maps::set_nat_limits(
                 &self.dp.maps_dir(),
                 run.record.bridge_ifindex,
-                max.unwrap_or(0),
+                nat.and_then(|n| n.max_flows_per_guest).unwrap_or(0),
+                nat.and_then(|n| n.max_ports_per_guest).unwrap_or(0),
             )?;
             let timeouts = config::Nat::datapath_timeouts(net.nat.as_ref());
             dataplane::maps::set_nat_timeouts(

@@ -72,7 +72,7 @@ pub fn remove_network(
     let _ = networks(dir)?.remove(&bridge_ifindex);
     let _ = net_stats(dir)?.remove(&bridge_ifindex);
     ct_remove_where(dir, |_, e| e.bridge_ifindex == bridge_ifindex)?;
-    let _ = set_nat_limits(dir, bridge_ifindex, 0);
+    let _ = set_nat_limits(dir, bridge_ifindex, 0, 0);
     let _ = set_nat_timeouts(dir, bridge_ifindex, None);
     let _ = nat_mappings_remove_where(dir, |_, m| m.bridge_ifindex == bridge_ifindex);
     Ok(())
@@ -104,24 +104,31 @@ pub fn set_nat_timeouts(
     Ok(())
 }
 
-/// Sets a NAT network's `nat.max_flows_per_guest` (0: no limit).
-pub fn set_nat_limits(dir: &Path, bridge_ifindex: u32, max_flows_per_guest: u32) -> Result<()> {
+/// Sets a NAT network's `nat.max_flows_per_guest` and
+/// `nat.max_ports_per_guest` (0: no limit).
+pub fn set_nat_limits(
+    dir: &Path,
+    bridge_ifindex: u32,
+    max_flows_per_guest: u32,
+    max_ports_per_guest: u32,
+) -> Result<()> {
     let mut m = nat_limits(dir)?;
-    if max_flows_per_guest == 0 {
+    if max_flows_per_guest == 0 && max_ports_per_guest == 0 {
         let _ = m.remove(&bridge_ifindex);
         return Ok(());
     }
     let l = netd_common::NatLimits {
         max_flows_per_guest,
-        _pad: 0,
+        max_ports_per_guest,
     };
     m.insert(bridge_ifindex, l, 0)?;
     Ok(())
 }
 
-/// Recounts the masqueraded flows of every guest of a network with a
-/// limit from conntrack, the count the datapath only ever raises: what
-/// closed or expired comes off here. Returns the guests counted.
+/// Recounts the masqueraded flows (from conntrack) and the live mappings
+/// of every guest of a network with a limit, the counts the datapath only
+/// ever raises: what closed or expired comes off here. Returns the guests
+/// counted.
 pub fn recount_guest_flows(dir: &Path) -> Result<usize> {
     use netd_common::{GuestFlows, dir as ctdir, nat_kind};
     let limited: std::collections::HashSet<u32> = nat_limits(dir)?
@@ -131,7 +138,7 @@ pub fn recount_guest_flows(dir: &Path) -> Result<usize> {
         .collect();
     let mut gf = guest_flows(dir)?;
     let now = monotonic_ns();
-    let mut counts: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+    let mut counts: std::collections::HashMap<u32, GuestFlows> = std::collections::HashMap::new();
     if !limited.is_empty() {
         for (k, e) in ct_entries(dir)? {
             if e.dir == ctdir::ORIGINAL
@@ -139,7 +146,12 @@ pub fn recount_guest_flows(dir: &Path) -> Result<usize> {
                 && e.expires_ns > now
                 && limited.contains(&e.bridge_ifindex)
             {
-                *counts.entry(k.saddr).or_default() += 1;
+                counts.entry(k.saddr).or_default().flows += 1;
+            }
+        }
+        for (_, m) in nat_mappings(dir)? {
+            if limited.contains(&m.bridge_ifindex) {
+                counts.entry(m.addr).or_default().ports += 1;
             }
         }
     }
@@ -152,7 +164,7 @@ pub fn recount_guest_flows(dir: &Path) -> Result<usize> {
         let _ = gf.remove(&g);
     }
     for (g, n) in &counts {
-        gf.insert(g, GuestFlows { flows: *n, _pad: 0 }, 0)?;
+        gf.insert(g, n, 0)?;
     }
     Ok(counts.len())
 }
@@ -160,10 +172,15 @@ pub fn recount_guest_flows(dir: &Path) -> Result<usize> {
 /// The datapath's count of a guest's masqueraded flows (networks with a
 /// limit only).
 pub fn guest_flows_of(dir: &Path, guest: Ipv4Addr) -> Result<u32> {
+    Ok(guest_usage(dir, guest)?.flows)
+}
+
+/// The datapath's counts of a guest's flows and mappings (networks with a
+/// limit only).
+pub fn guest_usage(dir: &Path, guest: Ipv4Addr) -> Result<netd_common::GuestFlows> {
     Ok(guest_flows(dir)?
         .get(&u32::from(guest).to_be(), 0)
-        .map(|g| g.flows)
-        .unwrap_or(0))
+        .unwrap_or_default())
 }
 
 /// An IPv6 address as the datapath holds it: four words in wire order.
