@@ -26,6 +26,10 @@ pub mod maps {
     pub const BINDINGS: &str = "NETD_BINDINGS";
     /// Each network's IPv6 router address (no guest may send from it).
     pub const GATEWAYS6: &str = "NETD_GATEWAYS6";
+    pub const NAT_MAPPINGS: &str = "NETD_NAT_MAP";
+    pub const NAT_LIMITS: &str = "NETD_NAT_LIMITS";
+    pub const GUEST_FLOWS: &str = "NETD_GUEST_FLOWS";
+    pub const NAT_TIMEOUTS: &str = "NETD_NAT_TIMEOUTS";
     pub const ALL: &[&str] = &[
         NETWORKS,
         SUBNETS,
@@ -42,6 +46,10 @@ pub mod maps {
         TAILS,
         BINDINGS,
         GATEWAYS6,
+        NAT_MAPPINGS,
+        NAT_LIMITS,
+        GUEST_FLOWS,
+        NAT_TIMEOUTS,
     ];
 }
 
@@ -124,6 +132,17 @@ pub mod net_flags {
     /// `host_access = "dhcp-dns"`: guests reach only DHCP, DNS and ICMP on
     /// the host's addresses.
     pub const HOST_DHCP_DNS: u8 = 4;
+    /// Endpoint-independent mapping (RFC 4787 REQ-1): a guest address and
+    /// port keep one outside port for every destination.
+    pub const EIM: u8 = 8;
+    /// Endpoint-independent filtering (RFC 4787 REQ-8): any outside host
+    /// may send to a mapped port while the mapping lives.
+    pub const EIF: u8 = 16;
+    /// Address-dependent filtering: hosts the guest has sent to may send
+    /// to its mapped port from any of their ports.
+    pub const ADF: u8 = 32;
+    /// Guests' SYNs get their MSS clamped to the uplink's MTU.
+    pub const CLAMP_MSS: u8 = 64;
 }
 
 /// Key of NETD_BINDINGS: a guest's MAC on one bridge.
@@ -237,7 +256,9 @@ pub struct CtEntryOf<K> {
     pub nat: u8,
     /// TCP flags seen in this direction (FIN=1, SYN=2, RST=4, ACK=16).
     pub tcp_flags: u8,
-    pub _pad: u32,
+    /// The network's own timeouts when it sets them, packed by
+    /// `NatTimeouts::packed` at creation; 0: the global `Settings`.
+    pub timeouts: u32,
 }
 
 /// An IPv4 conntrack entry.
@@ -364,7 +385,9 @@ pub mod reason {
     /// `host_access = "dhcp-dns"`: something other than DHCP, DNS or ICMP
     /// addressed to the host.
     pub const DROP_HOST_ACCESS: u32 = 21;
-    pub const COUNT: u32 = 22;
+    /// A guest over its network's `nat.max_flows_per_guest`.
+    pub const DROP_GUEST_QUOTA: u32 = 22;
+    pub const COUNT: u32 = 23;
 
     /// Names for the CLI and metrics, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -390,10 +413,11 @@ pub mod reason {
         "drop_spoof_broadcast",
         "drop_binding",
         "drop_host_access",
+        "drop_guest_quota",
     ];
 
     pub const fn is_drop(r: u32) -> bool {
-        matches!(r, 6..=12 | 14 | 17..=21)
+        matches!(r, 6..=12 | 14 | 17..=22)
     }
 }
 
@@ -432,6 +456,138 @@ impl Default for Settings {
     }
 }
 
+/// Key of the NAT mappings map (endpoint-independent mapping): one entry
+/// per mapping for each way it is looked up, told apart by `kind`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatMapKey {
+    /// INSIDE: the guest's address; OUTSIDE: the masquerade address;
+    /// PEER: the address of a host the guest sent to.
+    pub addr: u32,
+    /// INSIDE: the guest's port; OUTSIDE and PEER: the outside port.
+    pub port: u16,
+    pub proto: u8,
+    pub kind: u8,
+}
+
+/// `NatMapKey::kind`.
+pub mod map_kind {
+    /// Guest address and port -> outside address and port.
+    pub const INSIDE: u8 = 1;
+    /// Outside address and port -> guest address and port.
+    pub const OUTSIDE: u8 = 2;
+    /// A host the guest sent to from a mapped port (address-dependent
+    /// filtering lets it in).
+    pub const PEER: u8 = 3;
+}
+
+/// The other end of a mapping (for PEER entries only `expires_ns` counts).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatMapping {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
+    /// Bridge of the guest's network.
+    pub bridge_ifindex: u32,
+    pub _pad2: u32,
+    pub created_ns: u64,
+    /// CLOCK_MONOTONIC; refreshed by each new outbound flow of the mapping.
+    pub expires_ns: u64,
+}
+
+pub const NAT_MAP_MAX_ENTRIES: u32 = 131_072;
+
+/// A NAT network's fair-sharing limits, keyed by bridge ifindex (absent or
+/// 0: no limit).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatLimits {
+    pub max_flows_per_guest: u32,
+    /// Endpoint-independent mappings (outside ports) one guest address may
+    /// hold.
+    pub max_ports_per_guest: u32,
+}
+
+/// Masqueraded flows of one guest address (wire order), counted by the
+/// datapath as they open and recounted from conntrack by the daemon's GC,
+/// which is what takes closed ones off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestFlows {
+    pub flows: u32,
+    /// Its live endpoint-independent mappings.
+    pub ports: u32,
+}
+
+pub const GUEST_FLOWS_MAX_ENTRIES: u32 = 65_536;
+
+/// A NAT network's own connection timeouts in seconds (RFC 4787 REQ-5,
+/// RFC 5382 REQ-5), keyed by bridge ifindex; networks without one use the
+/// global `Settings`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatTimeouts {
+    pub udp: u32,
+    pub tcp_established: u32,
+    /// Half-open and closing connections.
+    pub tcp_transitory: u32,
+    /// `timeout_flags::*`.
+    pub flags: u32,
+}
+
+pub mod timeout_flags {
+    /// RFC 4787 REQ-6: only the guest's packets keep a UDP flow alive
+    /// (`nat.refresh = "outbound"`); replies alone let it expire.
+    pub const REFRESH_OUTBOUND: u32 = 1;
+    /// Where `NatTimeouts::packed` carries it for UDP.
+    pub const PACKED_REFRESH_OUTBOUND: u32 = 1 << 31;
+}
+
+impl NatTimeouts {
+    /// The form a conntrack entry carries (`CtEntryOf::timeouts`), so the
+    /// per-packet path needs no lookup: UDP the seconds; TCP established
+    /// minutes (high 16 bits) and transitory seconds (low 16 bits).
+    pub const fn packed(&self, proto: u8) -> u32 {
+        match proto {
+            17 => {
+                let secs = if self.udp > 0xffff { 0xffff } else { self.udp };
+                if self.flags & timeout_flags::REFRESH_OUTBOUND != 0 {
+                    secs | timeout_flags::PACKED_REFRESH_OUTBOUND
+                } else {
+                    secs
+                }
+            }
+            6 => {
+                let est = self.tcp_established.div_ceil(60);
+                let est = if est > 0xffff { 0xffff } else { est };
+                let tr = if self.tcp_transitory > 0xffff {
+                    0xffff
+                } else {
+                    self.tcp_transitory
+                };
+                (est << 16) | tr
+            }
+            _ => 0,
+        }
+    }
+
+    /// The timeout in seconds of a connection in `state` from `packed`;
+    /// None when it carries none.
+    pub const fn unpack(packed: u32, proto: u8, established: bool) -> Option<u32> {
+        match proto {
+            17 => {
+                let secs = packed & 0xffff;
+                if secs == 0 { None } else { Some(secs) }
+            }
+            _ if packed == 0 => None,
+            6 if established => Some((packed >> 16) * 60),
+            6 => Some(packed & 0xffff),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -454,7 +610,12 @@ mod pod {
         NetStats,
         Settings,
         BindingKey,
-        Binding
+        Binding,
+        NatMapKey,
+        NatMapping,
+        NatLimits,
+        GuestFlows,
+        NatTimeouts
     );
 }
 
@@ -476,6 +637,9 @@ mod tests {
         assert_eq!(size_of::<Settings>(), 32);
         assert_eq!(size_of::<BindingKey>(), 12);
         assert_eq!(size_of::<Binding>(), 8);
+        assert_eq!(size_of::<NatMapKey>(), 8);
+        assert_eq!(size_of::<NatMapping>(), 32);
+        assert_eq!(size_of::<NatTimeouts>(), 16);
     }
 
     #[test]
@@ -487,6 +651,40 @@ mod tests {
                 "{name}"
             );
         }
+    }
+
+    #[test]
+    fn timeouts_pack_and_unpack() {
+        let t = NatTimeouts {
+            udp: 150,
+            tcp_established: 7440,
+            tcp_transitory: 240,
+            flags: 0,
+        };
+        assert_eq!(NatTimeouts::unpack(t.packed(17), 17, false), Some(150));
+        // The refresh direction rides along for UDP, global timeout or not.
+        let out = NatTimeouts {
+            flags: timeout_flags::REFRESH_OUTBOUND,
+            ..t
+        };
+        assert_eq!(out.packed(17), 150 | timeout_flags::PACKED_REFRESH_OUTBOUND);
+        assert_eq!(NatTimeouts::unpack(out.packed(17), 17, false), Some(150));
+        let only = NatTimeouts {
+            flags: timeout_flags::REFRESH_OUTBOUND,
+            ..NatTimeouts::default()
+        };
+        assert_eq!(NatTimeouts::unpack(only.packed(17), 17, false), None);
+        assert_eq!(only.packed(6), 0);
+        assert_eq!(NatTimeouts::unpack(t.packed(6), 6, true), Some(7440));
+        assert_eq!(NatTimeouts::unpack(t.packed(6), 6, false), Some(240));
+        assert_eq!(NatTimeouts::unpack(t.packed(1), 1, false), None);
+        assert_eq!(NatTimeouts::unpack(0, 17, false), None);
+        // Established rounds up to whole minutes, never below what was set.
+        let odd = NatTimeouts {
+            tcp_established: 7441,
+            ..t
+        };
+        assert_eq!(NatTimeouts::unpack(odd.packed(6), 6, true), Some(7500));
     }
 
     #[test]

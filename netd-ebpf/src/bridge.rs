@@ -2,7 +2,7 @@
 //! masquerade, then straight to the uplink with a redirect.
 
 use aya_ebpf::{bindings::TC_ACT_OK, programs::TcContext};
-use netd_common::{CtKey, NetConfig, dir, mode, nat_kind, reason, tail};
+use netd_common::{CtKey, NetConfig, dir, mode, nat_kind, net_flags, reason, tail};
 
 use crate::flow::{self, FlowError};
 use crate::forward::{self, Route};
@@ -276,15 +276,26 @@ fn masquerade(
             None => return stats::drop(reason::DROP_NO_UPLINK_ADDR, len),
         }
     };
+    if nat::over_quota(bridge, net.flags, key) {
+        return nat::refused(ctx, net, bridge, ip, reason::DROP_GUEST_QUOTA);
+    }
     let Some(req) = nat::SnatRequest::new(key, l4, nat_addr, net, bridge, out, len) else {
         return stats::drop(reason::DROP_CT_FULL, len);
     };
     let r = nat::snat_new(req);
     if r != 0 {
-        return stats::drop(r, len);
+        return nat::refused(ctx, net, bridge, ip, r);
     }
+    nat::count_flow(bridge, ip.saddr);
     let xlate = req.xlate;
     stats::count(reason::CT_NEW, len);
+    if net.flags & net_flags::CLAMP_MSS != 0
+        && ip.proto == parse::IPPROTO_TCP
+        && l4.tcp_flags & parse::TCP_SYN != 0
+        && !ip.is_later_fragment()
+    {
+        crate::mss::clamp(ctx, out, ip.l4_off() as u32, l4.csum_off as u32);
+    }
     if nat::rewrite(ctx, ip, l4, key, &xlate).is_err() {
         return stats::drop(reason::DROP_MALFORMED, len);
     }
@@ -314,7 +325,11 @@ fn hairpin(
         }
         return stats::pass(reason::PASS, len);
     }
-    let Some(target) = nat::forward_target(ip.daddr, l4.dport, ip.proto) else {
+    // A forward, or a guest's endpoint-independent mapping (RFC 4787
+    // REQ-9), filtered as if the host's address sent it.
+    let Some(target) = nat::forward_target(ip.daddr, l4.dport, ip.proto)
+        .or_else(|| crate::mapping::inbound(ip.daddr, l4.dport, ip.proto, ip.daddr))
+    else {
         // For the host itself.
         if restricted {
             return lane::to_host(ctx, net, bridge, ip, len);
@@ -333,7 +348,7 @@ fn hairpin(
     req.xlate.dport = target.port;
     let r = nat::snat_new(req);
     if r != 0 {
-        return stats::drop(r, len);
+        return nat::refused(ctx, net, bridge, ip, r);
     }
     stats::count(reason::CT_NEW, len);
     let xlate = req.xlate;

@@ -4,7 +4,14 @@
 //! second write fails, so a lookup never finds half a connection.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, maps::LruHashMap};
-use netd_common::{CtEntryOf, CtKey, CtKey6, ct_state, dir};
+use aya_ebpf::{macros::map, maps::HashMap};
+use netd_common::{
+    CtEntryOf, CtKey, CtKey6, MAX_NETWORKS, NatTimeouts, ct_state, dir, nat_kind, timeout_flags,
+};
+
+/// NAT networks' own timeouts, by bridge ifindex.
+#[map(name = "NETD_NAT_TIMEOUTS")]
+pub static NAT_TIMEOUTS: HashMap<u32, NatTimeouts> = HashMap::pinned(MAX_NETWORKS, 0);
 
 use crate::maps::{CT, CT6, SCRATCH, SCRATCH6, settings};
 use crate::parse::{
@@ -67,14 +74,50 @@ pub fn now() -> u64 {
 #[inline(always)]
 pub fn lookup<K: Tuple>(key: &K) -> Option<*mut CtEntryOf<K>> {
     let e = K::table().get_ptr_mut(key)?;
-    if unsafe { (*e).expires_ns } < now() {
+    if unsafe { (*e).expires_ns } < now() && !revive(e) {
         return None;
     }
     Some(e)
 }
 
+/// Whether the reply entry of a masqueraded UDP flow refreshed by the
+/// guest's packets only (`nat.refresh = "outbound"`) lives on with its
+/// original entry: the guest's packets refresh only that one, and replies
+/// refresh nothing. It takes the original's expiry. Not inlined: it runs
+/// only for expired entries, and its key copy stays off the callers' stack.
+#[inline(never)]
+fn revive<K: Tuple>(e: *mut CtEntryOf<K>) -> bool {
+    let e = unsafe { &mut *e };
+    if !refreshed_outbound(e) {
+        return false;
+    }
+    let Some(orig) = K::table().get_ptr(&e.xlate.reversed()) else {
+        return false;
+    };
+    let until = unsafe { (*orig).expires_ns };
+    if until < now() {
+        return false;
+    }
+    e.expires_ns = until;
+    true
+}
+
+/// The reply side of a masqueraded UDP flow whose network refreshes on
+/// outbound traffic only.
 #[inline(always)]
-fn timeout_ns(proto: u8, state: u8) -> u64 {
+fn refreshed_outbound<K: Tuple>(e: &CtEntryOf<K>) -> bool {
+    e.dir == dir::REPLY
+        && e.nat == nat_kind::SNAT
+        && e.timeouts & timeout_flags::PACKED_REFRESH_OUTBOUND != 0
+}
+
+/// The timeout of a connection in `state`: the network's own when the
+/// entry carries it (`timeouts`, see `NatTimeouts::packed`), else global.
+#[inline(always)]
+fn timeout_ns(proto: u8, state: u8, timeouts: u32) -> u64 {
+    if let Some(secs) = NatTimeouts::unpack(timeouts, proto, state == ct_state::ESTABLISHED) {
+        return u64::from(secs) * 1_000_000_000;
+    }
     let s = settings();
     let secs = match proto {
         IPPROTO_TCP => match state {
@@ -130,13 +173,19 @@ pub fn touch<K: Tuple>(e: *mut CtEntryOf<K>, proto: u8, tcp_flags: u8, bytes: u3
     } else if e.dir == dir::REPLY {
         state = ct_state::ESTABLISHED;
     }
-    e.expires_ns = t + timeout_ns(proto, state);
+    // Replies do not refresh a flow that only the guest's packets may.
+    let hold = proto == IPPROTO_UDP && refreshed_outbound(e);
+    if !hold {
+        e.expires_ns = t + timeout_ns(proto, state, e.timeouts);
+    }
     if state != e.state {
         e.state = state;
         if let Some(peer) = K::table().get_ptr_mut(&e.xlate.reversed()) {
             let peer = unsafe { &mut *peer };
             peer.state = state;
-            peer.expires_ns = e.expires_ns;
+            if !hold {
+                peer.expires_ns = e.expires_ns;
+            }
         }
     }
 }
@@ -168,7 +217,12 @@ pub fn create<K: Tuple>(orig: &K, xlate: &K, o: &Origin) -> Result<(), CreateErr
     let (nat, bridge, uplink, tcp_flags, bytes) = (o.nat, o.bridge, o.uplink, o.tcp_flags, o.bytes);
     let t = now();
     let state = ct_state::NEW;
-    let expires = t + timeout_ns(orig.proto(), state);
+    // A network's own timeouts, looked up once here rather than per packet.
+    let timeouts = match unsafe { NAT_TIMEOUTS.get(&bridge) } {
+        Some(n) => n.packed(orig.proto()),
+        None => 0,
+    };
+    let expires = t + timeout_ns(orig.proto(), state, timeouts);
     let reply_key = xlate.reversed();
     let table = K::table();
     // The entry is built in a per-CPU scratch slot, not on the stack: an
@@ -190,7 +244,7 @@ pub fn create<K: Tuple>(orig: &K, xlate: &K, o: &Origin) -> Result<(), CreateErr
         state,
         nat,
         tcp_flags: 0,
-        _pad: 0,
+        timeouts,
     };
     // Claim the reply tuple first: it is the one two flows can race for.
     if table

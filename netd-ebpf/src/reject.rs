@@ -2,6 +2,11 @@
 //! icmp-port-unreachable` rules answer them: the guest gets an ICMP error
 //! from its gateway at once instead of waiting for a timeout. Answers are
 //! rate-limited per CPU, like the kernel's own ICMP errors.
+//!
+//! Two answers: port unreachable (code 3) for what policy refuses, and
+//! communication administratively prohibited (code 13) for a flow the
+//! masquerade cannot serve (its port range is full towards that peer), as
+//! RFC 5508 REQ-8 asks of a NAT out of resources, instead of silence.
 
 use aya_ebpf::{
     bindings::__sk_buff,
@@ -46,11 +51,14 @@ fn fold(sum: i64) -> u16 {
     !(s as u16)
 }
 
+/// ICMP destination-unreachable codes netd answers with.
+pub const CODE_PORT_UNREACHABLE: u8 = 3;
+pub const CODE_ADMIN_PROHIBITED: u8 = 13;
+
 /// Turns the refused packet into a port-unreachable from `gateway` and
 /// sends it back out of the bridge it came from; the refusal is counted
-/// under `why` whether or not an answer goes out. Not inlined: its buffers
-/// would otherwise add to the stack of the masquerade path.
-#[inline(never)]
+/// under `why` whether or not an answer goes out.
+#[inline(always)]
 pub fn port_unreachable(
     ctx: &mut TcContext,
     ifindex: u32,
@@ -58,8 +66,38 @@ pub fn port_unreachable(
     gateway: u32,
     why: u32,
 ) -> i32 {
-    // Counted at the refused packet's length (BPF calls take at most five
-    // arguments, so it is read here rather than passed).
+    unreachable(
+        ctx,
+        ifindex,
+        ip,
+        gateway,
+        refusal(CODE_PORT_UNREACHABLE, why),
+    )
+}
+
+/// The code and the drop reason of an answer, in one argument: a BPF
+/// function takes at most five.
+#[inline(always)]
+pub const fn refusal(code: u8, why: u32) -> u32 {
+    ((code as u32) << 24) | (why & 0x00ff_ffff)
+}
+
+/// Turns the refused packet into an ICMP destination unreachable with the
+/// code of `refusal` from `gateway` and sends it back out of the bridge it
+/// came from; the packet is counted under the refusal's reason whether
+/// answered or not (over budget, IP options, a later fragment). Not
+/// inlined: its buffers would otherwise add to the stack of the masquerade
+/// path.
+#[inline(never)]
+pub fn unreachable(
+    ctx: &mut TcContext,
+    ifindex: u32,
+    ip: &Ipv4,
+    gateway: u32,
+    refusal: u32,
+) -> i32 {
+    let code = (refusal >> 24) as u8;
+    let why = refusal & 0x00ff_ffff;
     let len = ctx.len();
     // Options would shift the quote; such packets (rare) are just dropped.
     if ip.hdr_len != 20 || ip.is_later_fragment() || !within_budget() {
@@ -123,7 +161,7 @@ pub fn port_unreachable(
 
     let mut icmp = [0u8; ICMP_LEN];
     icmp[0] = 3; // destination unreachable
-    icmp[1] = 3; // port unreachable
+    icmp[1] = code;
     icmp[8..].copy_from_slice(&quote);
     let sum = unsafe {
         bpf_csum_diff(

@@ -112,7 +112,11 @@ pub fn new_flow_stage(ctx: &mut TcContext) -> i32 {
     };
     let key = flow::key(&ip, &l4);
     let (ip, l4) = (&ip, &l4);
-    let Some(target) = nat::forward_target(ip.daddr, l4.dport, ip.proto) else {
+    // A port forward, or else an endpoint-independent mapping whose
+    // filtering lets the sender in.
+    let Some(target) = nat::forward_target(ip.daddr, l4.dport, ip.proto)
+        .or_else(|| crate::mapping::inbound(ip.daddr, l4.dport, ip.proto, ip.saddr))
+    else {
         return unsolicited(ctx, ip, len);
     };
     let mut xlate = key;

@@ -87,6 +87,37 @@ pub struct NetworkInfo {
     /// is gone); None when it does.
     #[serde(default)]
     pub degraded: Option<String>,
+    /// NAT networks: per protocol, the masquerade ports forwards leave.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub masquerade_ports: Vec<MasqueradePorts>,
+    /// NAT networks: the idle timeouts their connections get, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nat_timeouts: Option<NatTimeoutInfo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NatTimeoutInfo {
+    pub udp: u32,
+    pub tcp_established: u32,
+    pub tcp_handshake: u32,
+    pub tcp_closing: u32,
+    /// Set by the network's `[nat.timeouts]` (else the global defaults).
+    pub own: bool,
+    /// What keeps a UDP flow alive: "outbound" (the guest's packets) or
+    /// "both".
+    #[serde(default)]
+    pub udp_refresh: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MasqueradePorts {
+    pub proto: String,
+    /// Ports of the range no forward takes.
+    pub left: u32,
+    /// Ports in the range.
+    pub size: u32,
+    /// The `nat.min_free_ports` a new forward must leave.
+    pub min_free: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -438,6 +438,8 @@ fn nat_list(a: &ListArgs) -> Result<()> {
             }
         })
         .collect();
+    let mut rows = rows;
+    rows.extend(mapping_rows(a)?);
     if a.map.out.format == Format::Json {
         return print_json(&rows);
     }
@@ -460,16 +462,84 @@ fn nat_list(a: &ListArgs) -> Result<()> {
     Ok(())
 }
 
+/// Endpoint-independent mappings as rows of `bpf nat list`: kind
+/// "mapping", and for peer who may send in, by the network's filtering.
+fn mapping_rows(a: &ListArgs) -> Result<Vec<Translation>> {
+    use netd_common::net_flags;
+    let dir = a.map.dir();
+    let names = a.map.network_names();
+    let flags: std::collections::HashMap<u32, u8> = maps::list_networks(&dir)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(b, c)| (b, c.flags))
+        .collect();
+    let network = a
+        .filter
+        .network
+        .as_deref()
+        .map(|n| network_ifindex(n, &a.map.state_dir))
+        .transpose()?;
+    let now = maps::monotonic_ns();
+    let host = |s: &str| s.split(':').next().unwrap_or("").to_string();
+    let mut out: Vec<Translation> = maps::nat_mappings(&dir)?
+        .into_iter()
+        .map(|(k, m)| {
+            let f = flags.get(&m.bridge_ifindex).copied().unwrap_or(0);
+            let peer = if f & net_flags::EIF != 0 {
+                "any (endpoint-independent filtering)"
+            } else if f & net_flags::ADF != 0 {
+                "hosts sent to (address-dependent filtering)"
+            } else {
+                "address:port sent to (address-port-dependent filtering)"
+            };
+            (
+                m.bridge_ifindex,
+                [u16::from_be(k.port), u16::from_be(m.port)],
+                Translation {
+                    kind: "mapping".into(),
+                    proto: proto_name(k.proto),
+                    inside: endpoint(m.addr, m.port),
+                    outside: endpoint(k.addr, k.port),
+                    peer: peer.into(),
+                    network: names.get(&m.bridge_ifindex).cloned(),
+                    bridge: crate::link::ifname_of(m.bridge_ifindex),
+                    age_secs: now.saturating_sub(m.created_ns) / 1_000_000_000,
+                    expires_in_secs: m.expires_ns.saturating_sub(now) / 1_000_000_000,
+                },
+            )
+        })
+        .filter(|(bridge, ports, t)| {
+            let fl = &a.filter;
+            network.is_none_or(|n| *bridge == n)
+                && fl
+                    .proto
+                    .as_ref()
+                    .is_none_or(|p| p.eq_ignore_ascii_case(&t.proto))
+                && fl.src.is_none_or(|s| host(&t.inside) == s.to_string())
+                && fl.dst.is_none()
+                && fl.port.is_none_or(|p| ports.contains(&p))
+        })
+        .map(|(_, _, t)| t)
+        .collect();
+    out.sort_by(|x, y| (&x.proto, &x.inside).cmp(&(&y.proto, &y.inside)));
+    Ok(out)
+}
+
 fn ct_flush(a: &MapArgs, network: Option<&str>) -> Result<()> {
     let dir = a.dir();
-    let n = match network {
-        Some(name) => {
-            let idx = network_ifindex(name, &a.state_dir)?;
-            maps::ct_remove_where(&dir, |_, e| e.bridge_ifindex == idx)?
-        }
-        None => maps::ct_remove_where(&dir, |_, _| true)?,
-    };
-    println!("flushed {n} conntrack entries");
+    let idx = network
+        .map(|name| network_ifindex(name, &a.state_dir))
+        .transpose()?;
+    let n = maps::ct_remove_where(&dir, |_, e| idx.is_none_or(|i| e.bridge_ifindex == i))?;
+    // The endpoint-independent mappings go with the connections that made
+    // them (a datapath from before mappings has none to flush).
+    let m = maps::nat_mappings_remove_where(&dir, |_, v| idx.is_none_or(|i| v.bridge_ifindex == i))
+        .unwrap_or(0);
+    if m == 0 {
+        println!("flushed {n} conntrack entries");
+    } else {
+        println!("flushed {n} conntrack entries and {m} NAT mapping entries");
+    }
     Ok(())
 }
 

@@ -270,6 +270,35 @@ pub fn render_info(i: &NetworkInfo) -> String {
     if let Some(why) = &i.degraded {
         s.push_str(&format!("{:<17} {why}\n", "Degraded:"));
     }
+    if !i.masquerade_ports.is_empty() {
+        let per: Vec<String> = i
+            .masquerade_ports
+            .iter()
+            .map(|m| format!("{} {} of {}", m.proto, m.left, m.size))
+            .collect();
+        s.push_str(&format!(
+            "{:<17} {} left after forwards (forwards must leave {})\n",
+            "Masquerade ports:",
+            per.join(", "),
+            i.masquerade_ports[0].min_free
+        ));
+    }
+    if let Some(t) = &i.nat_timeouts {
+        s.push_str(&format!(
+            "{:<17} udp {}s (refreshed by {}), tcp established {}s, tcp handshake {}s, tcp closing {}s ({})\n",
+            "Timeouts:",
+            t.udp,
+            if t.udp_refresh == "both" {
+                "both directions"
+            } else {
+                "the guest's packets"
+            },
+            t.tcp_established,
+            t.tcp_handshake,
+            t.tcp_closing,
+            if t.own { "[nat.timeouts]" } else { "defaults" }
+        ));
+    }
     for n in &i.notes {
         s.push_str(&format!("Note:             {n}\n"));
     }

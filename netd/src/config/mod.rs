@@ -3,6 +3,7 @@
 pub mod hostdev;
 mod model;
 pub mod types;
+pub mod nat_pool;
 mod validate;
 pub mod xml;
 

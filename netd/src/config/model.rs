@@ -138,6 +138,150 @@ pub struct Nat {
     /// Fixed masquerade address instead of the uplink's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Ipv4Addr>,
+    /// Masquerade ports per protocol a forward may not take away (default
+    /// 1024, see `nat_pool`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_free_ports: Option<u32>,
+    /// RFC 4787 mapping behaviour; endpoint-independent when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mapping: Option<NatMappingKind>,
+    /// RFC 4787 filtering behaviour; address-port-dependent when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filtering: Option<NatFiltering>,
+    /// Lower the MSS option of guests' SYNs to the uplink's MTU (for
+    /// uplinks with a smaller MTU than the bridge: PPPoE, tunnels).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clamp_mss: bool,
+    /// Masqueraded flows one guest address may have open at once; more
+    /// are refused with ICMP "administratively prohibited". Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_flows_per_guest: Option<u32>,
+    /// Outside ports (endpoint-independent mappings) one guest address may
+    /// hold; a new one past it is refused like a flow over the flow limit.
+    /// Needs endpoint-independent mapping. Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ports_per_guest: Option<u32>,
+    /// This network's connection timeouts; the global ones when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeouts: Option<NatTimeoutsConfig>,
+    /// What keeps a masqueraded UDP flow alive (RFC 4787 REQ-6): the
+    /// guest's packets only ("outbound", the default) or replies too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<NatRefresh>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatRefresh {
+    #[default]
+    Outbound,
+    Both,
+}
+
+impl Nat {
+    /// The datapath's per-network timeouts: `[nat.timeouts]` and the
+    /// refresh direction.
+    pub fn datapath_timeouts(nat: Option<&Nat>) -> netd_common::NatTimeouts {
+        let mut t = nat
+            .and_then(|n| n.timeouts)
+            .map(|t| t.datapath())
+            .unwrap_or_default();
+        if nat.and_then(|n| n.refresh).unwrap_or_default() == NatRefresh::Outbound {
+            t.flags |= netd_common::timeout_flags::REFRESH_OUTBOUND;
+        }
+        t
+    }
+}
+
+/// `[nat.timeouts]`, in seconds, each at least what RFC 4787 REQ-5 and
+/// RFC 5382 REQ-5 ask.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct NatTimeoutsConfig {
+    /// Idle UDP flows (at least 120).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<u32>,
+    /// Idle established TCP connections (at least 7440, 2 h 4 min).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_established: Option<u32>,
+    /// Half-open and closing TCP connections (at least 240).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp_transitory: Option<u32>,
+}
+
+impl NatTimeoutsConfig {
+    pub const MIN_UDP: u32 = 120;
+    pub const MIN_TCP_ESTABLISHED: u32 = 7440;
+    pub const MIN_TCP_TRANSITORY: u32 = 240;
+    /// What the datapath can carry (see `NatTimeouts::packed`).
+    pub const MAX: u32 = 65535;
+
+    /// The datapath's form: unset UDP stays global (0); TCP is global when
+    /// neither TCP value is set, else the unset one takes the RFC minimum
+    /// (transitory) or the global default (established).
+    pub fn datapath(&self) -> netd_common::NatTimeouts {
+        let tcp = self.tcp_established.is_some() || self.tcp_transitory.is_some();
+        netd_common::NatTimeouts {
+            udp: self.udp.unwrap_or(0),
+            tcp_established: if tcp {
+                self.tcp_established
+                    .unwrap_or(netd_common::Settings::DEFAULT.tcp_established_timeout)
+            } else {
+                0
+            },
+            tcp_transitory: if tcp {
+                self.tcp_transitory.unwrap_or(Self::MIN_TCP_TRANSITORY)
+            } else {
+                0
+            },
+            flags: 0,
+        }
+    }
+}
+
+/// Which outside port a guest address and port gets (RFC 4787 section 4.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatMappingKind {
+    /// One outside port for every destination (REQ-1).
+    #[default]
+    EndpointIndependent,
+    /// An outside port per destination address and port.
+    AddressPortDependent,
+}
+
+/// Who may send to a guest's outside port (RFC 4787 section 5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatFiltering {
+    /// Anyone, while the mapping lives.
+    EndpointIndependent,
+    /// Hosts the guest sent to, from any of their ports.
+    AddressDependent,
+    /// Only the address and port the guest sent to.
+    #[default]
+    AddressPortDependent,
+}
+
+impl Nat {
+    /// The `net_flags` bits of the mapping and filtering behaviours.
+    pub fn behaviour_flags(nat: Option<&Nat>) -> u8 {
+        let mapping = nat.and_then(|n| n.mapping).unwrap_or_default();
+        let filtering = nat.and_then(|n| n.filtering).unwrap_or_default();
+        let mut f = 0;
+        if mapping == NatMappingKind::EndpointIndependent {
+            f |= netd_common::net_flags::EIM;
+            f |= match filtering {
+                NatFiltering::EndpointIndependent => netd_common::net_flags::EIF,
+                NatFiltering::AddressDependent => netd_common::net_flags::ADF,
+                NatFiltering::AddressPortDependent => 0,
+            };
+        }
+        if nat.is_some_and(|n| n.clamp_mss) {
+            f |= netd_common::net_flags::CLAMP_MSS;
+        }
+        f
+    }
 }
 
 impl Nat {

@@ -55,6 +55,68 @@ pub fn validate(net: &Network) -> Result<()> {
     if net.nat.is_some() && net.mode != Mode::Nat {
         bail!("[nat] only applies to mode = \"nat\"");
     }
+    if let Some(nat) = &net.nat {
+        nat.port_range()
+            .map_err(|e| anyhow::anyhow!("nat.ports: {e}"))?;
+        if let Some(m) = nat.min_free_ports
+            && m > 65535
+        {
+            bail!("nat.min_free_ports {m} is more than there are ports (65535)");
+        }
+        if let Some(t) = &nat.timeouts {
+            for (name, v, min) in [
+                ("udp", t.udp, NatTimeoutsConfig::MIN_UDP),
+                (
+                    "tcp_established",
+                    t.tcp_established,
+                    NatTimeoutsConfig::MIN_TCP_ESTABLISHED,
+                ),
+                (
+                    "tcp_transitory",
+                    t.tcp_transitory,
+                    NatTimeoutsConfig::MIN_TCP_TRANSITORY,
+                ),
+            ] {
+                if let Some(v) = v {
+                    if v < min {
+                        bail!(
+                            "nat.timeouts.{name} = {v} is below the {min} s RFC 4787/5382 ask for"
+                        );
+                    }
+                    let max = if name == "tcp_established" {
+                        NatTimeoutsConfig::MAX * 60
+                    } else {
+                        NatTimeoutsConfig::MAX
+                    };
+                    if v > max {
+                        bail!("nat.timeouts.{name} = {v} is above the {max} s netd can keep");
+                    }
+                }
+            }
+        }
+        if nat.max_flows_per_guest == Some(0) {
+            bail!("nat.max_flows_per_guest must be at least 1 (leave it out for no limit)");
+        }
+        if nat.max_ports_per_guest == Some(0) {
+            bail!("nat.max_ports_per_guest must be at least 1 (leave it out for no limit)");
+        }
+        if nat.max_ports_per_guest.is_some()
+            && nat.mapping == Some(NatMappingKind::AddressPortDependent)
+        {
+            bail!(
+                "nat.max_ports_per_guest needs nat.mapping = \"endpoint-independent\" (per-destination mappings hold no ports per guest)"
+            );
+        }
+        if nat.mapping == Some(NatMappingKind::AddressPortDependent)
+            && nat
+                .filtering
+                .is_some_and(|f| f != NatFiltering::AddressPortDependent)
+        {
+            bail!(
+                "nat.filtering other than \"address-port-dependent\" needs nat.mapping = \"endpoint-independent\""
+            );
+        }
+    }
     if matches!(net.mode, Mode::Nat | Mode::Route | Mode::Open)
         && net.ipv4.is_none()
         && net.ipv6.is_none()

@@ -107,8 +107,9 @@ impl super::State {
         out
     }
 
-    /// Masquerade port use per NAT network: SNAT connections whose
-    /// translated port lies in the network's range, per protocol.
+    /// Masquerade port use per NAT network: distinct outside ports per
+    /// protocol and masquerade address, against the ports of the range
+    /// forwards leave to the masquerade.
     fn port_checks(&self) -> Vec<Check> {
         let nat: Vec<_> = self
             .running
@@ -120,52 +121,109 @@ impl super::State {
         if nat.is_empty() {
             return Vec::new();
         }
-        let entries = dataplane::maps::ct_entries(&self.dp.maps_dir()).unwrap_or_default();
+        let dir = self.dp.maps_dir();
+        let entries = dataplane::maps::ct_entries(&dir).unwrap_or_default();
+        let forwards: Vec<_> = dataplane::maps::list_forwards(&dir)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect();
         let mut out = Vec::new();
         for run in nat {
             let (lo, hi) = run.record.definition.nat_ports();
-            let size = u64::from(hi.saturating_sub(lo)) + 1;
-            let mut per_proto: BTreeMap<u8, u64> = BTreeMap::new();
-            for (_, e) in &entries {
-                let port = u16::from_be(e.xlate.sport);
-                if e.dir == ctdir::ORIGINAL
-                    && e.nat == nat_kind::SNAT
-                    && e.bridge_ifindex == run.record.bridge_ifindex
-                    && (lo..=hi).contains(&port)
-                {
-                    *per_proto.entry(e.xlate.proto).or_default() += 1;
-                }
-            }
-            let (proto, used) = per_proto
-                .into_iter()
-                .max_by_key(|(_, n)| *n)
-                .unwrap_or((0, 0));
-            out.push(port_check(
-                &run.record.definition.name,
-                proto,
-                used,
-                lo,
-                hi,
-                size,
-            ));
+            let usage = port_usage(&entries, &forwards, run.record.bridge_ifindex, lo, hi);
+            out.push(port_check(&run.record.definition.name, &usage, lo, hi));
         }
         out
     }
 }
 
-fn port_check(net: &str, proto: u8, used: u64, lo: u16, hi: u16, size: u64) -> Check {
-    let proto = match proto {
+/// Outside ports of one (protocol, masquerade address) of a network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PortUse {
+    proto: u8,
+    addr: std::net::Ipv4Addr,
+    /// Distinct ports of the range in use, by any network's connections
+    /// (networks masquerading to the same address share its ports).
+    used: u64,
+    /// Ports of the range the masquerade may use: forwards own the rest.
+    size: u64,
+}
+
+/// The port use of the network on `bridge`, per protocol and masquerade
+/// address it has connections on; counting ports, not entries (a port
+/// serves one flow per destination).
+fn port_usage(
+    entries: &[(netd_common::CtKey, netd_common::CtEntry)],
+    forwards: &[dataplane::maps::ForwardEntry],
+    bridge: u32,
+    lo: u16,
+    hi: u16,
+) -> Vec<PortUse> {
+    let masq = |e: &netd_common::CtEntry| {
+        e.dir == ctdir::ORIGINAL
+            && e.nat == nat_kind::SNAT
+            && (lo..=hi).contains(&u16::from_be(e.xlate.sport))
+    };
+    let mut ports: BTreeMap<(u8, u32), HashSet<u16>> = BTreeMap::new();
+    for (_, e) in entries.iter().filter(|(_, e)| masq(e)) {
+        if e.bridge_ifindex == bridge {
+            ports.entry((e.xlate.proto, e.xlate.saddr)).or_default();
+        }
+    }
+    for (_, e) in entries.iter().filter(|(_, e)| masq(e)) {
+        if let Some(set) = ports.get_mut(&(e.xlate.proto, e.xlate.saddr)) {
+            set.insert(u16::from_be(e.xlate.sport));
+        }
+    }
+    let range = u64::from(hi.saturating_sub(lo)) + 1;
+    ports
+        .into_iter()
+        .map(|((proto, addr), set)| {
+            let addr = std::net::Ipv4Addr::from(u32::from_be(addr));
+            let forwarded = forwards
+                .iter()
+                .filter(|f| f.proto == proto && f.host.0 == addr && (lo..=hi).contains(&f.host.1))
+                .count() as u64;
+            PortUse {
+                proto,
+                addr,
+                used: set.len() as u64,
+                size: range.saturating_sub(forwarded),
+            }
+        })
+        .collect()
+}
+
+fn proto_name(proto: u8) -> &'static str {
+    match proto {
         1 => "icmp",
         6 => "tcp",
         17 => "udp",
-        _ => "any protocol",
+        _ => "another protocol",
+    }
+}
+
+/// One line for a network: the fullest (protocol, address), a warning
+/// from 80% on.
+fn port_check(net: &str, usage: &[PortUse], lo: u16, hi: u16) -> Check {
+    let fullest = usage
+        .iter()
+        .max_by(|a, b| (a.used * b.size.max(1)).cmp(&(b.used * a.size.max(1))));
+    let Some(u) = fullest else {
+        return check(
+            OK,
+            "nat-ports",
+            format!("{net}: no masquerade ports ({lo}-{hi}) in use."),
+        );
     };
-    if used * 10 > size * 9 {
+    let (used, size, proto, addr) = (u.used, u.size, proto_name(u.proto), u.addr);
+    if used * 5 >= size * 4 {
         check(
             WARN,
             "nat-ports",
             format!(
-                "{net}: {used} of {size} masquerade ports ({lo}-{hi}) are in use for {proto}; widen [nat] ports or add a masquerade address before new connections fail."
+                "{net}: {used} of {size} masquerade ports ({lo}-{hi}, less forwarded ones) on {addr} are in use for {proto}; widen [nat] ports or add a masquerade address before new connections are refused."
             ),
         )
     } else {
@@ -173,7 +231,7 @@ fn port_check(net: &str, proto: u8, used: u64, lo: u16, hi: u16, size: u64) -> C
             OK,
             "nat-ports",
             format!(
-                "{net}: {used} of {size} masquerade ports ({lo}-{hi}) in use at most per protocol."
+                "{net}: {used} of {size} masquerade ports ({lo}-{hi}) on {addr} in use for {proto}, the most of any protocol and address."
             ),
         )
     }
@@ -1042,6 +1100,7 @@ fn nft_match(body: &Value, p: &Probe) -> Match {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netd_common::{CtEntry, CtKey};
 
     const DHCP: Probe = Probe {
         bridge: "virbr0",
@@ -1233,7 +1292,80 @@ mod tests {
                 && !port_in("1:66", 67)
                 && port_in("53,67", 67)
         );
-        assert_eq!(port_check("n", 17, 950, 1000, 1999, 1000).level, WARN);
-        assert_eq!(port_check("n", 17, 900, 1000, 1999, 1000).level, OK);
+    }
+
+    fn snat(bridge: u32, addr: [u8; 4], port: u16, peer: u32, proto: u8) -> (CtKey, CtEntry) {
+        let xlate = CtKey {
+            saddr: u32::from_ne_bytes(addr),
+            daddr: peer,
+            sport: port.to_be(),
+            dport: 80u16.to_be(),
+            proto,
+            _pad: [0; 3],
+        };
+        let e = CtEntry {
+            xlate,
+            bridge_ifindex: bridge,
+            dir: ctdir::ORIGINAL,
+            nat: nat_kind::SNAT,
+            ..Default::default()
+        };
+        (xlate.reversed(), e)
+    }
+
+    #[test]
+    fn nat_ports_counts_distinct_ports_per_protocol_and_address() {
+        let a = [198, 51, 100, 2];
+        let b = [198, 51, 100, 3];
+        let mut entries = Vec::new();
+        // 500 UDP ports on a, each used towards 3 peers: 500 ports, not
+        // 1500 entries.
+        for port in 1000..1500u16 {
+            for peer in 1..=3 {
+                entries.push(snat(7, a, port, peer, 17));
+            }
+        }
+        // Another network on a, its ports shared with ours.
+        for port in 1500..1600u16 {
+            entries.push(snat(8, a, port, 1, 17));
+        }
+        // TCP on b; and a port outside the range; and replies (ignored).
+        for port in 1000..1100u16 {
+            entries.push(snat(7, b, port, 1, 6));
+        }
+        entries.push(snat(7, a, 3000, 1, 17));
+        let (k, mut reply) = snat(7, a, 1001, 9, 17);
+        reply.dir = ctdir::REPLY;
+        entries.push((k, reply));
+        let fwd = |port| dataplane::maps::ForwardEntry {
+            proto: 17,
+            host: (std::net::Ipv4Addr::from(a), port),
+            guest: (std::net::Ipv4Addr::new(10, 0, 0, 2), port),
+            bridge_ifindex: 7,
+        };
+        let forwards = [fwd(1999), fwd(2500)];
+        let u = port_usage(&entries, &forwards, 7, 1000, 1999);
+        assert_eq!(u.len(), 2, "{u:?}");
+        let udp = u.iter().find(|x| x.proto == 17).unwrap();
+        assert_eq!((udp.used, udp.size), (600, 999));
+        let tcp = u.iter().find(|x| x.proto == 6).unwrap();
+        assert_eq!((tcp.used, tcp.size, tcp.addr), (100, 1000, b.into()));
+        let c = port_check("n", &u, 1000, 1999);
+        assert_eq!(c.level, OK, "{}", c.message);
+        assert!(c.message.contains("600 of 999"), "{}", c.message);
+        assert!(c.message.contains("198.51.100.2"), "{}", c.message);
+        assert!(c.message.contains("udp"), "{}", c.message);
+        // 80%: 799 of 999 is not, 800 is.
+        let at = |used| PortUse {
+            proto: 17,
+            addr: a.into(),
+            used,
+            size: 999,
+        };
+        assert_eq!(port_check("n", &[at(799)], 1000, 1999).level, OK);
+        let w = port_check("n", &[at(800)], 1000, 1999);
+        assert_eq!(w.level, WARN);
+        assert!(w.message.contains("800 of 999"), "{}", w.message);
+        assert_eq!(port_check("n", &[], 1000, 1999).level, OK);
     }
 }

@@ -219,6 +219,9 @@ impl State {
                 taken.insert(f, name);
             }
         }
+        // Forwards and the masquerade share the ports of one address: none
+        // may leave the masquerade short (checked before anything changes).
+        self.check_masquerade_pool(name, &new)?;
         let mut entries = Vec::new();
         if live && let Some(run) = self.running.get(name) {
             // Only the new forwards' entries: clone the definition without
@@ -238,6 +241,24 @@ impl State {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Refuses forwards that would starve a network's masquerade pool
+    /// (see `config::nat_pool`): every network, defined or running, with
+    /// the forwards it has now.
+    fn check_masquerade_pool(&self, name: &str, new: &[Forward]) -> Result<()> {
+        let mut names: BTreeSet<&String> = self.defs.keys().collect();
+        names.extend(self.running.keys());
+        // The network being changed first, so its own pool is named when
+        // both would be short.
+        let mut nets: Vec<&Network> = self.definition(name).into_iter().collect();
+        nets.extend(
+            names
+                .into_iter()
+                .filter(|n| *n != name)
+                .filter_map(|n| self.definition(n)),
+        );
+        config::nat_pool::check_masquerade_pool(&nets, new)
     }
 
     pub async fn remove_forward(

@@ -387,6 +387,21 @@ impl State {
         };
         let subnet = net.ipv4.as_ref().and_then(|v| v.parsed().ok());
         dataplane::maps::add_network(&self.dp.maps_dir(), run.record.bridge_ifindex, &cfg, subnet)?;
+        if net.mode == Mode::Nat {
+            let nat = net.nat.as_ref();
+            dataplane::maps::set_nat_limits(
+                &self.dp.maps_dir(),
+                run.record.bridge_ifindex,
+                nat.and_then(|n| n.max_flows_per_guest).unwrap_or(0),
+                nat.and_then(|n| n.max_ports_per_guest).unwrap_or(0),
+            )?;
+            let timeouts = config::Nat::datapath_timeouts(net.nat.as_ref());
+            dataplane::maps::set_nat_timeouts(
+                &self.dp.maps_dir(),
+                run.record.bridge_ifindex,
+                Some(timeouts),
+            )?;
+        }
         if let Some(prefix) = net.ipv6.as_ref().and_then(|v| v.parsed().ok()) {
             crate::link::set_ipv6_forwarding(true)?;
             dataplane::maps::add_subnet6(&self.dp.maps_dir(), run.record.bridge_ifindex, prefix)?;
@@ -821,6 +836,81 @@ impl State {
             vf_pool,
             pending_changes: self.pending_changes(name),
             degraded: run.and_then(|_| self.repairs.degraded(name)),
+            masquerade_ports: self.masquerade_ports(net),
+            nat_timeouts: self.nat_timeouts(net),
+        })
+    }
+
+    /// The connection timeouts a NAT network's flows get: its own
+    /// `[nat.timeouts]`, else the global settings.
+    fn nat_timeouts(&self, net: &Network) -> Option<crate::api::wire::NatTimeoutInfo> {
+        if net.mode != Mode::Nat {
+            return None;
+        }
+        let g = dataplane::maps::settings(&self.dp.maps_dir())
+            .unwrap_or(netd_common::Settings::DEFAULT);
+        let own = net
+            .nat
+            .as_ref()
+            .and_then(|n| n.timeouts)
+            .map(|t| t.datapath())
+            .unwrap_or_default();
+        let refresh = net.nat.as_ref().and_then(|n| n.refresh).unwrap_or_default();
+        let or = |v: u32, global: u32| if v == 0 { global } else { v };
+        Some(crate::api::wire::NatTimeoutInfo {
+            udp: or(own.udp, g.udp_timeout),
+            tcp_established: or(
+                own.tcp_established.div_ceil(60) * 60,
+                g.tcp_established_timeout,
+            ),
+            tcp_handshake: or(own.tcp_transitory, g.tcp_syn_timeout),
+            tcp_closing: or(own.tcp_transitory, g.tcp_closing_timeout),
+            own: own != netd_common::NatTimeouts::default(),
+            udp_refresh: match refresh {
+                config::NatRefresh::Outbound => "outbound".into(),
+                config::NatRefresh::Both => "both".into(),
+            },
+        })
+    }
+
+    /// Per protocol, the masquerade ports of a NAT network that the
+    /// forwards of every network leave it.
+    fn masquerade_ports(&self, net: &Network) -> Vec<crate::api::wire::MasqueradePorts> {
+        if net.mode != Mode::Nat {
+            return Vec::new();
+        }
+        let mut names: std::collections::BTreeSet<&String> = self.defs.keys().collect();
+        names.extend(self.running.keys());
+        let forwards: Vec<&config::Forward> = names
+            .into_iter()
+            .filter_map(|n| self.definition(n))
+            .flat_map(|n| &n.forwards)
+            .collect();
+        let min_free = net
+            .nat
+            .as_ref()
+            .and_then(|n| n.min_free_ports)
+            .unwrap_or(config::nat_pool::DEFAULT_MIN_FREE_PORTS);
+        [config::Proto::Tcp, config::Proto::Udp]
+            .into_iter()
+            .map(|p| {
+                let (left, size) = config::nat_pool::ports_left(net, p, forwards.iter().copied());
+                crate::api::wire::MasqueradePorts {
+                    proto: p.as_str().into(),
+                    left,
+                    size,
+                    min_free,
+                }
+            })
+            .collect()
+    }
+
+    pub fn dump(&self, name: &str, xml: bool) -> Result<String> {
+        let net = self.require(name)?;
+        Ok(if xml {
+            config::xml::to_libvirt(net)
+        } else {
+            config::to_toml(net)
         })
     }
 
@@ -850,6 +940,9 @@ fn datapath_flags(net: &Network) -> u8 {
     }
     if net.host_access == config::HostAccess::DhcpDns {
         f |= net_flags::HOST_DHCP_DNS;
+    }
+    if net.mode == Mode::Nat {
+        f |= config::Nat::behaviour_flags(net.nat.as_ref());
     }
     f
 }

@@ -78,7 +78,115 @@ pub fn remove_network(
     let _ = networks(dir)?.remove(&bridge_ifindex);
     let _ = net_stats(dir)?.remove(&bridge_ifindex);
     ct_remove_where(dir, |_, e| e.bridge_ifindex == bridge_ifindex)?;
+    let _ = set_nat_limits(dir, bridge_ifindex, 0, 0);
+    let _ = set_nat_timeouts(dir, bridge_ifindex, None);
+    let _ = nat_mappings_remove_where(dir, |_, m| m.bridge_ifindex == bridge_ifindex);
     Ok(())
+}
+
+fn nat_limits(dir: &Path) -> Result<HashMap<MapData, u32, netd_common::NatLimits>> {
+    Ok(HashMap::try_from(open(dir, names::NAT_LIMITS)?)?)
+}
+
+fn guest_flows(dir: &Path) -> Result<HashMap<MapData, u32, netd_common::GuestFlows>> {
+    Ok(HashMap::try_from(open(dir, names::GUEST_FLOWS)?)?)
+}
+
+/// Sets (or, with None, removes) a NAT network's own timeouts; they apply
+/// to connections opened from then on.
+pub fn set_nat_timeouts(
+    dir: &Path,
+    bridge_ifindex: u32,
+    t: Option<netd_common::NatTimeouts>,
+) -> Result<()> {
+    let mut m: HashMap<MapData, u32, netd_common::NatTimeouts> =
+        HashMap::try_from(open(dir, names::NAT_TIMEOUTS)?)?;
+    match t {
+        Some(t) if t != netd_common::NatTimeouts::default() => m.insert(bridge_ifindex, t, 0)?,
+        _ => {
+            let _ = m.remove(&bridge_ifindex);
+        }
+    }
+    Ok(())
+}
+
+/// Sets a NAT network's `nat.max_flows_per_guest` and
+/// `nat.max_ports_per_guest` (0: no limit).
+pub fn set_nat_limits(
+    dir: &Path,
+    bridge_ifindex: u32,
+    max_flows_per_guest: u32,
+    max_ports_per_guest: u32,
+) -> Result<()> {
+    let mut m = nat_limits(dir)?;
+    if max_flows_per_guest == 0 && max_ports_per_guest == 0 {
+        let _ = m.remove(&bridge_ifindex);
+        return Ok(());
+    }
+    let l = netd_common::NatLimits {
+        max_flows_per_guest,
+        max_ports_per_guest,
+    };
+    m.insert(bridge_ifindex, l, 0)?;
+    Ok(())
+}
+
+/// Recounts the masqueraded flows (from conntrack) and the live mappings
+/// of every guest of a network with a limit, the counts the datapath only
+/// ever raises: what closed or expired comes off here. Returns the guests
+/// counted.
+pub fn recount_guest_flows(dir: &Path) -> Result<usize> {
+    use netd_common::{GuestFlows, dir as ctdir, nat_kind};
+    let limited: std::collections::HashSet<u32> = nat_limits(dir)?
+        .iter()
+        .filter_map(Result::ok)
+        .map(|(b, _)| b)
+        .collect();
+    let mut gf = guest_flows(dir)?;
+    let now = monotonic_ns();
+    let mut counts: std::collections::HashMap<u32, GuestFlows> = std::collections::HashMap::new();
+    if !limited.is_empty() {
+        for (k, e) in ct_entries(dir)? {
+            if e.dir == ctdir::ORIGINAL
+                && e.nat == nat_kind::SNAT
+                && e.expires_ns > now
+                && limited.contains(&e.bridge_ifindex)
+            {
+                counts.entry(k.saddr).or_default().flows += 1;
+            }
+        }
+        for (_, m) in nat_mappings(dir)? {
+            if limited.contains(&m.bridge_ifindex) {
+                counts.entry(m.addr).or_default().ports += 1;
+            }
+        }
+    }
+    let stale: Vec<u32> = gf
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|g| !counts.contains_key(g))
+        .collect();
+    for g in stale {
+        let _ = gf.remove(&g);
+    }
+    for (g, n) in &counts {
+        gf.insert(g, n, 0)?;
+    }
+    Ok(counts.len())
+}
+
+/// The datapath's count of a guest's masqueraded flows (networks with a
+/// limit only).
+pub fn guest_flows_of(dir: &Path, guest: Ipv4Addr) -> Result<u32> {
+    Ok(guest_usage(dir, guest)?.flows)
+}
+
+/// The datapath's counts of a guest's flows and mappings (networks with a
+/// limit only).
+pub fn guest_usage(dir: &Path, guest: Ipv4Addr) -> Result<netd_common::GuestFlows> {
+    Ok(guest_flows(dir)?
+        .get(&u32::from(guest).to_be(), 0)
+        .unwrap_or_default())
 }
 
 /// An IPv6 address as the datapath holds it: four words in wire order.
@@ -279,6 +387,40 @@ pub fn ct_remove_where(dir: &Path, pred: impl Fn(&CtKey, &CtEntry) -> bool) -> R
     Ok(n)
 }
 
+/// Live endpoint-independent mappings, by their outside end: (outside
+/// address and port, the mapping). Empty when the map is absent (a
+/// datapath from before mappings).
+pub fn nat_mappings(dir: &Path) -> Result<Vec<(netd_common::NatMapKey, netd_common::NatMapping)>> {
+    use netd_common::{NatMapKey, NatMapping, map_kind};
+    let Ok(m) = open(dir, names::NAT_MAPPINGS) else {
+        return Ok(Vec::new());
+    };
+    let m: HashMap<MapData, NatMapKey, NatMapping> = HashMap::try_from(m)?;
+    let now = monotonic_ns();
+    Ok(m.iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| k.kind == map_kind::OUTSIDE && v.expires_ns > now)
+        .collect())
+}
+
+/// Deletes every mapping entry (all kinds) `pred` picks by its value;
+/// returns how many went.
+pub fn nat_mappings_remove_where(
+    dir: &Path,
+    pred: impl Fn(&netd_common::NatMapKey, &netd_common::NatMapping) -> bool,
+) -> Result<usize> {
+    use netd_common::{NatMapKey, NatMapping};
+    let mut m: HashMap<MapData, NatMapKey, NatMapping> =
+        HashMap::try_from(open(dir, names::NAT_MAPPINGS)?)?;
+    let doomed: Vec<NatMapKey> = m
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, v)| pred(k, v))
+        .map(|(k, _)| k)
+        .collect();
+    Ok(doomed.iter().filter(|k| m.remove(k).is_ok()).count())
+}
+
 /// CLOCK_MONOTONIC now, the clock bpf_ktime_get_ns reads.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -296,17 +438,25 @@ pub fn gc(dir: &Path) -> Result<(usize, usize)> {
     let now = monotonic_ns();
     let mut ct = conntrack(dir)?;
     let all: Vec<(CtKey, CtEntry)> = ct.iter().filter_map(Result::ok).collect();
-    let keys: std::collections::HashSet<CtKey> = all.iter().map(|(k, _)| *k).collect();
     let mut removed = 0;
     // A connection's two entries are written one after the other; give a
     // fresh one a moment before calling it an orphan.
     let settle = now.saturating_sub(1_000_000_000);
+    let expiry: std::collections::HashMap<CtKey, u64> =
+        all.iter().map(|(k, e)| (*k, e.expires_ns)).collect();
     for (k, e) in &all {
-        let orphan = !keys.contains(&e.xlate.reversed()) && e.created_ns < settle;
-        if (e.expires_ns < now || orphan) && ct.remove(k).is_ok() {
+        let peer = expiry.get(&e.xlate.reversed());
+        let orphan = peer.is_none() && e.created_ns < settle;
+        // An expired half whose other half lives stays: a UDP flow
+        // refreshed by the guest's packets only keeps its reply half
+        // expired, and the datapath revives it from the original.
+        let expired = e.expires_ns < now && peer.is_none_or(|p| *p < now);
+        if (expired || orphan) && ct.remove(k).is_ok() {
             removed += 1;
         }
     }
+    // Quotas count what is open: recount now that the expired are gone.
+    let _ = recount_guest_flows(dir);
     let mut frags: HashMap<MapData, FragKey, FragPorts> =
         HashMap::try_from(open(dir, names::FRAGS)?)?;
     let stale: Vec<FragKey> = frags
