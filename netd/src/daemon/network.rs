@@ -905,15 +905,6 @@ impl State {
             .collect()
     }
 
-    pub fn dump(&self, name: &str, xml: bool) -> Result<String> {
-        let net = self.require(name)?;
-        Ok(if xml {
-            config::xml::to_libvirt(net)
-        } else {
-            config::to_toml(net)
-        })
-    }
-
     pub fn leases(&self, name: &str) -> Result<Vec<dhcp::Lease>> {
         self.require(name)?;
         let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, name);
