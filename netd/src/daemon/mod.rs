@@ -40,6 +40,9 @@ pub struct Daemon {
 
 pub async fn run(opts: Options) -> Result<()> {
     let paths = opts.paths.clone();
+    // Before anything else: two daemons on one state dir would fight over
+    // dnsmasq, the maps and the files.
+    let _lock = store::lock_state_dir(&paths.state_dir)?;
     let dp = Dataplane::load(&paths.bpffs, opts.bpf_log).context("loading the dataplane")?;
     let mut dp = dp;
     let mut settings = opts.settings;
