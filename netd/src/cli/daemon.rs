@@ -28,6 +28,10 @@ pub struct Args {
     /// default; the control socket always serves GET /metrics).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Stop every network (bridges, programs, dnsmasq) when the daemon
+    /// exits. By default they keep running and the next daemon adopts them.
+    #[arg(long)]
+    stop_networks_on_exit: bool,
     /// Conntrack timeout of TCP connections still in the handshake (s).
     #[arg(long, default_value_t = Settings::DEFAULT.tcp_syn_timeout)]
     ct_tcp_syn_timeout: u32,
@@ -65,6 +69,7 @@ pub fn exec(a: &Args) -> anyhow::Result<()> {
         },
         cgroup: a.cgroup.clone(),
         metrics_addr: a.metrics_addr,
+        stop_networks_on_exit: a.stop_networks_on_exit,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

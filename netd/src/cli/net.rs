@@ -222,6 +222,9 @@ pub fn render_info(i: &NetworkInfo) -> String {
     for (k, v) in rows {
         s.push_str(&format!("{:<17} {v}\n", format!("{k}:")));
     }
+    if let Some(d) = &i.degraded {
+        s.push_str(&format!("Degraded:         {d}\n"));
+    }
     for n in &i.notes {
         s.push_str(&format!("Note:             {n}\n"));
     }

@@ -31,6 +31,8 @@ pub struct NetworkMetrics {
     /// None when the network has no DHCP server.
     pub leases: Option<u64>,
     pub dnsmasq: Option<DnsmasqMetrics>,
+    /// A step failed and is being retried.
+    pub degraded: bool,
 }
 
 #[derive(Debug, Default)]
@@ -271,6 +273,15 @@ pub fn render(s: &Snapshot) -> String {
             f.sample(&[("network", &n.name)], u64::from(d.up));
         }
     }
+    let mut f = Family::new(
+        o,
+        "netd_network_degraded",
+        "gauge",
+        "1 while a step of a running network failed; it keeps running with what works and is retried.",
+    );
+    for n in &s.networks {
+        f.sample(&[("network", &n.name)], u64::from(n.degraded));
+    }
 
     let mut f = Family::new(
         o,
@@ -345,6 +356,7 @@ impl super::State {
                     up: d.healthy(),
                     restarts: d.restarts(),
                 }),
+                degraded: run.degraded.is_some(),
             });
         }
 
@@ -399,6 +411,7 @@ mod tests {
                     up: true,
                     restarts: 1,
                 }),
+                degraded: true,
             }],
             reasons: reason::NAMES
                 .iter()
@@ -434,6 +447,7 @@ mod tests {
             "netd_forwards{network=\"default\"} 1",
             "netd_forward_hits_total{network=\"default\",proto=\"tcp\",address=\"198.51.100.2\",port=\"8080\"} 3",
             "netd_dnsmasq_restarts_total{network=\"default\"} 1",
+            "netd_network_degraded{network=\"default\"} 1",
             "netd_map_max_entries{map=\"NETD_CT\"} 262144",
         ] {
             assert!(

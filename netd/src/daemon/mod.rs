@@ -4,6 +4,10 @@
 
 mod doctor;
 mod forwards;
+mod kernel;
+mod lifecycle;
+#[cfg(test)]
+mod lifecycle_tests;
 pub mod metrics;
 mod network;
 mod status;
@@ -30,6 +34,9 @@ pub struct Options {
     pub cgroup: Option<std::path::PathBuf>,
     /// Also serve GET /metrics over TCP here (off when None).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Stop every network on SIGTERM/SIGINT (by default they keep running,
+    /// dnsmasq included, for the next daemon to adopt).
+    pub stop_networks_on_exit: bool,
 }
 
 pub struct Daemon {
@@ -67,6 +74,7 @@ pub async fn run(opts: Options) -> Result<()> {
 
     tokio::spawn(uplink::watch(daemon.clone()));
     tokio::spawn(uplink::gc(daemon.clone()));
+    tokio::spawn(retry_degraded(daemon.clone()));
     let server = tokio::spawn(crate::api::server::serve(daemon.clone()));
     if let Some(addr) = opts.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -76,14 +84,33 @@ pub async fn run(opts: Options) -> Result<()> {
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let what = if opts.stop_networks_on_exit {
+        "stopping every network (--stop-networks-on-exit)"
+    } else {
+        "networks and dnsmasq stay up"
+    };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down, networks stay up"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down, networks stay up"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down, {what}"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down, {what}"),
         r = server => { r??; }
     }
-    daemon.state.lock().await.shutdown().await;
+    daemon
+        .state
+        .lock()
+        .await
+        .shutdown(opts.stop_networks_on_exit)
+        .await;
     let _ = std::fs::remove_file(paths.socket());
     Ok(())
+}
+
+/// Re-runs the steps of degraded networks when their backoff is up.
+async fn retry_degraded(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        daemon.state.lock().await.retry_degraded().await;
+    }
 }
 
 /// The cgroup the host-local forward programs hang on: the one given, or

@@ -153,21 +153,37 @@ impl Dataplane {
             .program_mut(hook.program())
             .ok_or_else(|| anyhow!("program {} not loaded", hook.program()))?
             .try_into()?;
-        let id = match PinnedLink::from_pin(&pin) {
-            Ok(pinned) => {
-                let fd: FdLink = pinned.unpin().context("unpinning old link")?;
-                let link = SchedClassifierLink::try_from(fd)?;
-                prog.attach_to_link(link)
-                    .with_context(|| format!("replacing {} on {ifname}", hook.as_str()))?
+        if let Ok(pinned) = PinnedLink::from_pin(&pin) {
+            // Swap this build's program into the pinned link and leave the
+            // pin where it is: a daemon killed at any moment of this leaves
+            // the link attached (unpin, replace, re-pin would not).
+            let swapped = SchedClassifierLink::try_from(FdLink::from(pinned))
+                .map_err(anyhow::Error::from)
+                .and_then(|l| prog.attach_to_link(l).map_err(anyhow::Error::from));
+            match swapped {
+                Ok(id) => {
+                    // Dropping our handle closes a descriptor; the pin keeps the link.
+                    drop(prog.take_link(id)?);
+                    return Ok(());
+                }
+                Err(e) => {
+                    // The device it hung on is gone (a deleted bridge, say).
+                    tracing::warn!(
+                        "link {} is defunct ({e:#}); attaching afresh",
+                        pin.display()
+                    );
+                    std::fs::remove_file(&pin)
+                        .with_context(|| format!("removing {}", pin.display()))?;
+                }
             }
-            Err(_) => prog
-                .attach_with_options(
-                    ifname,
-                    hook.attach_type(),
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .with_context(|| format!("attaching {} to {ifname}", hook.as_str()))?,
-        };
+        }
+        let id = prog
+            .attach_with_options(
+                ifname,
+                hook.attach_type(),
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .with_context(|| format!("attaching {} to {ifname}", hook.as_str()))?;
         let link = prog.take_link(id)?;
         let fd: FdLink = link
             .try_into()
