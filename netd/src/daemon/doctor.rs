@@ -85,7 +85,11 @@ impl super::State {
             }
             if let Some(d) = &run.dnsmasq {
                 out.push(if d.healthy() {
-                    check(OK, "dnsmasq", format!("{name}: dnsmasq is running (pid {}).", d.pid().unwrap_or(0)))
+                    check(
+                        OK,
+                        "dnsmasq",
+                        format!("{name}: dnsmasq is running (pid {}).", d.pid().unwrap_or(0)),
+                    )
                 } else {
                     check(
                         FAIL,

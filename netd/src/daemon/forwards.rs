@@ -87,7 +87,11 @@ fn same_forward(f: &Forward, proto: config::Proto, port: &str, address: Option<I
 
 /// The datapath entries a network's forwards expand to over these uplink
 /// addresses (a forward without an address is on every one of them).
-pub(super) fn expand(net: &Network, bridge_ifindex: u32, uplink_addrs: &[Ipv4Addr]) -> Vec<ForwardEntry> {
+pub(super) fn expand(
+    net: &Network,
+    bridge_ifindex: u32,
+    uplink_addrs: &[Ipv4Addr],
+) -> Vec<ForwardEntry> {
     let mut out = Vec::new();
     for f in &net.forwards {
         let Ok(pairs) = port_pairs(f) else { continue };

@@ -188,7 +188,10 @@ fn bridge_spec(net: &Network, name: &str, mac: [u8; 6]) -> BridgeSpec {
     }
 }
 
-fn prefixes(net: &Network) -> (Option<(Ipv4Addr, u8)>, Option<(Ipv6Addr, u8)>) {
+/// A network's IPv4 subnet and IPv6 prefix, each (address, length).
+type Prefixes = (Option<(Ipv4Addr, u8)>, Option<(Ipv6Addr, u8)>);
+
+fn prefixes(net: &Network) -> Prefixes {
     (
         net.ipv4.as_ref().and_then(|v| v.parsed().ok()),
         net.ipv6.as_ref().and_then(|v| v.parsed().ok()),

@@ -15,11 +15,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
+/// A fake device: name, whether it is a bridge, its addresses.
+type Device = (String, bool, Vec<(IpAddr, u8)>);
+
 /// Everything the fake kernel holds; compared whole before and after.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct World {
     /// ifindex -> (name, is a bridge, addresses)
-    links: BTreeMap<u32, (String, bool, Vec<(IpAddr, u8)>)>,
+    links: BTreeMap<u32, Device>,
     next_index: u32,
     networks: BTreeMap<u32, NetConfig>,
     subnets: BTreeMap<(Ipv4Addr, u8), u32>,
@@ -386,7 +389,10 @@ fn start_builds_everything_and_teardown_removes_exactly_it() {
         assert!(w.hooks.contains(&("virbr0".into(), "bridge_egress")));
         assert_eq!(rec.uplinks, vec!["eth0".to_string()]);
         assert_eq!(w.forwards.len(), 1);
-        assert_eq!(w.servers.get("default").copied(), dns.as_ref().map(|d| d.pid));
+        assert_eq!(
+            w.servers.get("default").copied(),
+            dns.as_ref().map(|d| d.pid)
+        );
         assert_eq!(rec.dnsmasq_pid, dns.as_ref().map(|d| d.pid));
 
         lifecycle::tear_down(&mut k, &rec, dns, &shared())
@@ -452,7 +458,15 @@ fn adopting_a_whole_network_changes_nothing_and_keeps_dnsmasq() {
         assert_eq!(k.world(), before);
         assert_eq!(dns.as_ref().map(|d| d.pid), Some(pid));
         let log = k.log.lock().unwrap().clone();
-        for op in ["create_bridge", "add_address", "dhcp_start", "dhcp_stop", "withdraw", "detach", "delete_link"] {
+        for op in [
+            "create_bridge",
+            "add_address",
+            "dhcp_start",
+            "dhcp_stop",
+            "withdraw",
+            "detach",
+            "delete_link",
+        ] {
             assert!(!log.iter().any(|l| l == op), "adoption did {op}: {log:?}");
         }
     });

@@ -232,7 +232,8 @@ pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("writing {}", tmp.display()));
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} into place", tmp.display()))?;
     sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 

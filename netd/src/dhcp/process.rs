@@ -106,10 +106,7 @@ pub fn serves(pid: u32, conf: &Path) -> bool {
     }
     let want = conf_arg(conf);
     std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
-            c.split(|b| *b == 0)
-                .any(|a| a == want.as_bytes())
-        })
+        .map(|c| c.split(|b| *b == 0).any(|a| a == want.as_bytes()))
         .unwrap_or(false)
 }
 
@@ -183,8 +180,8 @@ async fn launch(conf: &Path) -> Result<u32> {
     let _ = std::fs::remove_file(&pidf);
     let errf = start_err_file(conf);
     // A file, not a pipe: the daemonized server may keep stderr open.
-    let err = std::fs::File::create(&errf)
-        .with_context(|| format!("creating {}", errf.display()))?;
+    let err =
+        std::fs::File::create(&errf).with_context(|| format!("creating {}", errf.display()))?;
     let mut child = Command::new(&bin)
         .arg(conf_arg(conf))
         .arg(format!("--pid-file={}", pidf.display()))
@@ -218,12 +215,8 @@ async fn launch(conf: &Path) -> Result<u32> {
             None => anyhow!("dnsmasq exited while starting ({status})"),
         });
     }
-    let pid = read_pid_file(conf).ok_or_else(|| {
-        anyhow!(
-            "dnsmasq started but wrote no pid to {}",
-            pidf.display()
-        )
-    })?;
+    let pid = read_pid_file(conf)
+        .ok_or_else(|| anyhow!("dnsmasq started but wrote no pid to {}", pidf.display()))?;
     // What it runs, so a later daemon can tell whether the config on disk
     // changed since (even if it was written by a daemon killed right after).
     if let Err(e) = std::fs::copy(conf, applied_file(conf)) {

@@ -1,0 +1,568 @@
+//! End to end: nothing is lost when the daemon or dnsmasq dies. Crash loop
+//! of the daemon under live TCP streams, a graceful stop during DHCP, two
+//! daemons on one state dir, dnsmasq killed or crashing on start, and torn
+//! writes of the state files.
+//! Topology: guest -> host (netd) -> router -> upstream.
+
+use netd_tests::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const GUEST_MAC: &str = "52:54:00:11:00:10";
+const GUEST_IP: &str = "192.168.122.10";
+
+const NAT_NET: &str = r#"
+name = "default"
+mode = "nat"
+bridge = "virbr0"
+[ipv4]
+address = "192.168.122.1/24"
+dhcp = { start = "192.168.122.100", end = "192.168.122.199" }
+hosts = [{ mac = "52:54:00:11:00:10", ip = "192.168.122.10", name = "web" }]
+[[forwards]]
+proto = "tcp"
+port = "8080"
+to = "192.168.122.10:9000"
+"#;
+
+/// One TCP stream end. `send` writes random 32 KiB chunks every 10 ms
+/// until the stop file exists, `recv` reads to EOF; `listen` accepts one
+/// connection, `connect` makes one. Prints "BYTES SHA256" (to the result
+/// file) at the end, so both ends can be compared.
+const STREAM: &str = r#"
+import hashlib, os, socket, sys, time
+role, mode, addr, port, stop, out = sys.argv[1:7]
+port = int(port)
+if mode == 'listen':
+    l = socket.socket()
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind((addr, port))
+    l.listen(1)
+    open(out + '.ready', 'w').close()
+    s, _ = l.accept()
+else:
+    s = socket.create_connection((addr, port), timeout=10)
+s.settimeout(120)
+h = hashlib.sha256()
+n = 0
+if role == 'send':
+    while not os.path.exists(stop):
+        d = os.urandom(32768)
+        s.sendall(d)
+        h.update(d)
+        n += len(d)
+        time.sleep(0.01)
+    s.shutdown(socket.SHUT_WR)
+    s.recv(1)
+else:
+    while True:
+        d = s.recv(65536)
+        if not d:
+            break
+        h.update(d)
+        n += len(d)
+s.close()
+with open(out + '.tmp', 'w') as f:
+    f.write('%d %s\n' % (n, h.hexdigest()))
+os.rename(out + '.tmp', out)
+"#;
+
+fn python() -> &'static str {
+    if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    }
+}
+
+/// Starts one stream end in `ns`; its result lands in `out`.
+fn stream(ns: &Ns, role: &str, mode: &str, addr: &str, port: u16, stop: &Path, out: &Path) {
+    let port = port.to_string();
+    let argv = [
+        python(),
+        "-c",
+        STREAM,
+        role,
+        mode,
+        addr,
+        &port,
+        stop.to_str().unwrap(),
+        out.to_str().unwrap(),
+    ];
+    // Reaped by the namespace cleanup if the test fails half-way.
+    std::mem::forget(ns.spawn(&argv));
+    if mode == "listen" {
+        let ready = PathBuf::from(format!("{}.ready", out.display()));
+        assert!(
+            wait_until(Duration::from_secs(10), || ready.exists()),
+            "{role} listener on {addr}:{port} never came up"
+        );
+    }
+}
+
+/// (bytes, sha256) a stream end reported; waits for it.
+fn result(out: &Path, timeout: Duration) -> (u64, String) {
+    assert!(
+        wait_until(timeout, || out.exists()),
+        "no result in {} (stream stalled or broke)",
+        out.display()
+    );
+    let text = fs::read_to_string(out).unwrap();
+    let (n, sha) = text.trim().split_once(' ').unwrap();
+    (n.parse().unwrap(), sha.to_string())
+}
+
+fn info(t: &Topology, name: &str) -> Value {
+    t.netd_json(&["net", "info", name])
+}
+
+/// Pinned map name -> kernel id.
+fn map_ids(t: &Topology) -> BTreeMap<String, u64> {
+    let o = t.netd_bpf(&["maps", "-o", "json"]);
+    assert!(o.success(), "{o}");
+    let v: Value = serde_json::from_str(&o.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap().to_string(),
+                m["id"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn kill9(pid: u32) {
+    // SAFETY: plain syscall on a pid this test owns.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+}
+
+/// kill -9 of the daemon, waiting until it is gone.
+fn crash_daemon(t: &mut Topology) {
+    let pid = t.daemon_pid().expect("daemon running");
+    kill9(pid);
+    assert!(
+        wait_until(Duration::from_secs(5), || !t.daemon_running()),
+        "daemon {pid} survived SIGKILL"
+    );
+}
+
+fn nat_topology(name: &str) -> (Topology, Guest) {
+    let mut t = Topology::new(name).expect("topology");
+    t.start_daemon().expect("daemon");
+    let def = t.write_file("default.toml", NAT_NET);
+    t.netd_ok(&["net", "define", def.to_str().unwrap()]);
+    t.netd_ok(&["net", "start", "default"]);
+    let g = t.add_guest("virbr0", Some(GUEST_MAC)).expect("guest");
+    assert_eq!(g.dhcp().expect("dhcp").to_string(), GUEST_IP);
+    (t, g)
+}
+
+fn dnsmasq_pid(t: &Topology) -> u32 {
+    info(t, "default")["dnsmasq_pid"]
+        .as_u64()
+        .expect("dnsmasq pid") as u32
+}
+
+#[test]
+fn crash_loop_loses_no_byte_no_map_and_no_dnsmasq() {
+    require_netd!();
+    let t0 = Instant::now();
+    let (mut t, g) = nat_topology("resilience_crash_loop");
+    let ids = map_ids(&t);
+    let dns = dnsmasq_pid(&t);
+    let bridge = info(&t, "default")["bridge_ifindex"].as_u64();
+    let dir = t.dir.join("streams");
+    fs::create_dir_all(&dir).unwrap();
+    let stop = dir.join("stop");
+    let f = |n: &str| dir.join(n);
+
+    // Upload: guest -> upstream through NAT.
+    stream(
+        &t.upstream,
+        "recv",
+        "listen",
+        "0.0.0.0",
+        7000,
+        &stop,
+        &f("up.recv"),
+    );
+    stream(
+        &g.ns,
+        "send",
+        "connect",
+        &UPSTREAM_IP.to_string(),
+        7000,
+        &stop,
+        &f("up.send"),
+    );
+    // Download: a guest server, through the forward, to an upstream client.
+    stream(
+        &g.ns,
+        "send",
+        "listen",
+        "0.0.0.0",
+        9000,
+        &stop,
+        &f("down.send"),
+    );
+    stream(
+        &t.upstream,
+        "recv",
+        "connect",
+        &HOST_IP.to_string(),
+        8080,
+        &stop,
+        &f("down.recv"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+
+    let rounds = 20;
+    let mut survived = 0;
+    for round in 0..rounds {
+        // Kill at a different moment of each round: 100..580 ms after ready.
+        std::thread::sleep(Duration::from_millis(100 + (round * 137) % 480));
+        crash_daemon(&mut t);
+        t.start_daemon().expect("daemon after kill -9");
+        let i = info(&t, "default");
+        assert_eq!(i["active"], true, "round {round}: {i:#}");
+        assert_eq!(i["degraded"], Value::Null, "round {round}: {i:#}");
+        assert_eq!(i["bridge_ifindex"].as_u64(), bridge, "round {round}");
+        assert_eq!(
+            i["dnsmasq_pid"].as_u64(),
+            Some(u64::from(dns)),
+            "round {round}: dnsmasq was replaced"
+        );
+        assert_eq!(
+            map_ids(&t),
+            ids,
+            "round {round}: a pinned map was recreated"
+        );
+        survived += 1;
+    }
+    fs::write(&stop, "").unwrap();
+    let timeout = Duration::from_secs(30);
+    let (up_sent, up_sent_sha) = result(&f("up.send"), timeout);
+    let (up_got, up_got_sha) = result(&f("up.recv"), timeout);
+    let (down_sent, down_sent_sha) = result(&f("down.send"), timeout);
+    let (down_got, down_got_sha) = result(&f("down.recv"), timeout);
+    eprintln!(
+        "crash loop: {survived}/{rounds} kill -9 rounds survived in {:.1}s; \
+         upload {up_got}/{up_sent} bytes, download {down_got}/{down_sent} bytes; \
+         {} pinned maps kept their ids; dnsmasq pid {dns} throughout",
+        t0.elapsed().as_secs_f64(),
+        ids.len()
+    );
+    assert!(
+        up_sent > 1_000_000 && down_sent > 1_000_000,
+        "streams barely ran"
+    );
+    assert_eq!(
+        (up_got, &up_got_sha),
+        (up_sent, &up_sent_sha),
+        "upload damaged"
+    );
+    assert_eq!(
+        (down_got, &down_got_sha),
+        (down_sent, &down_sent_sha),
+        "download damaged"
+    );
+    assert!(
+        !t.daemon_log().contains("is degraded"),
+        "{}",
+        t.daemon_log()
+    );
+}
+
+#[test]
+fn sigterm_leaves_dhcp_serving_and_a_renewal_succeeds_while_down() {
+    require_netd!();
+    let (mut t, g) = nat_topology("resilience_sigterm");
+    let dns = dnsmasq_pid(&t);
+    let echo = tcp_echo_server(&t.upstream, 7001);
+    let st = t.stop_daemon().expect("exit status");
+    assert!(st.success(), "daemon exit: {st}");
+    assert!(t.daemon_log().contains("networks and dnsmasq stay up"));
+
+    // The daemon is gone; dnsmasq and the datapath are not.
+    assert!(
+        process_running(dns),
+        "dnsmasq {dns} stopped with the daemon"
+    );
+    let t1 = Instant::now();
+    let ip = g
+        .dhcp_args(&["-r", GUEST_IP])
+        .expect("renewal while the daemon is down");
+    assert_eq!(ip.to_string(), GUEST_IP);
+    eprintln!(
+        "renewal while the daemon was down: {ip} in {:.2}s",
+        t1.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        tcp_request(&g.ns, UPSTREAM_IP, 7001, "still-nat").unwrap(),
+        "still-nat"
+    );
+    drop(echo);
+
+    // The next daemon adopts the same dnsmasq.
+    t.start_daemon().expect("daemon");
+    assert_eq!(dnsmasq_pid(&t), dns);
+
+    // --stop-networks-on-exit: the opposite.
+    t.stop_daemon();
+    t.start_daemon_with(&["--stop-networks-on-exit"])
+        .expect("daemon");
+    assert_eq!(dnsmasq_pid(&t), dns);
+    let st = t.stop_daemon().expect("exit status");
+    assert!(st.success(), "daemon exit: {st}");
+    assert!(
+        wait_until(Duration::from_secs(5), || !process_running(dns)),
+        "dnsmasq {dns} outlived --stop-networks-on-exit"
+    );
+    assert!(!t.host.ip(&["link", "show", "dev", "virbr0"]).success());
+}
+
+#[test]
+fn a_second_daemon_on_the_same_state_dir_exits_1() {
+    require_netd!();
+    let (mut t, _g) = nat_topology("resilience_two_daemons");
+    let first = t.daemon_pid().unwrap();
+    let bin = t.bin();
+    let dir = |s: &str| t.dir.join(s).to_string_lossy().into_owned();
+    let (c, s, r, b) = (dir("config"), dir("state"), dir("run"), dir("bpffs"));
+    let o = t.host.exec_timeout(
+        &[
+            bin.to_str().unwrap(),
+            "daemon",
+            "--config-dir",
+            &c,
+            "--state-dir",
+            &s,
+            "--run-dir",
+            &r,
+            "--bpffs",
+            &b,
+            "--cgroup",
+            "none",
+        ],
+        Duration::from_secs(20),
+    );
+    assert_eq!(o.status, 1, "{o}");
+    let want = format!("error: another netd daemon (pid {first}) holds {s}");
+    assert_eq!(o.stderr.trim(), want, "{o}");
+    // The first one is unaffected.
+    assert!(t.daemon_running());
+    let i = info(&t, "default");
+    assert_eq!(i["active"], true);
+    assert_eq!(i["degraded"], Value::Null);
+    assert!(t.socket().exists());
+}
+
+#[test]
+fn dnsmasq_killed_is_back_within_2s_and_the_guest_keeps_its_address() {
+    require_netd!();
+    let (t, g) = nat_topology("resilience_dnsmasq_kill");
+    let old = dnsmasq_pid(&t);
+    let t1 = Instant::now();
+    kill9(old);
+    let mut new = None;
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let i = info(&t, "default");
+            new = i["dnsmasq_pid"].as_u64().filter(|p| *p != u64::from(old));
+            new.is_some() && i["dnsmasq_healthy"] == true
+        }),
+        "dnsmasq not back: {:#}",
+        info(&t, "default")
+    );
+    let took = t1.elapsed();
+    eprintln!(
+        "dnsmasq {old} killed: back as {} after {:.2}s",
+        new.unwrap(),
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(info(&t, "default")["dnsmasq_restarts"], 1);
+    // Leases were kept: the guest renews the address it had.
+    let ip = g.dhcp_args(&["-r", GUEST_IP]).expect("renewal");
+    assert_eq!(ip.to_string(), GUEST_IP);
+}
+
+#[test]
+fn dnsmasq_crashing_on_start_fails_status_and_backs_off() {
+    require_netd!();
+    let mut t = Topology::new("resilience_dnsmasq_crash").expect("topology");
+    // Test-only stand-in: the real dnsmasq, until the flag file exists.
+    let flag = t.dir.join("crash");
+    let count = t.dir.join("launches");
+    let fake = t.dir.join("fake-dnsmasq");
+    fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho x >> {}\nif [ -e {} ]; then echo 'dnsmasq: simulated crash on start' >&2; exit 1; fi\nexec {} \"$@\"\n",
+            count.display(),
+            flag.display(),
+            netd::dhcp::binary().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    t.start_daemon_env(&[], &[("NETD_DNSMASQ", fake.to_str().unwrap())])
+        .expect("daemon");
+    let def = t.write_file("default.toml", NAT_NET);
+    t.netd_ok(&["net", "define", def.to_str().unwrap()]);
+    t.netd_ok(&["net", "start", "default"]);
+    let pid = dnsmasq_pid(&t);
+    let launches = || {
+        fs::read_to_string(&count)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    assert_eq!(launches(), 1);
+
+    fs::write(&flag, "").unwrap();
+    kill9(pid);
+    let t1 = Instant::now();
+    let window = Duration::from_secs(12);
+    let mut saw_fail = false;
+    while t1.elapsed() < window {
+        let o = t.netd(&["status"]);
+        if o.status == 3
+            && o.stdout.lines().any(|l| {
+                l.starts_with("FAIL")
+                    && l.contains("dnsmasq")
+                    && l.contains("default")
+                    && l.contains("simulated crash on start")
+            })
+        {
+            saw_fail = true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let restarts = launches() - 1;
+    eprintln!("dnsmasq crashing on start: {restarts} restart attempts in {window:?}");
+    assert!(saw_fail, "no FAIL line: {}", t.netd(&["status"]));
+    // 0.5 s doubling: 4 in 12 s, and at most 7 in a minute.
+    assert!(
+        (2..=5).contains(&restarts),
+        "{restarts} restarts in {window:?}"
+    );
+    let m = t.netd_ok(&["metrics"]);
+    assert!(m.contains("netd_dnsmasq_up{network=\"default\"} 0"), "{m}");
+    let i = info(&t, "default");
+    assert_eq!(i["active"], true, "network torn down: {i:#}");
+    assert_eq!(i["dnsmasq_restarts"].as_u64(), Some(restarts as u64));
+
+    // Fixed: back at the next try, without anyone touching the network.
+    fs::remove_file(&flag).unwrap();
+    assert!(
+        wait_until(
+            Duration::from_secs(20),
+            || info(&t, "default")["dnsmasq_healthy"] == true
+        ),
+        "{:#}",
+        info(&t, "default")
+    );
+    let m = t.netd_ok(&["metrics"]);
+    assert!(m.contains("netd_dnsmasq_up{network=\"default\"} 1"), "{m}");
+}
+
+#[test]
+fn torn_writes_and_a_broken_file_leave_the_old_state() {
+    require_netd!();
+    let (mut t, g) = nat_topology("resilience_torn");
+    let other = t.write_file(
+        "other.toml",
+        "name = \"other\"\nbridge = \"ndother0\"\n[ipv4]\naddress = \"10.77.0.1/24\"\n",
+    );
+    t.netd_ok(&["net", "define", other.to_str().unwrap()]);
+    let before = info(&t, "default");
+    let dns = dnsmasq_pid(&t);
+    let mac = fs::read_to_string(t.state_dir().join("macs/default")).unwrap();
+    crash_daemon(&mut t);
+
+    // A kill between the temp write and the rename, for each state file.
+    let nets = t.config_dir().join("networks");
+    let temps = [
+        nets.join("default.toml.tmp~"),
+        nets.join("other.toml.tmp~"),
+        t.state_dir().join("running.json.tmp~"),
+        t.state_dir().join("macs/default.tmp~"),
+    ];
+    for p in &temps {
+        fs::write(p, "name = \"def").unwrap();
+    }
+    // And a definition that does not parse.
+    fs::write(nets.join("broken.toml"), "name = [unclosed\n").unwrap();
+
+    t.start_daemon().expect("daemon");
+    for p in &temps {
+        assert!(!p.exists(), "{} left", p.display());
+    }
+    let after = info(&t, "default");
+    assert_eq!(after["active"], true);
+    assert_eq!(after["bridge_ifindex"], before["bridge_ifindex"]);
+    assert_eq!(after["mac"], before["mac"]);
+    assert_eq!(dnsmasq_pid(&t), dns);
+    assert_eq!(
+        fs::read_to_string(t.state_dir().join("macs/default")).unwrap(),
+        mac
+    );
+    let list = t.netd_json(&["net", "list", "--all"]);
+    let names: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["default", "other"]);
+    let aside: Vec<String> = fs::read_dir(&nets)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("broken.toml.bad-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "broken.toml not moved aside");
+    assert_eq!(
+        fs::read_to_string(nets.join(&aside[0])).unwrap(),
+        "name = [unclosed\n",
+        "the bad file's content was changed"
+    );
+    assert!(
+        t.daemon_log()
+            .lines()
+            .any(|l| l.contains("broken.toml") && l.contains(&aside[0])),
+        "no log line names the bad file"
+    );
+    // Every state file is 0600.
+    use std::os::unix::fs::PermissionsExt;
+    for p in [
+        nets.join("default.toml"),
+        t.state_dir().join("running.json"),
+        t.state_dir().join("macs/default"),
+    ] {
+        let mode = fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", p.display());
+    }
+    g.ns.ping_ok("192.168.122.1");
+
+    // A run record that does not parse: moved aside, nothing torn down.
+    crash_daemon(&mut t);
+    fs::write(t.state_dir().join("running.json"), "{\"networks\": {").unwrap();
+    t.start_daemon().expect("daemon");
+    assert!(
+        fs::read_dir(t.state_dir()).unwrap().flatten().any(|e| e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("running.json.bad-")),
+        "running.json not moved aside"
+    );
+    assert!(t.host.ip(&["link", "show", "dev", "virbr0"]).success());
+    g.ns.ping_ok("192.168.122.1");
+}
