@@ -396,22 +396,7 @@ fn dnsmasq_killed_is_back_within_2s_and_the_guest_keeps_its_address() {
 fn dnsmasq_crashing_on_start_fails_status_and_backs_off() {
     require_netd!();
     let mut t = Topology::new("resilience_dnsmasq_crash").expect("topology");
-    // Test-only stand-in: the real dnsmasq, until the flag file exists.
-    let flag = t.dir.join("crash");
-    let count = t.dir.join("launches");
-    let fake = t.dir.join("fake-dnsmasq");
-    fs::write(
-        &fake,
-        format!(
-            "#!/bin/sh\necho x >> {}\nif [ -e {} ]; then echo 'dnsmasq: simulated crash on start' >&2; exit 1; fi\nexec {} \"$@\"\n",
-            count.display(),
-            flag.display(),
-            netd::dhcp::binary().display()
-        ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    let (fake, flag, count) = crashing_dnsmasq(&t);
     t.start_daemon_env(&[], &[("NETD_DNSMASQ", fake.to_str().unwrap())])
         .expect("daemon");
     let def = t.write_file("default.toml", NAT_NET);
@@ -565,4 +550,113 @@ fn torn_writes_and_a_broken_file_leave_the_old_state() {
     );
     assert!(t.host.ip(&["link", "show", "dev", "virbr0"]).success());
     g.ns.ping_ok("192.168.122.1");
+}
+
+/// A stand-in for dnsmasq that runs the real one until `flag` exists, then
+/// fails at once the way dnsmasq does; every launch appends a line to
+/// `count`. Test-only: the daemon finds it through `NETD_DNSMASQ`.
+fn crashing_dnsmasq(t: &Topology) -> (PathBuf, PathBuf, PathBuf) {
+    let flag = t.dir.join("crash");
+    let count = t.dir.join("launches");
+    let fake = t.dir.join("fake-dnsmasq");
+    fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho x >> {}\nif [ -e {} ]; then echo 'dnsmasq: simulated crash on start' >&2; exit 1; fi\nexec {} \"$@\"\n",
+            count.display(),
+            flag.display(),
+            netd::dhcp::binary().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755)).unwrap();
+    (fake, flag, count)
+}
+
+#[test]
+fn a_failed_adoption_step_degrades_the_network_and_never_tears_it_down() {
+    require_netd!();
+    let mut t = Topology::new("resilience_degraded").expect("topology");
+    let (fake, flag, _count) = crashing_dnsmasq(&t);
+    t.start_daemon_env(&[], &[("NETD_DNSMASQ", fake.to_str().unwrap())])
+        .expect("daemon");
+    let def = t.write_file("default.toml", NAT_NET);
+    t.netd_ok(&["net", "define", def.to_str().unwrap()]);
+    t.netd_ok(&["net", "start", "default"]);
+    let g = t.add_guest("virbr0", Some(GUEST_MAC)).expect("guest");
+    assert_eq!(g.dhcp().expect("dhcp").to_string(), GUEST_IP);
+    let echo = tcp_echo_server(&t.upstream, 7002);
+    let ifindex = info(&t, "default")["bridge_ifindex"].clone();
+    let dns = dnsmasq_pid(&t);
+
+    // The daemon dies, and so does dnsmasq, which cannot start again.
+    crash_daemon(&mut t);
+    kill9(dns);
+    fs::write(&flag, "").unwrap();
+    t.start_daemon().expect("daemon");
+
+    let i = info(&t, "default");
+    assert_eq!(i["active"], true, "{i:#}");
+    assert_eq!(i["bridge_ifindex"], ifindex, "bridge recreated: {i:#}");
+    let why = i["degraded"].as_str().expect("degraded").to_string();
+    assert!(
+        why.starts_with("dnsmasq: ") && why.contains("simulated crash on start"),
+        "{why}"
+    );
+    let text = t.netd(&["net", "info", "default"]).stdout;
+    assert!(
+        text.contains("Degraded:") && text.contains("simulated crash"),
+        "{text}"
+    );
+    let o = t.netd(&["status"]);
+    assert_eq!(o.status, 3, "{o}");
+    assert!(
+        o.stdout.lines().any(|l| l.starts_with("FAIL")
+            && l.contains("network")
+            && l.contains("default")
+            && l.contains("dnsmasq: ")
+            && l.contains("simulated crash on start")),
+        "{o}"
+    );
+    assert!(
+        o.stdout
+            .lines()
+            .any(|l| l.contains("default") && l.contains("degraded")),
+        "{o}"
+    );
+    let m = t.netd_ok(&["metrics"]);
+    assert!(
+        m.contains("netd_network_degraded{network=\"default\"} 1"),
+        "{m}"
+    );
+    // What works kept working: NAT and the gateway.
+    g.ns.ping_ok("192.168.122.1");
+    assert_eq!(tcp_request(&g.ns, UPSTREAM_IP, 7002, "nat").unwrap(), "nat");
+    drop(echo);
+
+    // Retried with backoff; mended once dnsmasq can start.
+    fs::remove_file(&flag).unwrap();
+    let t1 = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(20), || info(&t, "default")["degraded"]
+            == Value::Null),
+        "{:#}",
+        info(&t, "default")
+    );
+    eprintln!(
+        "degraded network mended {:.1}s after the cause was removed",
+        t1.elapsed().as_secs_f64()
+    );
+    assert!(info(&t, "default")["dnsmasq_healthy"] == true);
+    let m = t.netd_ok(&["metrics"]);
+    assert!(
+        m.contains("netd_network_degraded{network=\"default\"} 0"),
+        "{m}"
+    );
+    assert!(t.daemon_log().contains("network default recovered"));
+    assert_eq!(
+        g.dhcp_args(&["-r", GUEST_IP]).unwrap().to_string(),
+        GUEST_IP
+    );
 }
