@@ -660,3 +660,129 @@ fn a_failed_adoption_step_degrades_the_network_and_never_tears_it_down() {
         GUEST_IP
     );
 }
+
+// ---- upgrade in place: pinned maps of another layout -------------------------
+
+/// bpf(2) with a zeroed 128-byte attr whose head is `head`.
+fn bpf_call(cmd: libc::c_long, head: &[u8]) -> std::io::Result<i64> {
+    let mut attr = [0u8; 128];
+    attr[..head.len()].copy_from_slice(head);
+    // SAFETY: attr is a valid bpf_attr prefix for the command.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc)
+}
+
+fn words(w: &[u64]) -> Vec<u8> {
+    w.iter().flat_map(|x| x.to_ne_bytes()).collect()
+}
+
+/// Pins a hash map "another build" made at `path`, with `n` entries.
+fn pin_hash_map(path: &Path, key: u32, value: u32, max: u32, n: u8) {
+    let head: Vec<u8> = [1u32, key, value, max, 0]
+        .iter()
+        .flat_map(|x| x.to_ne_bytes())
+        .collect();
+    let fd = bpf_call(0, &head).expect("BPF_MAP_CREATE") as u32;
+    for i in 0..n {
+        let k = vec![i + 1; key as usize];
+        let v = vec![0x5a; value as usize];
+        let head = [u64::from(fd), k.as_ptr() as u64, v.as_ptr() as u64, 0];
+        bpf_call(2, &words(&head)).expect("BPF_MAP_UPDATE_ELEM");
+    }
+    let p = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    bpf_call(6, &words(&[p.as_ptr() as u64, u64::from(fd)])).expect("BPF_OBJ_PIN");
+    // SAFETY: our own descriptor; the pin keeps the map.
+    unsafe { libc::close(fd as i32) };
+}
+
+#[test]
+fn pinned_maps_of_another_layout_refuse_the_start_unless_migrated() {
+    require_netd!();
+    let mut t = Topology::new("resilience_upgrade").expect("topology");
+    t.mount_bpffs().expect("bpffs");
+    let maps = t.bpffs().join("maps");
+    fs::create_dir_all(&maps).unwrap();
+    let (fk, ft, up) = (
+        std::mem::size_of::<netd_common::ForwardKey>() as u32,
+        std::mem::size_of::<netd_common::ForwardTarget>() as u32,
+        std::mem::size_of::<netd_common::Uplink>() as u32,
+    );
+    // Same entries, another size; and another value layout.
+    pin_hash_map(&maps.join("NETD_FORWARDS"), fk, ft, 64, 3);
+    pin_hash_map(
+        &maps.join("NETD_UPLINKS"),
+        4,
+        up + 4,
+        netd_common::MAX_UPLINKS,
+        2,
+    );
+
+    let bin = t.bin();
+    let dir = |s: &str| t.dir.join(s).to_string_lossy().into_owned();
+    let (c, s, r, b) = (dir("config"), dir("state"), dir("run"), dir("bpffs"));
+    let o = t.host.exec_timeout(
+        &[
+            bin.to_str().unwrap(),
+            "daemon",
+            "--config-dir",
+            &c,
+            "--state-dir",
+            &s,
+            "--run-dir",
+            &r,
+            "--bpffs",
+            &b,
+            "--cgroup",
+            "none",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.status, 1, "{o}");
+    let err = o.stderr.trim();
+    assert_eq!(err.lines().count(), 1, "{o}");
+    assert!(err.starts_with("error: "), "{o}");
+    let fwd = format!(
+        "NETD_FORWARDS (max_entries 64 -> {})",
+        netd_common::FORWARD_MAX_ENTRIES
+    );
+    let upl = format!("NETD_UPLINKS (value_size {} -> {up})", up + 4);
+    for want in [fwd.as_str(), upl.as_str(), "--migrate-maps"] {
+        assert!(err.contains(want), "{want:?} missing: {err}");
+    }
+    // Refused before anything was loaded.
+    assert!(!maps.join("NETD_NETWORKS").exists());
+
+    t.start_daemon_with(&["--migrate-maps"]).expect("daemon");
+    let log = t.daemon_log();
+    assert!(
+        log.contains(&format!("migrated map {fwd}: 3 entries kept, 0 dropped")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("migrated map {upl}: 0 entries kept, 2 dropped")),
+        "{log}"
+    );
+    let described = |t: &Topology, name: &str| -> Value {
+        let o = t.netd_bpf(&["maps", "-o", "json"]);
+        let v: Value = serde_json::from_str(&o.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    let f = described(&t, "NETD_FORWARDS");
+    assert_eq!(f["max_entries"], netd_common::FORWARD_MAX_ENTRIES);
+    assert_eq!(f["entries"], 3);
+    assert_eq!(described(&t, "NETD_UPLINKS")["value_size"], up);
+
+    // The migrated maps are this build's now: a plain restart reuses them.
+    let id = f["id"].clone();
+    t.restart_daemon().expect("restart");
+    assert_eq!(described(&t, "NETD_FORWARDS")["id"], id);
+    assert_eq!(described(&t, "NETD_FORWARDS")["entries"], 3);
+}

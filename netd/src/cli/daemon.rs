@@ -32,6 +32,12 @@ pub struct Args {
     /// exits. By default they keep running and the next daemon adopts them.
     #[arg(long)]
     stop_networks_on_exit: bool,
+    /// When the pinned maps were made by a build that defines them
+    /// differently: replace them by new ones, copying every entry that
+    /// still fits (and logging how many were kept and dropped). Without
+    /// it, such a start is refused.
+    #[arg(long)]
+    migrate_maps: bool,
     /// Conntrack timeout of TCP connections still in the handshake (s).
     #[arg(long, default_value_t = Settings::DEFAULT.tcp_syn_timeout)]
     ct_tcp_syn_timeout: u32,
@@ -70,6 +76,7 @@ pub fn exec(a: &Args) -> anyhow::Result<()> {
         cgroup: a.cgroup.clone(),
         metrics_addr: a.metrics_addr,
         stop_networks_on_exit: a.stop_networks_on_exit,
+        migrate_maps: a.migrate_maps,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

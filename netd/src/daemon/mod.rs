@@ -37,6 +37,9 @@ pub struct Options {
     /// Stop every network on SIGTERM/SIGINT (by default they keep running,
     /// dnsmasq included, for the next daemon to adopt).
     pub stop_networks_on_exit: bool,
+    /// Replace pinned maps of another layout (a new build) by new ones,
+    /// copying the entries that fit; without it such a start is refused.
+    pub migrate_maps: bool,
 }
 
 pub struct Daemon {
@@ -50,7 +53,8 @@ pub async fn run(opts: Options) -> Result<()> {
     // Before anything else: two daemons on one state dir would fight over
     // dnsmasq, the maps and the files.
     let _lock = store::lock_state_dir(&paths.state_dir)?;
-    let dp = Dataplane::load(&paths.bpffs, opts.bpf_log).context("loading the dataplane")?;
+    let dp = Dataplane::load_migrating(&paths.bpffs, opts.bpf_log, opts.migrate_maps)
+        .context("loading the dataplane")?;
     let mut dp = dp;
     let mut settings = opts.settings;
     settings.netns_cookie = crate::link::netns_cookie().context("reading our netns cookie")?;

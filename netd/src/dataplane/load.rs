@@ -76,12 +76,33 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads every program, creating or reusing the pinned maps.
+    /// Loads every program, creating or reusing the pinned maps. Pinned
+    /// maps this build defines differently refuse the load.
     pub fn load(bpffs: &Path, bpf_log: bool) -> Result<Self> {
+        Self::load_migrating(bpffs, bpf_log, false)
+    }
+
+    /// Like [`Dataplane::load`]; with `migrate_maps`, pinned maps this
+    /// build defines differently are replaced by new ones holding every
+    /// entry that still fits (see upgrade.rs).
+    pub fn load_migrating(bpffs: &Path, bpf_log: bool, migrate_maps: bool) -> Result<Self> {
         ensure_bpffs(bpffs)?;
         let maps_dir = bpffs.join("maps");
         std::fs::create_dir_all(&maps_dir)?;
         std::fs::create_dir_all(bpffs.join("links"))?;
+        let mismatches = super::upgrade::check(&maps_dir)?;
+        let saved = if mismatches.is_empty() {
+            Vec::new()
+        } else if migrate_maps {
+            super::upgrade::set_aside(&maps_dir, &mismatches)?
+        } else {
+            let list: Vec<String> = mismatches.iter().map(ToString::to_string).collect();
+            return Err(anyhow!(
+                "pinned maps in {} differ from this build's: {}; start with --migrate-maps to move their entries into new maps",
+                maps_dir.display(),
+                list.join("; ")
+            ));
+        };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .load(BPF_OBJECT)
@@ -132,6 +153,9 @@ impl Dataplane {
             cgroup: None,
             _logger: logger,
         };
+        if !saved.is_empty() {
+            super::upgrade::restore(&dp.maps_dir(), saved)?;
+        }
         super::maps::init_settings(&dp.maps_dir())?;
         Ok(dp)
     }
