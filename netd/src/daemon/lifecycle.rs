@@ -307,7 +307,12 @@ async fn ensure_uplink<K: Kernel>(
     if !routes_out(net) || datapath_config(net, 0)?.is_none() {
         return Ok(());
     }
-    let want = uplink_for(k, net).await?;
+    let Some(want) = uplink_for(k, net).await? else {
+        // No default route right now (a flapping router, say): keep what
+        // the network has; a route event moves it when one appears.
+        return Ok(());
+    };
+    let want = Some(want);
     for old in rec.uplinks.clone() {
         if Some(&old) != want.as_ref() {
             release_uplink(k, &old, shared).await?;
