@@ -151,6 +151,49 @@ fn crash_daemon(t: &mut Topology) {
     );
 }
 
+/// Pid of the `netd daemon` working on `state` (not one of `not`).
+fn find_daemon(state: &Path, not: Option<u32>) -> Option<u32> {
+    let want = state.to_string_lossy().into_owned();
+    fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = fs::read(e.path().join("cmdline")).ok()?;
+        let args: Vec<String> = cmd
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is = args.iter().any(|a| a == "daemon") && args.iter().any(|a| *a == want);
+        (is && Some(pid) != not && process_running(pid)).then_some(pid)
+    })
+}
+
+/// Starts the daemon and kill -9s it `delay` after it was spawned, while it
+/// loads and adopts (or just after, if it was quicker). Leaves it dead.
+/// Returns whether it died before it answered.
+fn kill_during_startup(t: &mut Topology, delay: Duration) -> bool {
+    let state = t.state_dir();
+    let killer = std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < end {
+            if let Some(pid) = find_daemon(&state, None) {
+                std::thread::sleep(delay);
+                kill9(pid);
+                return Some(pid);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        None
+    });
+    let r = t.start_daemon();
+    let pid = killer.join().unwrap().expect("daemon never appeared");
+    if r.is_ok() {
+        assert!(
+            wait_until(Duration::from_secs(5), || !t.daemon_running()),
+            "daemon {pid} survived SIGKILL"
+        );
+    }
+    r.is_err()
+}
+
 fn nat_topology(name: &str) -> (Topology, Guest) {
     let mut t = Topology::new(name).expect("topology");
     t.start_daemon().expect("daemon");
@@ -223,10 +266,20 @@ fn crash_loop_loses_no_byte_no_map_and_no_dnsmasq() {
 
     let rounds = 20;
     let mut survived = 0;
+    let mut mid_startup = 0;
+    let mut before_ready = 0;
     for round in 0..rounds {
         // Kill at a different moment of each round: 100..580 ms after ready.
         std::thread::sleep(Duration::from_millis(100 + (round * 137) % 480));
         crash_daemon(&mut t);
+        if round % 2 == 1 {
+            // And every other round once more, while the next one starts
+            // up and adopts: 0..760 ms after it was spawned.
+            if kill_during_startup(&mut t, Duration::from_millis((round * 40) % 800)) {
+                before_ready += 1;
+            }
+            mid_startup += 1;
+        }
         t.start_daemon().expect("daemon after kill -9");
         let i = info(&t, "default");
         assert_eq!(i["active"], true, "round {round}: {i:#}");
@@ -251,9 +304,11 @@ fn crash_loop_loses_no_byte_no_map_and_no_dnsmasq() {
     let (down_sent, down_sent_sha) = result(&f("down.send"), timeout);
     let (down_got, down_got_sha) = result(&f("down.recv"), timeout);
     eprintln!(
-        "crash loop: {survived}/{rounds} kill -9 rounds survived in {:.1}s; \
-         upload {up_got}/{up_sent} bytes, download {down_got}/{down_sent} bytes; \
-         {} pinned maps kept their ids; dnsmasq pid {dns} throughout",
+        "crash loop: {survived}/{rounds} rounds survived ({} kill -9s, {mid_startup} of them \
+         during startup/adoption, {before_ready} before it answered) in {:.1}s; upload {up_got}/{up_sent} bytes, download \
+         {down_got}/{down_sent} bytes, SHA-256 equal; {} pinned maps kept their ids; \
+         dnsmasq pid {dns} throughout",
+        rounds + mid_startup,
         t0.elapsed().as_secs_f64(),
         ids.len()
     );
