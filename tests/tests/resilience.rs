@@ -841,3 +841,40 @@ fn pinned_maps_of_another_layout_refuse_the_start_unless_migrated() {
     assert_eq!(described(&t, "NETD_FORWARDS")["id"], id);
     assert_eq!(described(&t, "NETD_FORWARDS")["entries"], 3);
 }
+
+#[test]
+fn a_changed_dnsmasq_config_restarts_it_after_the_old_one_exited() {
+    require_netd!();
+    let (mut t, g) = nat_topology("resilience_conf_change");
+    let old = dnsmasq_pid(&t);
+    crash_daemon(&mut t);
+    // What a new build renders differently: the range, as the next daemon
+    // finds it in the run record.
+    let run = t.state_dir().join("running.json");
+    let mut rec: Value = serde_json::from_slice(&fs::read(&run).unwrap()).unwrap();
+    rec["networks"]["default"]["definition"]["ipv4"]["dhcp"]["end"] = "192.168.122.150".into();
+    fs::write(&run, serde_json::to_vec(&rec).unwrap()).unwrap();
+    t.start_daemon().expect("daemon");
+    let i = info(&t, "default");
+    assert_eq!(i["degraded"], Value::Null, "{i:#}");
+    let new = dnsmasq_pid(&t);
+    assert_ne!(new, old, "dnsmasq kept the old config");
+    assert!(!process_running(old), "the old dnsmasq {old} still runs");
+    let log = t.daemon_log();
+    assert!(
+        log.contains("dnsmasq's config changed; restarting it"),
+        "{log}"
+    );
+    assert!(!log.contains("Address already in use"), "{log}");
+    let conf = fs::read_to_string(t.run_dir().join("dnsmasq/default.conf")).unwrap();
+    assert!(conf.contains("192.168.122.150"), "{conf}");
+    // The new one serves, with the old leases.
+    assert_eq!(
+        g.dhcp_args(&["-r", GUEST_IP]).unwrap().to_string(),
+        GUEST_IP
+    );
+    // And an unchanged config is adopted as it runs.
+    crash_daemon(&mut t);
+    t.start_daemon().expect("daemon");
+    assert_eq!(dnsmasq_pid(&t), new);
+}

@@ -33,6 +33,9 @@ const POLL: Duration = Duration::from_millis(250);
 /// How long the launcher may take to report.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_GRACE: Duration = Duration::from_secs(3);
+/// dnsmasq logs every DHCP exchange to its file; past this size the
+/// supervisor empties it (dnsmasq appends, so it just carries on).
+const LOG_MAX: u64 = 1 << 20;
 
 /// The dnsmasq binary: `$NETD_DNSMASQ`, else the usual sbin locations, else `dnsmasq` on PATH.
 pub fn binary() -> PathBuf {
@@ -427,13 +430,17 @@ async fn supervise(
             _ = &mut stop_rx => return,
         }
         if serves(pid, &conf) {
+            trim_log(&conf);
             continue;
         }
         shared.pid.store(0, Ordering::SeqCst);
         if since.elapsed() >= STABLE_RUN {
             delay = BACKOFF_MIN;
         }
-        let why = format!("dnsmasq {pid} exited unexpectedly");
+        let why = match last_log_line(&conf) {
+            Some(l) => format!("dnsmasq {pid} exited unexpectedly; its last log line: {l}"),
+            None => format!("dnsmasq {pid} exited unexpectedly"),
+        };
         tracing::warn!(network = %net, "{why}; restarting in {delay:?}");
         *shared.last_error.lock().unwrap() = Some(why);
         loop {
@@ -464,6 +471,31 @@ async fn supervise(
             }
         }
     }
+}
+
+/// Empties dnsmasq's log file once it is over [`LOG_MAX`].
+fn trim_log(conf: &Path) {
+    let p = log_file(conf);
+    if std::fs::metadata(&p).is_ok_and(|m| m.len() > LOG_MAX)
+        && let Ok(f) = std::fs::OpenOptions::new().write(true).open(&p)
+    {
+        let _ = f.set_len(0);
+    }
+}
+
+/// The last line dnsmasq wrote to its log, without its "date dnsmasq[pid]:" prefix.
+fn last_log_line(conf: &Path) -> Option<String> {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let mut f = std::fs::File::open(log_file(conf)).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut tail = String::new();
+    f.read_to_string(&mut tail).ok()?;
+    let line = tail.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    Some(match line.split_once("]: ") {
+        Some((_, msg)) => msg.to_string(),
+        None => line.to_string(),
+    })
 }
 
 /// Removes the pid and log files dnsmasq leaves beside `conf` (network
