@@ -161,7 +161,7 @@ fn find_daemon(state: &Path, not: Option<u32>) -> Option<u32> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
-        let is = args.iter().any(|a| a == "daemon") && args.iter().any(|a| *a == want);
+        let is = args.iter().any(|a| a == "daemon") && args.contains(&want);
         (is && Some(pid) != not && process_running(pid)).then_some(pid)
     })
 }
