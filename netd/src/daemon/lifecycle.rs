@@ -168,10 +168,18 @@ pub async fn tear_down<K: Kernel>(
         );
     }
     if rec.created_bridge && rec.bridge_ifindex != 0 {
-        t.step(
-            "deleting the bridge",
-            k.delete_link(rec.bridge_ifindex).await,
-        );
+        // Only if that ifindex is still our bridge: a bridge deleted behind
+        // our back frees its index for some other device.
+        let ours = match k.link_by_index(rec.bridge_ifindex).await {
+            Ok(Some(l)) => l.name == rec.bridge,
+            _ => false,
+        };
+        if ours {
+            t.step(
+                "deleting the bridge",
+                k.delete_link(rec.bridge_ifindex).await,
+            );
+        }
     }
     t.finish()
 }

@@ -556,3 +556,24 @@ fn a_changed_config_restarts_dnsmasq_only_after_the_old_one_exited() {
         assert!(stop < start, "{log:?}");
     });
 }
+
+#[test]
+fn teardown_never_deletes_a_device_that_took_the_bridges_index() {
+    rt().block_on(async {
+        let mut k = Fake::new();
+        let (rec, dns) = started(&mut k).await;
+        {
+            // The bridge was deleted, and a guest's veth got its ifindex.
+            let mut w = k.w.lock().unwrap();
+            w.links
+                .insert(rec.bridge_ifindex, ("vnet7".into(), false, vec![]));
+        }
+        lifecycle::tear_down(&mut k, &rec, dns, &shared())
+            .await
+            .unwrap();
+        let w = k.world();
+        assert_eq!(w.links[&rec.bridge_ifindex].0, "vnet7");
+        assert!(!w.networks.contains_key(&rec.bridge_ifindex));
+        assert!(!w.servers.contains_key("default"));
+    });
+}
