@@ -136,6 +136,27 @@ fn map_ids(t: &Topology) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// (hook, interface) -> (pinned link id, program id) of every tcx hook.
+fn links(t: &Topology) -> BTreeMap<(String, String), (u64, u64)> {
+    let o = t.netd(&["status", "-o", "json"]);
+    let v: Value = serde_json::from_str(&o.stdout).unwrap_or_else(|e| panic!("{e}: {o}"));
+    v["programs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| !p["hook"].as_str().unwrap().starts_with("cgroup"))
+        .map(|p| {
+            (
+                (
+                    p["hook"].as_str().unwrap().to_string(),
+                    p["interface"].as_str().unwrap().to_string(),
+                ),
+                (p["link_id"].as_u64().unwrap(), p["id"].as_u64().unwrap()),
+            )
+        })
+        .collect()
+}
+
 fn kill9(pid: u32) {
     // SAFETY: plain syscall on a pid this test owns.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -219,6 +240,8 @@ fn crash_loop_loses_no_byte_no_map_and_no_dnsmasq() {
     let ids = map_ids(&t);
     let dns = dnsmasq_pid(&t);
     let bridge = info(&t, "default")["bridge_ifindex"].as_u64();
+    let hooks = links(&t);
+    assert_eq!(hooks.len(), 4, "{hooks:?}");
     let dir = t.dir.join("streams");
     fs::create_dir_all(&dir).unwrap();
     let stop = dir.join("stop");
@@ -274,8 +297,8 @@ fn crash_loop_loses_no_byte_no_map_and_no_dnsmasq() {
         crash_daemon(&mut t);
         if round % 2 == 1 {
             // And every other round once more, while the next one starts
-            // up and adopts: 0..760 ms after it was spawned.
-            if kill_during_startup(&mut t, Duration::from_millis((round * 40) % 800)) {
+            // up and adopts: 0..400 ms after it was spawned.
+            if kill_during_startup(&mut t, Duration::from_millis((round * 23) % 400)) {
                 before_ready += 1;
             }
             mid_startup += 1;
@@ -295,6 +318,19 @@ fn crash_loop_loses_no_byte_no_map_and_no_dnsmasq() {
             ids,
             "round {round}: a pinned map was recreated"
         );
+        // Each daemon loads its own programs and swaps them into the same
+        // pinned links: the link ids stay, the program ids change.
+        let now = links(&t);
+        for (hook, (link, prog)) in &hooks {
+            let (l, p) = now
+                .get(hook)
+                .unwrap_or_else(|| panic!("round {round}: {hook:?} gone"));
+            assert_eq!(
+                l, link,
+                "round {round}: {hook:?} was re-attached, not swapped"
+            );
+            assert_ne!(p, prog, "round {round}: {hook:?} runs the old program");
+        }
         survived += 1;
     }
     fs::write(&stop, "").unwrap();
@@ -306,11 +342,12 @@ fn crash_loop_loses_no_byte_no_map_and_no_dnsmasq() {
     eprintln!(
         "crash loop: {survived}/{rounds} rounds survived ({} kill -9s, {mid_startup} of them \
          during startup/adoption, {before_ready} before it answered) in {:.1}s; upload {up_got}/{up_sent} bytes, download \
-         {down_got}/{down_sent} bytes, SHA-256 equal; {} pinned maps kept their ids; \
-         dnsmasq pid {dns} throughout",
+         {down_got}/{down_sent} bytes, SHA-256 equal; {} pinned maps kept their ids, {} tcx \
+         links theirs (new programs swapped in); dnsmasq pid {dns} throughout",
         rounds + mid_startup,
         t0.elapsed().as_secs_f64(),
-        ids.len()
+        ids.len(),
+        hooks.len()
     );
     assert!(
         up_sent > 1_000_000 && down_sent > 1_000_000,
@@ -330,6 +367,23 @@ fn crash_loop_loses_no_byte_no_map_and_no_dnsmasq() {
         !t.daemon_log().contains("is degraded"),
         "{}",
         t.daemon_log()
+    );
+    // How far the daemons killed while starting got, from their logs.
+    let log = t.daemon_log();
+    let runs: Vec<&str> = log.split("=== harness: starting").skip(2).collect();
+    let adopted = runs
+        .iter()
+        .filter(|r| r.contains("network default adopted"))
+        .count();
+    let dns_step = runs
+        .iter()
+        .filter(|r| r.contains("dnsmasq adopted") && !r.contains("network default adopted"))
+        .count();
+    eprintln!(
+        "crash loop: {} daemon runs after the first: {adopted} finished adopting, \
+         {dns_step} were killed inside the dnsmasq step, {} before it",
+        runs.len(),
+        runs.len() - adopted - dns_step
     );
 }
 

@@ -415,6 +415,11 @@ impl Dnsmasq {
     }
 }
 
+/// The restart delay after `delay`: doubled, up to [`BACKOFF_MAX`].
+fn next_delay(delay: Duration) -> Duration {
+    (delay * 2).min(BACKOFF_MAX)
+}
+
 async fn supervise(
     net: String,
     conf: PathBuf,
@@ -449,7 +454,7 @@ async fn supervise(
                 _ = tokio::time::sleep(delay) => {}
                 _ = &mut stop_rx => return,
             }
-            delay = (delay * 2).min(BACKOFF_MAX);
+            delay = next_delay(delay);
             shared.restarts.fetch_add(1, Ordering::SeqCst);
             match launch(&conf).await {
                 Ok(p) => {
@@ -508,5 +513,36 @@ pub fn remove_runtime_files(conf: &Path) {
         applied_file(conf),
     ] {
         let _ = std::fs::remove_file(f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A dnsmasq that fails every start is tried at most 10 times a minute,
+    /// in any minute of the loop (not only the first).
+    #[test]
+    fn a_crash_loop_restarts_at_most_10_times_a_minute() {
+        let mut at = Vec::new();
+        let (mut t, mut delay) = (Duration::ZERO, BACKOFF_MIN);
+        while t < Duration::from_secs(600) {
+            t += delay;
+            at.push(t);
+            delay = next_delay(delay);
+        }
+        for (i, start) in at.iter().enumerate() {
+            let in_minute = at[i..]
+                .iter()
+                .take_while(|x| **x < *start + Duration::from_secs(60))
+                .count();
+            assert!(
+                in_minute <= 10,
+                "{in_minute} restarts in the minute from {start:?}"
+            );
+        }
+        // The first one comes quickly: a killed dnsmasq is back within 2 s
+        // (delay + one poll + its start-up).
+        assert!(BACKOFF_MIN + POLL < Duration::from_secs(1));
     }
 }
