@@ -89,28 +89,45 @@ fn signal(pid: u32, sig: libc::c_int) -> bool {
     pid > 0 && unsafe { libc::kill(pid, sig) } == 0
 }
 
+/// A process's state letter and start time (clock ticks after boot, which
+/// tells a reused pid from the process we looked at), from /proc/PID/stat.
+fn proc_stat(pid: u32) -> Option<(char, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut f = s.rsplit_once(')')?.1.split_whitespace();
+    let state = f.next()?.chars().next()?;
+    // Field 22 of the whole line; the 20th after the state.
+    let start = f.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
 /// Whether `pid` is a live (not zombie) dnsmasq running `conf`. Pids are
 /// reused, so the command line must name our config file; a daemonized
 /// dnsmasq that died stays a zombie until its parent (init) reaps it, and a
 /// zombie has an empty command line.
 pub fn serves(pid: u32, conf: &Path) -> bool {
-    if pid == 0 {
-        return false;
-    }
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next().map(|st| st == "Z"))
-        })
-        .unwrap_or(true);
-    if zombie {
+    if pid == 0 || proc_stat(pid).is_none_or(|(st, _)| st == 'Z' || st == 'X') {
         return false;
     }
     let want = conf_arg(conf);
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|c| c.split(|b| *b == 0).any(|a| a == want.as_bytes()))
         .unwrap_or(false)
+}
+
+/// Waits (up to `limit`) until the process that was `pid` at `start` has
+/// exited completely: a zombie, or gone. An exiting process loses its
+/// command line before it closes its files, so "no longer serves" is not
+/// yet "its sockets are free"; a successor must wait for this.
+async fn wait_exited(pid: u32, start: u64, limit: Duration) -> bool {
+    let t0 = Instant::now();
+    loop {
+        match proc_stat(pid) {
+            None => return true,
+            Some((st, s)) if st == 'Z' || st == 'X' || s != start => return true,
+            _ if t0.elapsed() >= limit => return false,
+            _ => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
 }
 
 fn read_pid_file(conf: &Path) -> Option<u32> {
@@ -135,21 +152,18 @@ fn catches_sighup(pid: u32) -> Option<bool> {
 /// SIGTERM, up to [`STOP_GRACE`] for it to exit, then SIGKILL; returns once
 /// the process is gone (a zombie counts as gone: its sockets are closed).
 async fn terminate(pid: u32, conf: &Path) -> Result<()> {
-    if !serves(pid, conf) {
+    let Some((_, start)) = proc_stat(pid).filter(|_| serves(pid, conf)) else {
+        return Ok(());
+    };
+    signal(pid, libc::SIGTERM);
+    if wait_exited(pid, start, STOP_GRACE).await {
         return Ok(());
     }
-    signal(pid, libc::SIGTERM);
-    let t0 = Instant::now();
-    while serves(pid, conf) {
-        if t0.elapsed() >= STOP_GRACE {
-            signal(pid, libc::SIGKILL);
-        }
-        if t0.elapsed() >= STOP_GRACE * 2 {
-            bail!("dnsmasq {pid} does not exit");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    signal(pid, libc::SIGKILL);
+    if wait_exited(pid, start, STOP_GRACE).await {
+        return Ok(());
     }
-    Ok(())
+    bail!("dnsmasq {pid} does not exit")
 }
 
 /// Ends every dnsmasq that runs `conf` (one left by an earlier daemon whose
@@ -434,11 +448,16 @@ async fn supervise(
             _ = tokio::time::sleep(POLL) => {}
             _ = &mut stop_rx => return,
         }
+        let start = proc_stat(pid).map(|(_, s)| s);
         if serves(pid, &conf) {
             trim_log(&conf);
             continue;
         }
         shared.pid.store(0, Ordering::SeqCst);
+        // Dying, maybe not dead: its sockets must be closed before a new one binds.
+        if let Some(start) = start {
+            wait_exited(pid, start, STOP_GRACE).await;
+        }
         if since.elapsed() >= STABLE_RUN {
             delay = BACKOFF_MIN;
         }
