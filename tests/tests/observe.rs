@@ -395,11 +395,16 @@ fn status_lists_programs_and_flags_an_input_rule_dropping_dhcp() {
     let mut add = vec!["iptables", "-A", "INPUT"];
     add.extend(rule);
     t.host.exec_ok(&add);
-    let s = t.netd_json(&["status"]);
+    // A FAIL makes `netd status` exit 3, in either format.
+    let o = t.netd(&["status", "-o", "json"]);
+    assert_eq!(o.status, 3, "{o}");
+    let s: serde_json::Value = serde_json::from_str(&o.stdout).expect("status JSON");
     let c = check(&s, "host-input", "virbr0");
     assert_eq!(c["level"], "FAIL", "{c}");
     assert!(c["message"].as_str().unwrap().contains("DHCP"), "{c}");
-    let text = t.netd_ok(&["status"]);
+    let o = t.netd(&["status"]);
+    assert_eq!(o.status, 3, "{o}");
+    let text = o.stdout;
     assert!(
         text.lines()
             .any(|l| l.starts_with("FAIL") && l.contains("host-input") && l.contains("virbr0")),

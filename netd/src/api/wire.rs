@@ -71,6 +71,10 @@ pub struct NetworkInfo {
     /// Whether dnsmasq runs right now (None: the network has none).
     #[serde(default)]
     pub dnsmasq_healthy: Option<bool>,
+    /// Set while a step of a running network failed ("step: error; ..."):
+    /// it keeps running with what works and is retried.
+    #[serde(default)]
+    pub degraded: Option<String>,
     /// Hints for operators, e.g. the static route upstream routers need.
     pub notes: Vec<String>,
     /// Hostdev networks: VFs held (libvirt's `<network connections='N'>`).

@@ -33,9 +33,20 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     socket_group: Option<String>,
     /// Entries in each port-forward map: one per forwarded (protocol, host
-    /// address, port). Sizes the maps when they are first created.
+    /// address, port). A size other than that of the maps pinned already
+    /// needs --migrate-maps (which keeps every forward).
     #[arg(long, default_value_t = netd_common::FORWARD_MAX_ENTRIES, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
     forwards_max: u32,
+    /// Stop every network (bridges, programs, dnsmasq) when the daemon
+    /// exits. By default they keep running and the next daemon adopts them.
+    #[arg(long)]
+    stop_networks_on_exit: bool,
+    /// When the pinned maps were made by a build that defines them
+    /// differently: replace them by new ones, copying every entry that
+    /// still fits (and logging how many were kept and dropped). Without
+    /// it, such a start is refused.
+    #[arg(long)]
+    migrate_maps: bool,
     /// Conntrack timeout of TCP connections still in the handshake (s).
     #[arg(long, default_value_t = Settings::DEFAULT.tcp_syn_timeout)]
     ct_tcp_syn_timeout: u32,
@@ -84,6 +95,8 @@ pub fn exec(a: &Args) -> anyhow::Result<()> {
         socket_group: a.socket_group.clone(),
         forwards_max: a.forwards_max,
         sriov: crate::sriov::Sriov::new(&a.sysfs_root, a.vf_netlink_log.clone()),
+        stop_networks_on_exit: a.stop_networks_on_exit,
+        migrate_maps: a.migrate_maps,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

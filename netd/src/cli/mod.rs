@@ -94,7 +94,12 @@ pub fn main() -> ExitCode {
         Command::Leases(a) => leases::exec(a, &cli.client()),
         Command::Forward(c) => forward::exec(c, &cli.client()),
         Command::Bpf(c) => bpf::exec(c),
-        Command::Status(a) => status::exec(a, &cli.client()),
+        Command::Status(a) => match status::exec(a, &cli.client()) {
+            // A check FAILed: the report is printed, the exit status says so.
+            Ok(true) => return ExitCode::from(3),
+            Ok(false) => Ok(()),
+            Err(e) => Err(e),
+        },
         Command::Metrics(a) => metrics::exec(a, &cli.client()),
         Command::Vf(c) => vf::exec(c, &cli.client()),
     };

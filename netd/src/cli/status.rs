@@ -18,10 +18,14 @@ fn percent(entries: u64, max: u32) -> String {
     format!("{:.1}%", entries as f64 * 100.0 / f64::from(max))
 }
 
-pub fn exec(a: &Args, client: &Client) -> Result<()> {
+/// Prints the status; Ok(true) when a check FAILs (the caller exits 3,
+/// as DESIGN's CLI contract says, whatever the output format).
+pub fn exec(a: &Args, client: &Client) -> Result<bool> {
     let s: StatusResponse = client.get("/v1/status")?;
+    let failed = s.checks.iter().any(|c| c.level == "FAIL");
     if a.out.format == Format::Json {
-        return print_json(&s);
+        print_json(&s)?;
+        return Ok(failed);
     }
     println!("netd {} up {}s", s.version, s.uptime_secs);
     println!();
@@ -42,7 +46,15 @@ pub fn exec(a: &Args, client: &Client) -> Result<()> {
             (None, _) => "-".into(),
         };
         let (state, uplink, masq) = if n.active {
-            ("active", opt(&n.uplink), opt(&n.masquerade_address))
+            (
+                if n.degraded.is_some() {
+                    "degraded"
+                } else {
+                    "active"
+                },
+                opt(&n.uplink),
+                opt(&n.masquerade_address),
+            )
         } else {
             ("inactive", "-".into(), "-".into())
         };
@@ -134,5 +146,5 @@ pub fn exec(a: &Args, client: &Client) -> Result<()> {
     for c in &s.checks {
         println!("{:<4}  {:<w$}  {}", c.level, c.name, c.message);
     }
-    Ok(())
+    Ok(failed)
 }

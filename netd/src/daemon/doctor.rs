@@ -69,13 +69,38 @@ impl super::State {
         out.push(br_netfilter_check(Path::new("/proc/sys/net/bridge")));
         out.push(fw.forward_check());
 
-        for run in self.running.values() {
+        for (name, run) in &self.running {
+            if let Some(d) = &run.degraded {
+                out.push(check(
+                    FAIL,
+                    "network",
+                    format!(
+                        "{name} is degraded ({}); it keeps running with what works and is retried (next in {}s).",
+                        d.summary(),
+                        d.next_try
+                            .saturating_duration_since(std::time::Instant::now())
+                            .as_secs()
+                    ),
+                ));
+            }
             if let Some(d) = &run.dnsmasq {
-                let name = &run.record.definition.name;
                 out.push(if d.healthy() {
-                    check(OK, "dnsmasq", format!("{name}: dnsmasq is running (pid {}).", d.pid().unwrap_or(0)))
+                    check(
+                        OK,
+                        "dnsmasq",
+                        format!("{name}: dnsmasq is running (pid {}).", d.pid().unwrap_or(0)),
+                    )
                 } else {
-                    check(FAIL, "dnsmasq", format!("{name}: dnsmasq is down and being restarted; see the daemon log for why."))
+                    check(
+                        FAIL,
+                        "dnsmasq",
+                        format!(
+                            "{name}: dnsmasq is down ({}), {} restarts so far; next try in {}s.",
+                            d.last_error().unwrap_or_else(|| "starting".into()),
+                            d.restarts(),
+                            d.next_try_in().unwrap_or_default().as_secs()
+                        ),
+                    )
                 });
             }
         }

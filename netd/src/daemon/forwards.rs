@@ -75,6 +75,34 @@ impl PortIndex {
     }
 }
 
+/// The datapath entries a network's forwards expand to over these uplink
+/// addresses (a forward without an address is on every one of them).
+pub(super) fn expand(
+    net: &Network,
+    bridge_ifindex: u32,
+    uplink_addrs: &[Ipv4Addr],
+) -> Vec<ForwardEntry> {
+    let mut out = Vec::new();
+    for f in &net.forwards {
+        let pairs = port_pairs(f);
+        let addrs = match f.address {
+            Some(a) => vec![a],
+            None => uplink_addrs.to_vec(),
+        };
+        for a in &addrs {
+            for (hp, gip, gp) in &pairs {
+                out.push(ForwardEntry {
+                    proto: f.proto.number(),
+                    host: (*a, *hp),
+                    guest: (*gip, *gp),
+                    bridge_ifindex,
+                });
+            }
+        }
+    }
+    out
+}
+
 impl State {
     /// The datapath entries a network's forwards expand to right now.
     pub(super) async fn forward_entries(
@@ -91,25 +119,7 @@ impl State {
                 uplink_addrs.push(a);
             }
         }
-        let mut out = Vec::new();
-        for f in &net.forwards {
-            let pairs = port_pairs(f);
-            let addrs = match f.address {
-                Some(a) => vec![a],
-                None => uplink_addrs.clone(),
-            };
-            for a in &addrs {
-                for (hp, gip, gp) in &pairs {
-                    out.push(ForwardEntry {
-                        proto: f.proto.number(),
-                        host: (*a, *hp),
-                        guest: (*gip, *gp),
-                        bridge_ifindex,
-                    });
-                }
-            }
-        }
-        out
+        expand(net, bridge_ifindex, &uplink_addrs)
     }
 
     /// Makes the forwards map hold exactly this network's current entries.
@@ -142,17 +152,6 @@ impl State {
         maps::remove_forwards(&dir, &stale)?;
         maps::add_forwards(&dir, &new)?;
         Ok(())
-    }
-
-    /// Removes every forward entry of a bridge (network teardown).
-    pub(super) fn clear_forwards(&self, bridge_ifindex: u32) -> Result<()> {
-        let dir = self.dp.maps_dir();
-        let mine: Vec<ForwardEntry> = maps::list_forwards(&dir)?
-            .into_iter()
-            .map(|(e, _)| e)
-            .filter(|e| e.bridge_ifindex == bridge_ifindex)
-            .collect();
-        maps::remove_forwards(&dir, &mine)
     }
 
     /// Adds forwards to a network, all or none: each is validated and

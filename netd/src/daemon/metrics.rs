@@ -33,6 +33,8 @@ pub struct NetworkMetrics {
     /// None when the network has no DHCP server.
     pub leases: Option<u64>,
     pub dnsmasq: Option<DnsmasqMetrics>,
+    /// A step failed and is being retried.
+    pub degraded: bool,
     /// Hostdev networks: (VFs in the pool, VFs free).
     pub vf_pool: Option<(u64, u64)>,
 }
@@ -275,6 +277,15 @@ pub fn render(s: &Snapshot) -> String {
             f.sample(&[("network", &n.name)], u64::from(d.up));
         }
     }
+    let mut f = Family::new(
+        o,
+        "netd_network_degraded",
+        "gauge",
+        "1 while a step of a running network failed; it keeps running with what works and is retried.",
+    );
+    for n in &s.networks {
+        f.sample(&[("network", &n.name)], u64::from(n.degraded));
+    }
 
     let mut f = Family::new(
         o,
@@ -383,6 +394,7 @@ impl super::State {
                     up: d.healthy(),
                     restarts: d.restarts(),
                 }),
+                degraded: run.degraded.is_some(),
                 vf_pool: (run.record.definition.mode == crate::config::Mode::Hostdev).then(|| {
                     let p = self.vf_pool_summary(&run.record.definition);
                     (u64::from(p.total), u64::from(p.free))
@@ -444,6 +456,7 @@ mod tests {
                         restarts: 1,
                     }),
                     vf_pool: None,
+                    degraded: true,
                 },
                 NetworkMetrics {
                     name: "passthrough".into(),
@@ -486,6 +499,7 @@ mod tests {
             "netd_forwards{network=\"default\"} 1",
             "netd_forward_hits_total{network=\"default\",proto=\"tcp\",address=\"198.51.100.2\",port=\"8080\"} 3",
             "netd_dnsmasq_restarts_total{network=\"default\"} 1",
+            "netd_network_degraded{network=\"default\"} 1",
             "netd_map_max_entries{map=\"NETD_CT\"} 262144",
             "netd_vf_pool_size{network=\"passthrough\"} 8",
             "netd_vf_pool_free{network=\"passthrough\"} 5",

@@ -7,6 +7,10 @@ mod forwards;
 mod lane;
 pub mod journal;
 mod live;
+mod kernel;
+mod lifecycle;
+#[cfg(test)]
+mod lifecycle_tests;
 pub mod metrics;
 mod network;
 mod repair;
@@ -42,6 +46,12 @@ pub struct Options {
     pub forwards_max: u32,
     /// Where VF pools are found and how VFs are programmed.
     pub sriov: crate::sriov::Sriov,
+    /// Stop every network on SIGTERM/SIGINT (by default they keep running,
+    /// dnsmasq included, for the next daemon to adopt).
+    pub stop_networks_on_exit: bool,
+    /// Replace pinned maps of another layout (a new build) by new ones,
+    /// copying the entries that fit; without it such a start is refused.
+    pub migrate_maps: bool,
 }
 
 pub struct Daemon {
@@ -54,11 +64,19 @@ pub struct Daemon {
 
 pub async fn run(opts: Options) -> Result<()> {
     let paths = opts.paths.clone();
+    // Before anything else: two daemons on one state dir would fight over
+    // dnsmasq, the maps and the files.
+    let _lock = store::lock_state_dir(&paths.state_dir)?;
     let socket_group = match &opts.socket_group {
         Some(g) => Some((g.clone(), group_id(g)?)),
         None => None,
     };
-    let dp = Dataplane::load_sized(&paths.bpffs, opts.bpf_log, opts.forwards_max)
+    let dp = Dataplane::load_with(
+        &paths.bpffs,
+        opts.bpf_log,
+        opts.forwards_max,
+        opts.migrate_maps,
+    )
         .context("loading the dataplane")?;
     let mut dp = dp;
     let mut settings = opts.settings;
@@ -86,6 +104,7 @@ pub async fn run(opts: Options) -> Result<()> {
     tokio::spawn(uplink::gc(daemon.clone()));
     tokio::spawn(lane::watch(daemon.clone()));
     tokio::spawn(repair::watch(daemon.clone()));
+    tokio::spawn(retry_degraded(daemon.clone()));
     let server = tokio::spawn(crate::api::server::serve(daemon.clone()));
     if let Some(addr) = opts.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -95,14 +114,33 @@ pub async fn run(opts: Options) -> Result<()> {
     }
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let what = if opts.stop_networks_on_exit {
+        "stopping every network (--stop-networks-on-exit)"
+    } else {
+        "networks and dnsmasq stay up"
+    };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down, networks stay up"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down, networks stay up"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down, {what}"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down, {what}"),
         r = server => { r??; }
     }
-    daemon.state.lock().await.shutdown().await;
+    daemon
+        .state
+        .lock()
+        .await
+        .shutdown(opts.stop_networks_on_exit)
+        .await;
     let _ = std::fs::remove_file(paths.socket());
     Ok(())
+}
+
+/// Re-runs the steps of degraded networks when their backoff is up.
+async fn retry_degraded(daemon: Arc<Daemon>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        daemon.state.lock().await.retry_degraded().await;
+    }
 }
 
 /// The cgroup the host-local forward programs hang on: the one given, or

@@ -76,33 +76,49 @@ pub struct Dataplane {
 }
 
 impl Dataplane {
-    /// Loads every program, creating or reusing the pinned maps.
+    /// Loads every program, creating or reusing the pinned maps. Pinned
+    /// maps this build defines differently refuse the load.
     pub fn load(bpffs: &Path, bpf_log: bool) -> Result<Self> {
-        Self::load_sized(bpffs, bpf_log, netd_common::FORWARD_MAX_ENTRIES)
+        Self::load_with(bpffs, bpf_log, netd_common::FORWARD_MAX_ENTRIES, false)
     }
 
     /// [`Dataplane::load`], with the forward maps sized for `forwards_max`
-    /// entries. A pinned map is reused as it is (its entries are live
-    /// forwards), so a new size applies once the pinned maps are gone.
-    pub fn load_sized(bpffs: &Path, bpf_log: bool, forwards_max: u32) -> Result<Self> {
+    /// entries. Pinned maps of another layout (a new build, or another
+    /// `forwards_max`) refuse the load unless `migrate_maps`: then they are
+    /// replaced by new ones holding every entry that still fits (upgrade.rs).
+    pub fn load_with(
+        bpffs: &Path,
+        bpf_log: bool,
+        forwards_max: u32,
+        migrate_maps: bool,
+    ) -> Result<Self> {
         ensure_bpffs(bpffs)?;
         let maps_dir = bpffs.join("maps");
         std::fs::create_dir_all(&maps_dir)?;
         std::fs::create_dir_all(bpffs.join("links"))?;
+        let sizes = [
+            (netd_common::maps::FORWARDS, forwards_max),
+            (netd_common::maps::FORWARDS_REV, forwards_max),
+        ];
+        let mismatches = super::upgrade::check(&maps_dir, &sizes)?;
+        let saved = if mismatches.is_empty() {
+            Vec::new()
+        } else if migrate_maps {
+            super::upgrade::set_aside(&maps_dir, &mismatches)?
+        } else {
+            let list: Vec<String> = mismatches.iter().map(ToString::to_string).collect();
+            return Err(anyhow!(
+                "pinned maps in {} differ from this build's: {}; start with --migrate-maps to move their entries into new maps",
+                maps_dir.display(),
+                list.join("; ")
+            ));
+        };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
             .map_max_entries(netd_common::maps::FORWARDS, forwards_max)
             .map_max_entries(netd_common::maps::FORWARDS_REV, forwards_max)
             .load(BPF_OBJECT)
             .context("loading the BPF object")?;
-        if let Ok((_, max)) = super::maps::forward_fill(&maps_dir)
-            && max != forwards_max
-        {
-            tracing::warn!(
-                "the pinned forward map holds {max} entries, not --forwards-max {forwards_max}: \
-                 it is reused as it is; the new size applies once it is unpinned"
-            );
-        }
         let logger = if bpf_log {
             match aya_log::EbpfLogger::init(&mut ebpf) {
                 Ok(l) => Some(l),
@@ -149,6 +165,9 @@ impl Dataplane {
             cgroup: None,
             _logger: logger,
         };
+        if !saved.is_empty() {
+            super::upgrade::restore(&dp.maps_dir(), saved)?;
+        }
         super::maps::init_settings(&dp.maps_dir())?;
         Ok(dp)
     }
@@ -170,21 +189,37 @@ impl Dataplane {
             .program_mut(hook.program())
             .ok_or_else(|| anyhow!("program {} not loaded", hook.program()))?
             .try_into()?;
-        let id = match PinnedLink::from_pin(&pin) {
-            Ok(pinned) => {
-                let fd: FdLink = pinned.unpin().context("unpinning old link")?;
-                let link = SchedClassifierLink::try_from(fd)?;
-                prog.attach_to_link(link)
-                    .with_context(|| format!("replacing {} on {ifname}", hook.as_str()))?
+        if let Ok(pinned) = PinnedLink::from_pin(&pin) {
+            // Swap this build's program into the pinned link and leave the
+            // pin where it is: a daemon killed at any moment of this leaves
+            // the link attached (unpin, replace, re-pin would not).
+            let swapped = SchedClassifierLink::try_from(FdLink::from(pinned))
+                .map_err(anyhow::Error::from)
+                .and_then(|l| prog.attach_to_link(l).map_err(anyhow::Error::from));
+            match swapped {
+                Ok(id) => {
+                    // Dropping our handle closes a descriptor; the pin keeps the link.
+                    drop(prog.take_link(id)?);
+                    return Ok(());
+                }
+                Err(e) => {
+                    // The device it hung on is gone (a deleted bridge, say).
+                    tracing::warn!(
+                        "link {} is defunct ({e:#}); attaching afresh",
+                        pin.display()
+                    );
+                    std::fs::remove_file(&pin)
+                        .with_context(|| format!("removing {}", pin.display()))?;
+                }
             }
-            Err(_) => prog
-                .attach_with_options(
-                    ifname,
-                    hook.attach_type(),
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .with_context(|| format!("attaching {} to {ifname}", hook.as_str()))?,
-        };
+        }
+        let id = prog
+            .attach_with_options(
+                ifname,
+                hook.attach_type(),
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .with_context(|| format!("attaching {} to {ifname}", hook.as_str()))?;
         let link = prog.take_link(id)?;
         let fd: FdLink = link
             .try_into()

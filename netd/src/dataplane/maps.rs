@@ -575,6 +575,8 @@ fn nr_cpus() -> Result<usize> {
 #[derive(serde::Serialize)]
 pub struct MapDescription {
     pub name: String,
+    /// The kernel's map id: the same across daemon restarts, as the map is.
+    pub id: u32,
     pub kind: String,
     pub key_size: u32,
     pub value_size: u32,
@@ -599,6 +601,7 @@ pub fn describe(dir: &Path) -> Result<Vec<MapDescription>> {
         };
         out.push(MapDescription {
             name: name.to_string(),
+            id: info.id(),
             kind: format!("{kind:?}"),
             key_size: info.key_size(),
             value_size: info.value_size(),

@@ -3,6 +3,7 @@
 
 mod load;
 pub mod maps;
+mod upgrade;
 
 pub use load::{
     AttachedLink, Dataplane, Hook, attached_links, detach_pinned, is_bpffs, link_pin_path,

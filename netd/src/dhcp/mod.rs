@@ -17,7 +17,7 @@ pub use conf::{
     render_hostsfile, render_hostsfile6, sync_files, write_files, write_host_files,
 };
 pub use leases::{Lease, mac_from_duid, parse_leases, read_leases};
-pub use process::{Dnsmasq, binary};
+pub use process::{Dnsmasq, binary, remove_runtime_files};
 
 #[cfg(test)]
 mod netns_test;

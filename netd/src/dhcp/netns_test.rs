@@ -68,8 +68,13 @@ async fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) ->
     }
 }
 
+/// Alive and not a zombie: dnsmasq daemonizes, so its parent is init, which
+/// may never reap it.
 fn alive(pid: u32) -> bool {
-    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| Some(s.rsplit_once(')')?.1.split_whitespace().next()? != "Z"))
+        .unwrap_or(false)
 }
 
 fn in_netns(dir: &Path) -> Result<()> {
@@ -170,9 +175,17 @@ domain = "t.netd"
             "{msg:?}"
         );
 
-        // Killed behind our back: restarted with a new pid after ~1s.
+        // The handle is dropped (as when the daemon exits): dnsmasq keeps
+        // serving, and a new handle adopts it through its pid file.
+        drop(d);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        ensure!(alive(p1), "dropping the handle stopped dnsmasq");
+        let d = Dnsmasq::adopt("t", &paths.conf).context("not adopted")?;
+        ensure!(d.pid() == Some(p1) && d.healthy(), "{d:?}");
+
+        // Killed behind our back: restarted with a new pid within 2 s.
         unsafe { libc::kill(p1 as libc::pid_t, libc::SIGKILL) };
-        let p2 = wait_for("restart", 6, || d.pid().filter(|p| *p != p1)).await?;
+        let p2 = wait_for("restart", 2, || d.pid().filter(|p| *p != p1)).await?;
         ensure!(d.restarts() == 1, "{d:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
         ensure!(d.healthy() && d.pid() == Some(p2), "{d:?}");
