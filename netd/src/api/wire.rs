@@ -87,10 +87,6 @@ pub struct NetworkInfo {
     /// one (`net dump --inactive` shows it; the next start uses it).
     #[serde(default)]
     pub pending_changes: bool,
-    /// Why a running network does not work fully right now (e.g. its uplink
-    /// is gone); None when it does.
-    #[serde(default)]
-    pub degraded: Option<String>,
     /// NAT networks: per protocol, the masquerade ports forwards leave.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masquerade_ports: Vec<MasqueradePorts>,

@@ -154,6 +154,17 @@ impl State {
         Ok(())
     }
 
+    /// Removes every forward entry of a bridge (a bridge that was replaced).
+    pub(super) fn clear_forwards(&self, bridge_ifindex: u32) -> Result<()> {
+        let dir = self.dp.maps_dir();
+        let mine: Vec<ForwardEntry> = maps::list_forwards(&dir)?
+            .into_iter()
+            .map(|(e, _)| e)
+            .filter(|e| e.bridge_ifindex == bridge_ifindex)
+            .collect();
+        maps::remove_forwards(&dir, &mine)
+    }
+
     /// Adds forwards to a network, all or none: each is validated and
     /// checked against every forward of every network (and the others of
     /// the batch), only the new map keys are written, so other flows never

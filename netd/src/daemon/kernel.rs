@@ -53,6 +53,11 @@ pub trait Datapath: Send {
         subnet: Option<(Ipv4Addr, u8)>,
         subnet6: Option<(Ipv6Addr, u8)>,
     ) -> Result<()>;
+    /// Publishes what a network's definition adds to its entry: NAT
+    /// limits and timeouts, the IPv6 router address. Idempotent.
+    fn publish_extras(&mut self, _bridge_ifindex: u32, _net: &Network) -> Result<()> {
+        Ok(())
+    }
     /// Withdraws a network and its connections; missing entries are fine.
     fn withdraw(
         &mut self,
@@ -180,6 +185,24 @@ impl Datapath for Real<'_> {
         }
         Ok(())
     }
+    fn publish_extras(&mut self, bridge_ifindex: u32, net: &Network) -> Result<()> {
+        let dir = self.dp.maps_dir();
+        if net.mode == crate::config::Mode::Nat {
+            let nat = net.nat.as_ref();
+            dataplane::maps::set_nat_limits(
+                &dir,
+                bridge_ifindex,
+                nat.and_then(|n| n.max_flows_per_guest).unwrap_or(0),
+                nat.and_then(|n| n.max_ports_per_guest).unwrap_or(0),
+            )?;
+            let timeouts = crate::config::Nat::datapath_timeouts(nat);
+            dataplane::maps::set_nat_timeouts(&dir, bridge_ifindex, Some(timeouts))?;
+        }
+        if let Some(prefix) = net.ipv6.as_ref().and_then(|v| v.parsed().ok()) {
+            dataplane::maps::set_gateway6(&dir, bridge_ifindex, prefix.0)?;
+        }
+        Ok(())
+    }
     fn withdraw(
         &mut self,
         bridge_ifindex: u32,
@@ -187,6 +210,10 @@ impl Datapath for Real<'_> {
         subnet6: Option<(Ipv6Addr, u8)>,
     ) -> Result<()> {
         let dir = self.dp.maps_dir();
+        dataplane::maps::remove_gateway6(&dir, bridge_ifindex)?;
+        dataplane::maps::remove_bindings(&dir, bridge_ifindex)?;
+        dataplane::maps::set_nat_limits(&dir, bridge_ifindex, 0, 0)?;
+        dataplane::maps::set_nat_timeouts(&dir, bridge_ifindex, None)?;
         if let Some(p) = subnet6 {
             dataplane::maps::remove_subnet6(&dir, p)?;
         }

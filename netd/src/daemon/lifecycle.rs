@@ -277,6 +277,7 @@ async fn ensure_datapath<K: Kernel>(k: &mut K, net: &Network, rec: &RunRecord) -
     };
     let (v4, v6) = prefixes(net);
     k.publish(rec.bridge_ifindex, &cfg, v4, v6)?;
+    k.publish_extras(rec.bridge_ifindex, net)?;
     for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
         k.attach(hook, &rec.bridge)?;
     }
@@ -290,7 +291,7 @@ fn routes_out(net: &Network) -> bool {
 /// The configured uplink, else whatever holds the default route now.
 async fn uplink_for<K: Links>(k: &K, net: &Network) -> Result<Option<String>> {
     if let Some(u) = &net.uplink {
-        return Ok(Some(u.clone()));
+        return Ok(Some(u.to_string()));
     }
     let name = k.default_route_dev().await?;
     if name.is_none() {

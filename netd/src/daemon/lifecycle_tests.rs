@@ -338,7 +338,7 @@ to = "192.168.122.10:80"
 
 fn record(net: &Network) -> RunRecord {
     RunRecord {
-        bridge: net.bridge.clone().unwrap(),
+        bridge: net.bridge.clone().unwrap().to_string(),
         bridge_ifindex: 0,
         created_bridge: false,
         uplinks: vec![],

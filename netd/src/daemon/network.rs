@@ -12,7 +12,7 @@ use super::store::{RunRecord, Store, format_mac};
 use super::teardown::Teardown;
 use crate::api::wire::{NetworkInfo, NetworkSummary};
 use crate::config::{self, Mode, Network};
-use crate::dataplane::Dataplane;
+use crate::dataplane::{self, Dataplane};
 use crate::dhcp::{self, Dnsmasq};
 use crate::link::Netlink;
 use crate::paths::Paths;
@@ -311,6 +311,12 @@ impl State {
         match r {
             Ok(()) => {
                 tracing::info!("network {name} started on {}", run.record.bridge);
+                if net.strict
+                    && let Err(e) = self.sync_bindings(&name, &net, run.record.bridge_ifindex)
+                {
+                    // The lease watcher binds them within a poll.
+                    tracing::warn!("network {name}: binding its host entries: {e:#}");
+                }
                 if chose_bridge && !transient {
                     // Persist the chosen name so the bridge is the same on every start.
                     if let Err(e) = self.store.save_definition(&net) {
@@ -348,6 +354,29 @@ impl State {
             Some(m) => config::mac_bytes(m).map_err(anyhow::Error::msg),
             None => self.store.bridge_mac(&net.name),
         }
+    }
+
+    /// The datapath's view of a network as it is defined now (the ifindex of
+    /// a configured uplink looked up); None for modes with no datapath.
+    pub(super) async fn datapath_config(
+        &self,
+        net: &Network,
+    ) -> Result<Option<netd_common::NetConfig>> {
+        let uplink_ifindex = match &net.uplink {
+            Some(u) => crate::link::ifindex_of(u)
+                .ok_or_else(|| anyhow!("uplink {u:?} does not exist"))?,
+            None => 0,
+        };
+        lifecycle::datapath_config(net, uplink_ifindex)
+    }
+
+    /// Hooks the uplink programs onto `uplink` (once, however many networks
+    /// share it) and publishes its addresses.
+    pub(super) async fn use_uplink(&mut self, net: &str, uplink: &str) -> Result<()> {
+        let attach = !self.uplinks_of_others(net).contains(uplink);
+        let Self { nl, dp, paths, .. } = self;
+        let mut k = Real { nl, dp, paths };
+        lifecycle::use_uplink(&mut k, uplink, attach).await
     }
 
     /// Uplinks that running networks other than `name` use.
@@ -482,6 +511,14 @@ impl State {
     /// Returns whether the network is whole; if not, it is marked degraded
     /// and the next try is scheduled (1 s doubling to 30 s).
     pub async fn reconcile(&mut self, name: &str) -> bool {
+        if self
+            .running
+            .get(name)
+            .is_some_and(|r| r.record.definition.mode == Mode::Hostdev)
+        {
+            // Nothing in the kernel to check: the pool lives in its file.
+            return true;
+        }
         let Some(mut run) = self.running.remove(name) else {
             return true;
         };
@@ -567,8 +604,8 @@ impl State {
         if stop_networks {
             let names: Vec<String> = self.running.keys().cloned().collect();
             for name in names {
-                match self.stop(&name).await {
-                    Ok(()) => tracing::info!("network {name} stopped"),
+                match self.stop(&name, false).await {
+                    Ok(_) => tracing::info!("network {name} stopped"),
                     Err(e) => tracing::warn!("stopping network {name}: {e:#}"),
                 }
             }
@@ -685,12 +722,15 @@ impl State {
                 .map(Dnsmasq::restarts)
                 .unwrap_or(0),
             dnsmasq_healthy: run.and_then(|r| r.dnsmasq.as_ref()).map(Dnsmasq::healthy),
-            degraded: run.and_then(|r| r.degraded.as_ref()).map(Degraded::summary),
             notes,
             connections: vf_pool.as_ref().map(|p| p.held),
             vf_pool,
             pending_changes: self.pending_changes(name),
-            degraded: run.and_then(|_| self.repairs.degraded(name)),
+            // A failed step (retried), else what the reconciler saw.
+            degraded: run
+                .and_then(|r| r.degraded.as_ref())
+                .map(Degraded::summary)
+                .or_else(|| run.and_then(|_| self.repairs.degraded(name))),
             masquerade_ports: self.masquerade_ports(net),
             nat_timeouts: self.nat_timeouts(net),
         })
