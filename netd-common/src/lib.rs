@@ -22,6 +22,10 @@ pub mod maps {
     pub const SETTINGS: &str = "NETD_SETTINGS";
     pub const FORWARDS_REV: &str = "NETD_FWD_REV";
     pub const TAILS: &str = "NETD_TAILS";
+    /// Strict networks: the MAC/IPv4 pair each guest may send from.
+    pub const BINDINGS: &str = "NETD_BINDINGS";
+    /// Each network's IPv6 router address (no guest may send from it).
+    pub const GATEWAYS6: &str = "NETD_GATEWAYS6";
     pub const ALL: &[&str] = &[
         NETWORKS,
         SUBNETS,
@@ -36,6 +40,8 @@ pub mod maps {
         NET_STATS,
         SETTINGS,
         TAILS,
+        BINDINGS,
+        GATEWAYS6,
     ];
 }
 
@@ -76,6 +82,7 @@ pub const MAX_UPLINKS: u32 = 64;
 pub const CT_MAX_ENTRIES: u32 = 262_144;
 pub const FRAG_MAX_ENTRIES: u32 = 8_192;
 pub const FORWARD_MAX_ENTRIES: u32 = 131_072;
+pub const BINDING_MAX_ENTRIES: u32 = 65_536;
 
 /// Network modes as the datapath sees them.
 pub mod mode {
@@ -111,6 +118,29 @@ pub struct NetConfig {
 pub mod net_flags {
     /// IPv6 is masqueraded (libvirt's `<nat ipv6='yes'>`) instead of routed.
     pub const NAT66: u8 = 1;
+    /// `strict = true`: guests send only from the MAC/IPv4 pair bound to
+    /// them (NETD_BINDINGS), ARP included.
+    pub const STRICT: u8 = 2;
+    /// `host_access = "dhcp-dns"`: guests reach only DHCP, DNS and ICMP on
+    /// the host's addresses.
+    pub const HOST_DHCP_DNS: u8 = 4;
+}
+
+/// Key of NETD_BINDINGS: a guest's MAC on one bridge.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BindingKey {
+    pub bridge_ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// The IPv4 address (wire order) a bound MAC may send from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Binding {
+    pub addr: u32,
+    pub _pad: u32,
 }
 
 /// Key of the subnets LPM trie: which network owns an address.
@@ -323,7 +353,18 @@ pub mod reason {
     pub const DROP_UPLINK_RESTRICTED: u32 = 14;
     pub const CSUM_FILLED: u32 = 15;
     pub const REJECT_SENT: u32 = 16;
-    pub const COUNT: u32 = 17;
+    /// A guest sent from its gateway's address (IPv4 or IPv6).
+    pub const DROP_SPOOF_GATEWAY: u32 = 17;
+    /// A guest sent from its subnet's network address.
+    pub const DROP_SPOOF_NETWORK: u32 = 18;
+    /// A guest sent from its subnet's broadcast address.
+    pub const DROP_SPOOF_BROADCAST: u32 = 19;
+    /// Strict network: the frame's MAC/IP pair is not the guest's binding.
+    pub const DROP_BINDING: u32 = 20;
+    /// `host_access = "dhcp-dns"`: something other than DHCP, DNS or ICMP
+    /// addressed to the host.
+    pub const DROP_HOST_ACCESS: u32 = 21;
+    pub const COUNT: u32 = 22;
 
     /// Names for the CLI and metrics, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -344,10 +385,15 @@ pub mod reason {
         "drop_uplink_restricted",
         "csum_filled",
         "reject_sent",
+        "drop_spoof_gateway",
+        "drop_spoof_network",
+        "drop_spoof_broadcast",
+        "drop_binding",
+        "drop_host_access",
     ];
 
     pub const fn is_drop(r: u32) -> bool {
-        matches!(r, 6..=12 | 14)
+        matches!(r, 6..=12 | 14 | 17..=21)
     }
 }
 
@@ -406,7 +452,9 @@ mod pod {
         ForwardTarget,
         Counter,
         NetStats,
-        Settings
+        Settings,
+        BindingKey,
+        Binding
     );
 }
 
@@ -426,6 +474,19 @@ mod tests {
         assert_eq!(size_of::<ForwardKey>(), 8);
         assert_eq!(size_of::<ForwardTarget>(), 24);
         assert_eq!(size_of::<Settings>(), 32);
+        assert_eq!(size_of::<BindingKey>(), 12);
+        assert_eq!(size_of::<Binding>(), 8);
+    }
+
+    #[test]
+    fn every_drop_reason_is_named_drop() {
+        for (i, name) in reason::NAMES.iter().enumerate() {
+            assert_eq!(
+                reason::is_drop(i as u32),
+                name.starts_with("drop_"),
+                "{name}"
+            );
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! rate-limited per CPU, like the kernel's own ICMP errors.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_SHOT},
+    bindings::__sk_buff,
     helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
@@ -47,7 +47,8 @@ fn fold(sum: i64) -> u16 {
 }
 
 /// Turns the refused packet into a port-unreachable from `gateway` and
-/// sends it back out of the bridge it came from. Not inlined: its buffers
+/// sends it back out of the bridge it came from; the refusal is counted
+/// under `why` whether or not an answer goes out. Not inlined: its buffers
 /// would otherwise add to the stack of the masquerade path.
 #[inline(never)]
 pub fn port_unreachable(
@@ -55,20 +56,28 @@ pub fn port_unreachable(
     ifindex: u32,
     ip: &Ipv4,
     gateway: u32,
-    len: u32,
+    why: u32,
 ) -> i32 {
+    // Counted at the refused packet's length (BPF calls take at most five
+    // arguments, so it is read here rather than passed).
+    let len = ctx.len();
     // Options would shift the quote; such packets (rare) are just dropped.
     if ip.hdr_len != 20 || ip.is_later_fragment() || !within_budget() {
-        return stats::drop(reason::DROP_POLICY, len);
+        return stats::drop(why, len);
     }
     let Ok(macs) = ctx.load::<[u8; 12]>(0) else {
-        return stats::drop(reason::DROP_POLICY, len);
+        return stats::drop(why, len);
     };
+    // Never answer a link-layer broadcast or multicast (RFC 1122 3.2.2):
+    // the answer would also go out from that group address.
+    if macs[0] & 1 != 0 {
+        return stats::drop(why, len);
+    }
     let Ok(quote) = ctx.load::<[u8; QUOTE]>(ETH_LEN) else {
-        return stats::drop(reason::DROP_POLICY, len);
+        return stats::drop(why, len);
     };
     if unsafe { bpf_skb_change_tail(ctx.skb.skb as *mut __sk_buff, REPLY_LEN, 0) } != 0 {
-        return stats::drop(reason::DROP_POLICY, len);
+        return stats::drop(why, len);
     }
     let mut eth = [0u8; 12];
     eth[..6].copy_from_slice(&macs[6..]);
@@ -133,9 +142,9 @@ pub fn port_unreachable(
         || ctx.store(ETH_LEN, &hdr, 0).is_err()
         || ctx.store(ETH_LEN + 20, &icmp, 0).is_err()
     {
-        return TC_ACT_SHOT;
+        return stats::drop(why, len);
     }
     stats::count(reason::REJECT_SENT, len);
-    stats::count(reason::DROP_POLICY, len);
+    stats::count(why, len);
     unsafe { bpf_redirect(ifindex, 0) as i32 }
 }

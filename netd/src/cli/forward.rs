@@ -63,8 +63,8 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
         } => {
             let req = ForwardRequest {
                 proto: *proto,
-                port: port.clone(),
-                to: Some(to.clone()),
+                port: port.parse().map_err(|e| anyhow::anyhow!("--port: {e}"))?,
+                to: Some(to.parse().map_err(|e| anyhow::anyhow!("--to: {e}"))?),
                 address: *address,
             };
             let _: NameResponse = client.post(&format!("/v1/networks/{name}/forwards"), &req)?;
@@ -80,7 +80,7 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
         } => {
             let req = ForwardRequest {
                 proto: *proto,
-                port: port.clone(),
+                port: port.parse().map_err(|e| anyhow::anyhow!("--port: {e}"))?,
                 to: None,
                 address: *address,
             };
@@ -129,10 +129,9 @@ fn import(client: &Client, name: &str, file: &std::path::Path) -> Result<()> {
     struct File {
         forwards: Vec<crate::config::Forward>,
     }
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-    let f: File = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.message().trim()))?;
+    let text = crate::config::read_definition(file)?;
+    let f: File = crate::config::from_toml_as(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
     let n = f.forwards.len();
     let forwards = f
         .forwards

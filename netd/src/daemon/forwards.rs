@@ -10,7 +10,6 @@ use crate::dataplane::maps::{self, ForwardEntry};
 use anyhow::{Result, anyhow, bail};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
 /// A forward as the API lists it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -25,19 +24,18 @@ pub struct ForwardInfo {
 }
 
 /// The host ports of a forward and, for each, the guest port.
-fn port_pairs(f: &Forward) -> Result<Vec<(u16, Ipv4Addr, u16)>> {
-    let host = PortRange::from_str(&f.port).map_err(anyhow::Error::msg)?;
-    let (ip, guest) = config::parse_forward_target(&f.to)?;
-    let guest = guest.unwrap_or(host);
-    Ok((0..host.len())
-        .map(|i| (host.start + i as u16, ip, guest.start + i as u16))
-        .collect())
+fn port_pairs(f: &Forward) -> Vec<(u16, Ipv4Addr, u16)> {
+    let host = f.port;
+    let guest = f.to.ports.unwrap_or(host);
+    (0..host.len())
+        .map(|i| (host.start + i as u16, f.to.ip, guest.start + i as u16))
+        .collect()
 }
 
 /// Every forwarded (proto, port), with who holds it on which address, so
 /// checking a new forward costs its own ports, not every forward there is.
 /// Who holds a forwarded port: (host address or any, network, target).
-type Holder = (Option<Ipv4Addr>, String, String);
+type Holder = (Option<Ipv4Addr>, String, config::Target);
 
 #[derive(Default)]
 struct PortIndex {
@@ -46,22 +44,20 @@ struct PortIndex {
 
 impl PortIndex {
     fn insert(&mut self, f: &Forward, network: &str) {
-        let Ok(r) = PortRange::from_str(&f.port) else {
-            return;
-        };
+        let r = f.port;
         for p in r.start..=r.end {
             self.by_port.entry((f.proto, p)).or_default().push((
                 f.address,
                 network.to_string(),
-                f.to.clone(),
+                f.to,
             ));
         }
     }
 
     /// Two forwards clash when they share a protocol, an address (no address
     /// means every uplink address) and a port.
-    fn clash(&self, f: &Forward) -> Option<(String, String)> {
-        let r = PortRange::from_str(&f.port).ok()?;
+    fn clash(&self, f: &Forward) -> Option<(String, config::Target)> {
+        let r = f.port;
         (r.start..=r.end).find_map(|p| {
             self.by_port
                 .get(&(f.proto, p))?
@@ -71,18 +67,19 @@ impl PortIndex {
                         (Some(x), Some(y)) => *x == y,
                         _ => true,
                     };
-                    same_addr.then(|| (net.clone(), to.clone()))
+                    same_addr.then(|| (net.clone(), *to))
                 })
         })
     }
 }
 
-fn same_forward(f: &Forward, proto: config::Proto, port: &str, address: Option<Ipv4Addr>) -> bool {
-    let start = |s: &str| PortRange::from_str(s).map(|r| r.start).ok();
-    f.proto == proto
-        && start(&f.port) == start(port)
-        && start(port).is_some()
-        && f.address == address
+fn same_forward(
+    f: &Forward,
+    proto: config::Proto,
+    port: PortRange,
+    address: Option<Ipv4Addr>,
+) -> bool {
+    f.proto == proto && f.port.start == port.start && f.address == address
 }
 
 /// The datapath entries a network's forwards expand to over these uplink
@@ -94,7 +91,7 @@ pub(super) fn expand(
 ) -> Vec<ForwardEntry> {
     let mut out = Vec::new();
     for f in &net.forwards {
-        let Ok(pairs) = port_pairs(f) else { continue };
+        let pairs = port_pairs(f);
         let addrs = match f.address {
             Some(a) => vec![a],
             None => uplink_addrs.to_vec(),
@@ -166,8 +163,9 @@ impl State {
 
     /// Adds forwards to a network, all or none: each is validated and
     /// checked against every forward of every network (and the others of
-    /// the batch), the definition is stored once, and only the new map keys
-    /// are written, so other flows never notice.
+    /// the batch); a running network's map entries are written first (only
+    /// the new keys, so other flows never notice; a failure restores every
+    /// key it touched), and the definition is stored only once they took.
     pub async fn add_forwards(&mut self, name: &str, new: Vec<Forward>) -> Result<()> {
         let mut net = self
             .definition(name)
@@ -200,11 +198,16 @@ impl State {
         let mut added = net.clone();
         added.forwards = new.clone();
         net.forwards.extend(new);
-        self.store_definition(net)?;
+        let mut written = Vec::new();
         if let Some(run) = self.running.get(name) {
             let (idx, uplinks) = (run.record.bridge_ifindex, run.record.uplinks.clone());
-            let entries = self.forward_entries(&added, idx, &uplinks).await;
-            maps::add_forwards(&self.dp.maps_dir(), &entries)?;
+            written = self.forward_entries(&added, idx, &uplinks).await;
+            maps::add_forwards(&self.dp.maps_dir(), &written)?;
+        }
+        if let Err(e) = self.store_definition(net) {
+            // Not stored: take back what the kernel got.
+            let _ = maps::remove_forwards(&self.dp.maps_dir(), &written);
+            return Err(e);
         }
         Ok(())
     }
@@ -213,7 +216,7 @@ impl State {
         &mut self,
         name: &str,
         proto: config::Proto,
-        port: &str,
+        port: PortRange,
         address: Option<Ipv4Addr>,
     ) -> Result<()> {
         let mut net = self
@@ -233,11 +236,16 @@ impl State {
         net.forwards = kept;
         let mut removed = net.clone();
         removed.forwards = gone;
-        self.store_definition(net)?;
+        let mut entries = Vec::new();
         if let Some(run) = self.running.get(name) {
             let (idx, uplinks) = (run.record.bridge_ifindex, run.record.uplinks.clone());
-            let entries = self.forward_entries(&removed, idx, &uplinks).await;
+            entries = self.forward_entries(&removed, idx, &uplinks).await;
             maps::remove_forwards(&self.dp.maps_dir(), &entries)?;
+        }
+        if let Err(e) = self.store_definition(net) {
+            // Not stored: the forward stays, so put its entries back.
+            let _ = maps::add_forwards(&self.dp.maps_dir(), &entries);
+            return Err(e);
         }
         Ok(())
     }
@@ -275,7 +283,7 @@ impl State {
             };
             let idx = self.running.get(n).map(|r| r.record.bridge_ifindex);
             for f in &net.forwards {
-                let first = port_pairs(f).ok().and_then(|p| p.first().copied());
+                let first = port_pairs(f).first().copied();
                 let on: BTreeSet<Ipv4Addr> = installed
                     .iter()
                     .filter(|(e, _)| Some(e.bridge_ifindex) == idx)
@@ -288,8 +296,8 @@ impl State {
                 out.push(ForwardInfo {
                     network: n.clone(),
                     proto: f.proto.as_str().into(),
-                    port: f.port.clone(),
-                    to: f.to.clone(),
+                    port: f.port.to_string(),
+                    to: f.to.to_string(),
                     address: f.address,
                     installed_on: on.into_iter().collect(),
                 });

@@ -277,6 +277,11 @@ async fn ensure_datapath<K: Kernel>(k: &mut K, net: &Network, rec: &RunRecord) -
     };
     let (v4, v6) = prefixes(net);
     k.publish(rec.bridge_ifindex, &cfg, v4, v6)?;
+    if net.strict {
+        // Host entries bind before the first packet; leases follow within
+        // a poll of the lease file (lane.rs).
+        k.sync_bindings(net, rec.bridge_ifindex)?;
+    }
     for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
         k.attach(hook, &rec.bridge)?;
     }
@@ -290,7 +295,7 @@ fn routes_out(net: &Network) -> bool {
 /// The configured uplink, else whatever holds the default route now.
 async fn uplink_for<K: Links>(k: &K, net: &Network) -> Result<Option<String>> {
     if let Some(u) = &net.uplink {
-        return Ok(Some(u.clone()));
+        return Ok(Some(u.to_string()));
     }
     let name = k.default_route_dev().await?;
     if name.is_none() {
@@ -455,11 +460,23 @@ pub fn datapath_config(net: &Network, uplink_ifindex: u32) -> Result<Option<NetC
         port_max,
         uplink_ifindex,
         mode,
-        flags: if net.ipv6.as_ref().is_some_and(|v| v.nat) {
-            netd_common::net_flags::NAT66
-        } else {
-            0
-        },
+        flags: datapath_flags(net),
         _pad: [0; 2],
     }))
+}
+
+/// `net_flags` for a network's datapath entry.
+fn datapath_flags(net: &Network) -> u8 {
+    use netd_common::net_flags;
+    let mut f = 0;
+    if net.ipv6.as_ref().is_some_and(|v| v.nat) {
+        f |= net_flags::NAT66;
+    }
+    if net.strict {
+        f |= net_flags::STRICT;
+    }
+    if net.host_access == config::HostAccess::DhcpDns {
+        f |= net_flags::HOST_DHCP_DNS;
+    }
+    f
 }

@@ -199,6 +199,9 @@ impl Datapath for Fake {
         }
         Ok(())
     }
+    fn sync_bindings(&mut self, _net: &Network, _idx: u32) -> Result<()> {
+        self.check("sync_bindings")
+    }
     fn withdraw(
         &mut self,
         idx: u32,
@@ -338,7 +341,7 @@ to = "192.168.122.10:80"
 
 fn record(net: &Network) -> RunRecord {
     RunRecord {
-        bridge: net.bridge.clone().unwrap(),
+        bridge: net.bridge.clone().unwrap().to_string(),
         bridge_ifindex: 0,
         created_bridge: false,
         uplinks: vec![],

@@ -33,6 +33,8 @@ pub struct NetworkMetrics {
     pub dnsmasq: Option<DnsmasqMetrics>,
     /// A step failed and is being retried.
     pub degraded: bool,
+    /// Hostdev networks: (VFs in the pool, VFs free).
+    pub vf_pool: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -285,6 +287,29 @@ pub fn render(s: &Snapshot) -> String {
 
     let mut f = Family::new(
         o,
+        "netd_vf_pool_size",
+        "gauge",
+        "VFs in a hostdev network's pool (held, free and missing).",
+    );
+    for n in &s.networks {
+        if let Some((size, _)) = n.vf_pool {
+            f.sample(&[("network", &n.name)], size);
+        }
+    }
+    let mut f = Family::new(
+        o,
+        "netd_vf_pool_free",
+        "gauge",
+        "VFs of a hostdev network's pool that can be handed out now.",
+    );
+    for n in &s.networks {
+        if let Some((_, free)) = n.vf_pool {
+            f.sample(&[("network", &n.name)], free);
+        }
+    }
+
+    let mut f = Family::new(
+        o,
         "netd_map_entries",
         "gauge",
         "Entries in each pinned BPF map (arrays count as full).",
@@ -322,6 +347,8 @@ impl super::State {
         let names: BTreeMap<u32, String> = self
             .running
             .iter()
+            // Hostdev networks have no bridge (ifindex 0).
+            .filter(|(_, r)| r.record.bridge_ifindex != 0)
             .map(|(n, r)| (r.record.bridge_ifindex, n.clone()))
             .collect();
         let name_of = |idx: u32| {
@@ -357,6 +384,10 @@ impl super::State {
                     restarts: d.restarts(),
                 }),
                 degraded: run.degraded.is_some(),
+                vf_pool: (run.record.definition.mode == crate::config::Mode::Hostdev).then(|| {
+                    let p = self.vf_pool_summary(&run.record.definition);
+                    (u64::from(p.total), u64::from(p.free))
+                }),
             });
         }
 
@@ -402,17 +433,25 @@ mod tests {
         Snapshot {
             version: "0.1.0".into(),
             uptime_secs: 42,
-            networks: vec![NetworkMetrics {
-                name: "default".into(),
-                from_guests: (10, 1000),
-                to_guests: (8, 800),
-                leases: Some(2),
-                dnsmasq: Some(DnsmasqMetrics {
-                    up: true,
-                    restarts: 1,
-                }),
-                degraded: true,
-            }],
+            networks: vec![
+                NetworkMetrics {
+                    name: "default".into(),
+                    from_guests: (10, 1000),
+                    to_guests: (8, 800),
+                    leases: Some(2),
+                    dnsmasq: Some(DnsmasqMetrics {
+                        up: true,
+                        restarts: 1,
+                    }),
+                    vf_pool: None,
+                    degraded: true,
+                },
+                NetworkMetrics {
+                    name: "passthrough".into(),
+                    vf_pool: Some((8, 5)),
+                    ..Default::default()
+                },
+            ],
             reasons: reason::NAMES
                 .iter()
                 .enumerate()
@@ -449,6 +488,8 @@ mod tests {
             "netd_dnsmasq_restarts_total{network=\"default\"} 1",
             "netd_network_degraded{network=\"default\"} 1",
             "netd_map_max_entries{map=\"NETD_CT\"} 262144",
+            "netd_vf_pool_size{network=\"passthrough\"} 8",
+            "netd_vf_pool_free{network=\"passthrough\"} 5",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

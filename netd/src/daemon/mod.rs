@@ -5,6 +5,7 @@
 mod doctor;
 mod forwards;
 mod kernel;
+mod lane;
 mod lifecycle;
 #[cfg(test)]
 mod lifecycle_tests;
@@ -14,6 +15,7 @@ mod status;
 pub mod store;
 mod teardown;
 mod uplink;
+mod vf;
 
 pub use forwards::ForwardInfo;
 pub use network::State;
@@ -34,6 +36,12 @@ pub struct Options {
     pub cgroup: Option<std::path::PathBuf>,
     /// Also serve GET /metrics over TCP here (off when None).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Also let this group use the control socket (0660 instead of 0600).
+    pub socket_group: Option<String>,
+    /// Entries of each forward map (one per forwarded host address and port).
+    pub forwards_max: u32,
+    /// Where VF pools are found and how VFs are programmed.
+    pub sriov: crate::sriov::Sriov,
     /// Stop every network on SIGTERM/SIGINT (by default they keep running,
     /// dnsmasq included, for the next daemon to adopt).
     pub stop_networks_on_exit: bool,
@@ -46,6 +54,8 @@ pub struct Daemon {
     pub state: Mutex<State>,
     pub started: Instant,
     pub paths: Paths,
+    /// `--socket-group`: its name and gid.
+    pub socket_group: Option<(String, u32)>,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
@@ -53,8 +63,17 @@ pub async fn run(opts: Options) -> Result<()> {
     // Before anything else: two daemons on one state dir would fight over
     // dnsmasq, the maps and the files.
     let _lock = store::lock_state_dir(&paths.state_dir)?;
-    let dp = Dataplane::load_migrating(&paths.bpffs, opts.bpf_log, opts.migrate_maps)
-        .context("loading the dataplane")?;
+    let socket_group = match &opts.socket_group {
+        Some(g) => Some((g.clone(), group_id(g)?)),
+        None => None,
+    };
+    let dp = Dataplane::load_with(
+        &paths.bpffs,
+        opts.bpf_log,
+        opts.forwards_max,
+        opts.migrate_maps,
+    )
+    .context("loading the dataplane")?;
     let mut dp = dp;
     let mut settings = opts.settings;
     settings.netns_cookie = crate::link::netns_cookie().context("reading our netns cookie")?;
@@ -67,18 +86,20 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let nl = Netlink::connect().await?;
     crate::link::set_ipv4_forwarding(true).context("enabling IPv4 forwarding")?;
-    let mut state = State::new(&paths, nl, dp)?;
+    let mut state = State::new(&paths, nl, dp, opts.sriov.clone())?;
     state.adopt_previous().await;
     state.autostart().await;
     let daemon = Arc::new(Daemon {
         state: Mutex::new(state),
         started: Instant::now(),
         paths: paths.clone(),
+        socket_group,
     });
 
     tokio::spawn(uplink::watch(daemon.clone()));
     tokio::spawn(uplink::gc(daemon.clone()));
     tokio::spawn(retry_degraded(daemon.clone()));
+    tokio::spawn(lane::watch(daemon.clone()));
     let server = tokio::spawn(crate::api::server::serve(daemon.clone()));
     if let Some(addr) = opts.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -132,4 +153,20 @@ fn cgroup_for_host_forwards(given: Option<&std::path::Path>) -> Option<std::path
             (f.len() > 2 && f[2] == "cgroup2").then(|| std::path::PathBuf::from(f[1]))
         })
         .min_by_key(|p| p.as_os_str().len())
+}
+
+/// The gid of a group name, from the system's group database.
+fn group_id(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| anyhow::anyhow!("--socket-group: {name:?} is not a group name"))?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16384];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; buf outlives grp's use.
+    let rc =
+        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() {
+        anyhow::bail!("--socket-group: no group named {name:?}");
+    }
+    Ok(grp.gr_gid)
 }

@@ -33,6 +33,8 @@ pub struct State {
     /// Persistent definitions, by name.
     pub defs: BTreeMap<String, Network>,
     pub running: BTreeMap<String, Running>,
+    /// Where hostdev networks find their VFs (sysfs) and how they program them.
+    pub sriov: crate::sriov::Sriov,
 }
 
 pub struct Running {
@@ -63,7 +65,12 @@ impl Degraded {
 }
 
 impl State {
-    pub fn new(paths: &Paths, nl: Netlink, dp: Dataplane) -> Result<State> {
+    pub fn new(
+        paths: &Paths,
+        nl: Netlink,
+        dp: Dataplane,
+        sriov: crate::sriov::Sriov,
+    ) -> Result<State> {
         let store = Store::new(paths)?;
         let defs = store.load_definitions();
         Ok(State {
@@ -73,6 +80,7 @@ impl State {
             dp,
             defs,
             running: BTreeMap::new(),
+            sriov,
         })
     }
 
@@ -125,6 +133,7 @@ impl State {
         self.defs.remove(name);
         if !self.running.contains_key(name) {
             self.store.forget_mac(name);
+            self.forget_pool(name);
         }
         Ok(())
     }
@@ -144,6 +153,7 @@ impl State {
     /// Refuses subnets that overlap another netd network or a host route,
     /// and bridge names that another network uses.
     async fn check_against_others(&self, net: &Network) -> Result<()> {
+        self.check_vf_pools_apart(net)?;
         let mine = net.ipv4.as_ref().and_then(|v| v.parsed().ok());
         let others = self
             .defs
@@ -158,12 +168,12 @@ impl State {
                     "subnet {} overlaps network {:?} ({})",
                     net.ipv4
                         .as_ref()
-                        .map(|v| v.address.as_str())
+                        .map(|v| v.address.to_string())
                         .unwrap_or_default(),
                     o.name,
                     o.ipv4
                         .as_ref()
-                        .map(|v| v.address.as_str())
+                        .map(|v| v.address.to_string())
                         .unwrap_or_default()
                 );
             }
@@ -238,10 +248,15 @@ impl State {
         // a failed start leaves the definition as it was.
         let chose_bridge = net.bridge.is_none() && net.mode.owns_bridge();
         if chose_bridge {
-            net.bridge = Some(self.free_bridge_name().await?);
+            let free = self.free_bridge_name().await?;
+            net.bridge = Some(free.parse().map_err(anyhow::Error::msg)?);
         }
         let had_mac = self.store.has_mac(&name);
-        let bridge = net.bridge.clone().unwrap_or_default();
+        let bridge = net
+            .bridge
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         if net.mode.owns_bridge()
             && let Some(l) = self.nl.link_by_name(&bridge).await?
         {
@@ -264,6 +279,14 @@ impl State {
             dnsmasq: None,
             degraded: None,
         };
+        if net.mode == Mode::Hostdev {
+            // No bridge, datapath or dnsmasq: a pool of VFs only.
+            self.start_hostdev(&net).await?;
+            tracing::info!("network {name} started (VF pool)");
+            self.running.insert(name, run);
+            self.save_running();
+            return Ok(());
+        }
         let shared = self.uplinks_of_others(&name);
         let Self { nl, dp, paths, .. } = self;
         let mut k = Real { nl, dp, paths };
@@ -360,7 +383,7 @@ impl State {
             .defs
             .values()
             .chain(self.running.values().map(|r| &r.record.definition))
-            .filter_map(|n| n.bridge.clone())
+            .filter_map(|n| n.bridge.as_ref().map(ToString::to_string))
             .collect();
         for i in 0..1024 {
             let name = format!("netd{i}");
@@ -373,11 +396,25 @@ impl State {
 
     // ---- stop --------------------------------------------------------------
 
-    pub async fn stop(&mut self, name: &str) -> Result<()> {
-        let run = self
-            .running
-            .remove(name)
-            .ok_or_else(|| anyhow!("network {name:?} is not running"))?;
+    /// Stops a network. A VF pool with VFs held refuses unless `force`,
+    /// which releases them all first; returns how many it released.
+    pub async fn stop(&mut self, name: &str, force: bool) -> Result<u32> {
+        let Some(run) = self.running.get(name) else {
+            bail!("network {name:?} is not running");
+        };
+        let mut released = 0;
+        if run.record.definition.mode == Mode::Hostdev {
+            let held = self.held_vfs(name)?;
+            if held > 0 && !force {
+                bail!(
+                    "network {name} has {held} VFs held; release them (netd vf release) or stop with --force"
+                );
+            }
+            if held > 0 {
+                released = self.release_all_vfs(name).await?;
+            }
+        }
+        let run = self.running.remove(name).expect("checked above");
         let transient = run.record.transient;
         let shared = self.uplinks_of_others(name);
         let Self { nl, dp, paths, .. } = self;
@@ -386,8 +423,9 @@ impl State {
         self.save_running();
         if transient {
             self.store.forget_mac(name);
+            self.forget_pool(name);
         }
-        r
+        r.map(|()| released)
     }
 
     pub fn save_running(&self) {
@@ -438,6 +476,11 @@ impl State {
         let Some(mut run) = self.running.remove(name) else {
             return true;
         };
+        if run.record.definition.mode == Mode::Hostdev {
+            // Nothing in the kernel to adopt: the pool lives in its file.
+            self.running.insert(name.to_string(), run);
+            return true;
+        }
         let net = run.record.definition.clone();
         let mac = self.mac_for(&net).unwrap_or_else(|e| {
             tracing::warn!("network {name}: bridge MAC: {e:#}");
@@ -520,8 +563,9 @@ impl State {
         if stop_networks {
             let names: Vec<String> = self.running.keys().cloned().collect();
             for name in names {
-                match self.stop(&name).await {
-                    Ok(()) => tracing::info!("network {name} stopped"),
+                // A VF pool with VFs held refuses, as `net stop` without --force does.
+                match self.stop(&name, false).await {
+                    Ok(_) => tracing::info!("network {name} stopped"),
                     Err(e) => tracing::warn!("stopping network {name}: {e:#}"),
                 }
             }
@@ -541,22 +585,18 @@ impl State {
         &mut self,
         name: &str,
         add: bool,
-        mac: &str,
+        mac: &config::Mac,
         ip: Ipv4Addr,
-        host: Option<String>,
+        host: Option<config::HostName>,
     ) -> Result<()> {
         let mut net = self.require(name)?.clone();
-        let mac = config::normalize_mac(mac).map_err(anyhow::Error::msg)?;
+        let mac = mac.clone();
         let v4 = net
             .ipv4
             .as_mut()
             .ok_or_else(|| anyhow!("network {name:?} has no IPv4 subnet"))?;
         if add {
-            if v4
-                .hosts
-                .iter()
-                .any(|h| h.mac.eq_ignore_ascii_case(&mac) || h.ip == ip)
-            {
+            if v4.hosts.iter().any(|h| h.mac == mac || h.ip == ip) {
                 bail!("a host entry with MAC {mac} or IP {ip} already exists");
             }
             v4.hosts.push(config::Host {
@@ -566,24 +606,43 @@ impl State {
             });
         } else {
             let before = v4.hosts.len();
-            v4.hosts
-                .retain(|h| !(h.mac.eq_ignore_ascii_case(&mac) && h.ip == ip));
+            v4.hosts.retain(|h| !(h.mac == mac && h.ip == ip));
             if v4.hosts.len() == before {
                 bail!("no host entry with MAC {mac} and IP {ip}");
             }
         }
         config::validate(&net)?;
+        // All or nothing: dnsmasq gets the change first, and the definition
+        // is stored only once it took; a failure puts dnsmasq's files back.
+        let old = self.require(name)?.clone();
+        let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, name);
+        let apply = |n: &Network, run: Option<&Running>| -> Result<()> {
+            if let Some(run) = run {
+                dhcp::write_host_files(n, &paths)?;
+                if let Some(d) = &run.dnsmasq {
+                    d.reload()?;
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = apply(&net, self.running.get(name)) {
+            let _ = apply(&old, self.running.get(name));
+            return Err(e);
+        }
         if self.defs.contains_key(name) {
-            self.store.save_definition(&net)?;
+            if let Err(e) = self.store.save_definition(&net) {
+                let _ = apply(&old, self.running.get(name));
+                return Err(e);
+            }
             self.defs.insert(name.to_string(), net.clone());
         }
         if let Some(run) = self.running.get_mut(name) {
             run.record.definition = net.clone();
-            let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, name);
-            dhcp::write_host_files(&net, &paths)?;
-            if let Some(d) = &run.dnsmasq {
-                d.reload()?;
-            }
+        }
+        if let Some(run) = self.running.get(name)
+            && net.strict
+        {
+            self.sync_bindings(name, &net, run.record.bridge_ifindex)?;
         }
         self.save_running();
         Ok(())
@@ -611,7 +670,8 @@ impl State {
                         .running
                         .get(n)
                         .map(|r| r.record.bridge.clone())
-                        .or_else(|| net.bridge.clone()),
+                        .or_else(|| net.bridge.as_ref().map(ToString::to_string))
+                        .filter(|b| !b.is_empty()),
                 })
             })
             .collect()
@@ -622,7 +682,8 @@ impl State {
         let run = self.running.get(name);
         let mut notes = Vec::new();
         let uplink = match &net.uplink {
-            Some(u) => Some(u.clone()),
+            Some(u) => Some(u.to_string()),
+            None if net.mode == Mode::Hostdev => None,
             None => self
                 .nl
                 .default_route_v4()
@@ -657,23 +718,28 @@ impl State {
                 "upstream routers need: ip route add {subnet}/{p} via {host}"
             ));
         }
+        let vf_pool = (net.mode == Mode::Hostdev).then(|| self.vf_pool_summary(net));
         Ok(NetworkInfo {
             name: name.to_string(),
             mode: net.mode.as_str().into(),
             active: run.is_some(),
             autostart: self.defs.get(name).is_some_and(|d| d.autostart),
             persistent: self.defs.contains_key(name),
+            // A hostdev network has none (its record holds "").
             bridge: run
                 .map(|r| r.record.bridge.clone())
-                .or_else(|| net.bridge.clone()),
-            bridge_ifindex: run.map(|r| r.record.bridge_ifindex),
+                .or_else(|| net.bridge.as_ref().map(ToString::to_string))
+                .filter(|b| !b.is_empty()),
+            bridge_ifindex: run.map(|r| r.record.bridge_ifindex).filter(|i| *i != 0),
             mac: match (&net.mac, run) {
-                (Some(m), _) => Some(m.clone()),
+                (Some(m), _) => Some(m.to_string()),
+                // No bridge, so no bridge MAC (and none generated for it).
+                (None, _) if net.mode == Mode::Hostdev => None,
                 (None, Some(_)) => self.store.bridge_mac(name).ok().map(|m| format_mac(&m)),
                 _ => None,
             },
-            ipv4: net.ipv4.as_ref().map(|v| v.address.clone()),
-            ipv6: net.ipv6.as_ref().map(|v| v.address.clone()),
+            ipv4: net.ipv4.as_ref().map(|v| v.address.to_string()),
+            ipv6: net.ipv6.as_ref().map(|v| v.address.to_string()),
             dhcp_range: net
                 .ipv4
                 .as_ref()
@@ -689,6 +755,8 @@ impl State {
             dnsmasq_healthy: run.and_then(|r| r.dnsmasq.as_ref()).map(Dnsmasq::healthy),
             degraded: run.and_then(|r| r.degraded.as_ref()).map(Degraded::summary),
             notes,
+            connections: vf_pool.as_ref().map(|p| p.held),
+            vf_pool,
         })
     }
 

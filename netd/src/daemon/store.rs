@@ -33,14 +33,22 @@ struct RunFile {
 }
 
 impl Store {
+    /// Creates the daemon's folders, private to root: definitions, leases
+    /// (MACs, host names) and run records are nobody else's business. The
+    /// run dir is 0711: dnsmasq, after dropping root, must still pass through
+    /// it to reread its host files, but cannot list it. Modes are set on
+    /// every start, so folders made by an older netd are narrowed too.
     pub fn new(paths: &Paths) -> Result<Store> {
-        for d in [
-            paths.networks_dir(),
-            paths.state_dir.clone(),
-            paths.state_dir.join("macs"),
-            paths.run_dir.clone(),
+        use std::os::unix::fs::PermissionsExt;
+        for (d, mode) in [
+            (paths.networks_dir(), 0o700),
+            (paths.state_dir.clone(), 0o700),
+            (paths.state_dir.join("macs"), 0o700),
+            (paths.run_dir.clone(), 0o711),
         ] {
             std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            std::fs::set_permissions(&d, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("setting the mode of {}", d.display()))?;
         }
         Ok(Store {
             paths: paths.clone(),
@@ -123,10 +131,17 @@ impl Store {
         self.paths.state_dir.join("running.json")
     }
 
-    /// The record of running networks. A record that does not parse is
-    /// moved aside, like a definition: its networks are then not adopted
-    /// (and not torn down either: nothing is deleted on a guess).
+    /// The record of running networks. Each network is read on its own: one
+    /// whose recorded definition no longer passes the checks (written by an
+    /// older netd) is skipped with a warning instead of losing every other.
+    /// A file that does not parse at all is moved aside, like a definition:
+    /// its networks are then not adopted (and not torn down either: nothing
+    /// is deleted on a guess).
     pub fn load_running(&self) -> BTreeMap<String, RunRecord> {
+        #[derive(Deserialize)]
+        struct Loose {
+            networks: BTreeMap<String, serde_json::Value>,
+        }
         remove_stale_temps(&self.paths.state_dir);
         remove_stale_temps(&self.paths.state_dir.join("macs"));
         let p = self.run_file();
@@ -138,13 +153,23 @@ impl Store {
                 return BTreeMap::new();
             }
         };
-        match serde_json::from_slice::<RunFile>(&bytes) {
-            Ok(f) => f.networks,
+        let f = match serde_json::from_slice::<Loose>(&bytes) {
+            Ok(f) => f,
             Err(e) => {
                 let _ = move_aside(&p, &e.to_string());
-                BTreeMap::new()
+                return BTreeMap::new();
             }
-        }
+        };
+        f.networks
+            .into_iter()
+            .filter_map(|(name, v)| match serde_json::from_value::<RunRecord>(v) {
+                Ok(r) => Some((name, r)),
+                Err(e) => {
+                    tracing::warn!("running network {name:?}: its record does not load: {e}");
+                    None
+                }
+            })
+            .collect()
     }
 
     pub fn save_running(&self, running: &BTreeMap<String, RunRecord>) -> Result<()> {

@@ -79,18 +79,28 @@ impl Dataplane {
     /// Loads every program, creating or reusing the pinned maps. Pinned
     /// maps this build defines differently refuse the load.
     pub fn load(bpffs: &Path, bpf_log: bool) -> Result<Self> {
-        Self::load_migrating(bpffs, bpf_log, false)
+        Self::load_with(bpffs, bpf_log, netd_common::FORWARD_MAX_ENTRIES, false)
     }
 
-    /// Like [`Dataplane::load`]; with `migrate_maps`, pinned maps this
-    /// build defines differently are replaced by new ones holding every
-    /// entry that still fits (see upgrade.rs).
-    pub fn load_migrating(bpffs: &Path, bpf_log: bool, migrate_maps: bool) -> Result<Self> {
+    /// [`Dataplane::load`], with the forward maps sized for `forwards_max`
+    /// entries. Pinned maps of another layout (a new build, or another
+    /// `forwards_max`) refuse the load unless `migrate_maps`: then they are
+    /// replaced by new ones holding every entry that still fits (upgrade.rs).
+    pub fn load_with(
+        bpffs: &Path,
+        bpf_log: bool,
+        forwards_max: u32,
+        migrate_maps: bool,
+    ) -> Result<Self> {
         ensure_bpffs(bpffs)?;
         let maps_dir = bpffs.join("maps");
         std::fs::create_dir_all(&maps_dir)?;
         std::fs::create_dir_all(bpffs.join("links"))?;
-        let mismatches = super::upgrade::check(&maps_dir)?;
+        let sizes = [
+            (netd_common::maps::FORWARDS, forwards_max),
+            (netd_common::maps::FORWARDS_REV, forwards_max),
+        ];
+        let mismatches = super::upgrade::check(&maps_dir, &sizes)?;
         let saved = if mismatches.is_empty() {
             Vec::new()
         } else if migrate_maps {
@@ -105,6 +115,8 @@ impl Dataplane {
         };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
+            .map_max_entries(netd_common::maps::FORWARDS, forwards_max)
+            .map_max_entries(netd_common::maps::FORWARDS_REV, forwards_max)
             .load(BPF_OBJECT)
             .context("loading the BPF object")?;
         let logger = if bpf_log {
@@ -376,11 +388,36 @@ impl Dataplane {
         packet: &[u8],
         repeat: u32,
     ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
+        self.test_run_program(hook.program(), ifindex, packet, repeat)
+    }
+
+    /// Every tc program by name: the hooks' and the second stages they
+    /// tail-call (which tests also run on their own).
+    pub const TC_PROGRAMS: [&'static str; 9] = [
+        progs::BRIDGE_INGRESS,
+        progs::BRIDGE_EGRESS,
+        progs::UPLINK_INGRESS,
+        progs::UPLINK_EGRESS,
+        progs::BRIDGE_NEW_FLOW,
+        progs::UPLINK_NEW_FLOW,
+        progs::NAT66,
+        progs::BRIDGE_IPV6,
+        progs::UPLINK_IPV6,
+    ];
+
+    /// [`Self::test_run_repeat`] for any tc program, by name.
+    pub fn test_run_program(
+        &self,
+        name: &str,
+        ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
         use aya::programs::{TestRun, TestRunOptions};
         let prog: &SchedClassifier = self
             .ebpf
-            .program(hook.program())
-            .ok_or_else(|| anyhow!("program {} not loaded", hook.program()))?
+            .program(name)
+            .ok_or_else(|| anyhow!("program {name} not loaded"))?
             .try_into()?;
         // struct __sk_buff up to and including `ifindex` (offset 40); the
         // kernel accepts a prefix and only lets a few fields be set.

@@ -10,6 +10,7 @@ mod events;
 mod sysctl;
 #[cfg(test)]
 mod tests;
+mod vf;
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -36,6 +37,7 @@ pub use self::sysctl::{
     ifindex_of, ifname_of, netns_cookie, set_ipv4_forwarding, set_ipv6_forwarding, set_sysctl,
     sysctl,
 };
+pub use self::vf::{VfConfig, vf_config_bytes};
 
 /// A link as netd sees it.
 #[derive(Clone, Debug, serde::Serialize)]
