@@ -894,6 +894,54 @@ fn pinned_maps_of_another_layout_refuse_the_start_unless_migrated() {
     t.restart_daemon().expect("restart");
     assert_eq!(described(&t, "NETD_FORWARDS")["id"], id);
     assert_eq!(described(&t, "NETD_FORWARDS")["entries"], 3);
+
+    // Another --forwards-max is another layout too: refused, then resized
+    // by --migrate-maps with every forward kept.
+    t.stop_daemon();
+    let o = t.host.exec_timeout(
+        &[
+            bin.to_str().unwrap(),
+            "daemon",
+            "--config-dir",
+            &c,
+            "--state-dir",
+            &s,
+            "--run-dir",
+            &r,
+            "--bpffs",
+            &b,
+            "--cgroup",
+            "none",
+            "--forwards-max",
+            "256",
+        ],
+        Duration::from_secs(30),
+    );
+    assert_eq!(o.status, 1, "{o}");
+    let want = format!(
+        "NETD_FORWARDS (max_entries {} -> 256)",
+        netd_common::FORWARD_MAX_ENTRIES
+    );
+    assert!(
+        o.stderr.contains(&want) && o.stderr.contains("--migrate-maps"),
+        "{o}"
+    );
+    assert_eq!(
+        described(&t, "NETD_FORWARDS")["id"],
+        id,
+        "refused, yet changed"
+    );
+    t.start_daemon_with(&["--forwards-max", "256", "--migrate-maps"])
+        .expect("daemon");
+    let f = described(&t, "NETD_FORWARDS");
+    assert_eq!(f["max_entries"], 256);
+    assert_eq!(f["entries"], 3);
+    assert!(
+        t.daemon_log()
+            .contains(&format!("migrated map {want}: 3 entries kept, 0 dropped")),
+        "{}",
+        t.daemon_log()
+    );
 }
 
 #[test]

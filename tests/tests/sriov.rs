@@ -839,7 +839,10 @@ fn vf_pool_errors() {
     t.netd_ok(&["vf", "release", "passthrough", "--owner", "a"]);
     assert_eq!(vf_log(&p.log).len(), n, "no PF: nothing sent");
     assert!(vfs(t, "passthrough").is_empty());
-    let status = t.netd_ok(&["status"]);
+    // Still a FAIL check: `netd status` exits 3 (DESIGN's CLI contract).
+    let o = t.netd(&["status"]);
+    assert_eq!(o.status, 3, "{o}");
+    let status = o.stdout;
     assert!(
         status.contains("passthrough: PF eth3 does not exist"),
         "{status}"

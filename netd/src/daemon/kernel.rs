@@ -58,6 +58,9 @@ pub trait Datapath: Send {
     fn publish_extras(&mut self, _bridge_ifindex: u32, _net: &Network) -> Result<()> {
         Ok(())
     }
+    /// Binds a strict network's guests (MAC/IPv4 from host entries and
+    /// leases) before its hooks see a packet.
+    fn sync_bindings(&mut self, net: &Network, bridge_ifindex: u32) -> Result<()>;
     /// Withdraws a network and its connections; missing entries are fine.
     fn withdraw(
         &mut self,
@@ -182,6 +185,7 @@ impl Datapath for Real<'_> {
         if let Some(p) = subnet6 {
             crate::link::set_ipv6_forwarding(true)?;
             dataplane::maps::add_subnet6(&dir, bridge_ifindex, p)?;
+            dataplane::maps::set_gateway6(&dir, bridge_ifindex, p.0)?;
         }
         Ok(())
     }
@@ -203,6 +207,18 @@ impl Datapath for Real<'_> {
         }
         Ok(())
     }
+    fn sync_bindings(&mut self, net: &Network, bridge_ifindex: u32) -> Result<()> {
+        let paths = self.dhcp_paths(&net.name);
+        // A lease file being rewritten reads as what it held or what it
+        // holds; a missing one as no leases.
+        let leases = dhcp::read_leases(&paths.leasefile).unwrap_or_default();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let want = super::lane::bindings(net, &leases, now);
+        dataplane::maps::sync_bindings(&self.dp.maps_dir(), bridge_ifindex, &want).map(|_| ())
+    }
     fn withdraw(
         &mut self,
         bridge_ifindex: u32,
@@ -217,6 +233,8 @@ impl Datapath for Real<'_> {
         if let Some(p) = subnet6 {
             dataplane::maps::remove_subnet6(&dir, p)?;
         }
+        dataplane::maps::remove_gateway6(&dir, bridge_ifindex)?;
+        dataplane::maps::remove_bindings(&dir, bridge_ifindex)?;
         dataplane::maps::remove_network(&dir, bridge_ifindex, subnet)
     }
     fn attach(&mut self, hook: Hook, ifname: &str) -> Result<()> {

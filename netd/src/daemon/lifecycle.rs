@@ -278,6 +278,11 @@ async fn ensure_datapath<K: Kernel>(k: &mut K, net: &Network, rec: &RunRecord) -
     let (v4, v6) = prefixes(net);
     k.publish(rec.bridge_ifindex, &cfg, v4, v6)?;
     k.publish_extras(rec.bridge_ifindex, net)?;
+    if net.strict {
+        // Host entries bind before the first packet; leases follow within
+        // a poll of the lease file (lane.rs).
+        k.sync_bindings(net, rec.bridge_ifindex)?;
+    }
     for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
         k.attach(hook, &rec.bridge)?;
     }

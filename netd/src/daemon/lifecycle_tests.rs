@@ -199,6 +199,9 @@ impl Datapath for Fake {
         }
         Ok(())
     }
+    fn sync_bindings(&mut self, _net: &Network, _idx: u32) -> Result<()> {
+        self.check("sync_bindings")
+    }
     fn withdraw(
         &mut self,
         idx: u32,

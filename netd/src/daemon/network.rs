@@ -311,12 +311,6 @@ impl State {
         match r {
             Ok(()) => {
                 tracing::info!("network {name} started on {}", run.record.bridge);
-                if net.strict
-                    && let Err(e) = self.sync_bindings(&name, &net, run.record.bridge_ifindex)
-                {
-                    // The lease watcher binds them within a poll.
-                    tracing::warn!("network {name}: binding its host entries: {e:#}");
-                }
                 if chose_bridge && !transient {
                     // Persist the chosen name so the bridge is the same on every start.
                     if let Err(e) = self.store.save_definition(&net) {
@@ -522,6 +516,11 @@ impl State {
         let Some(mut run) = self.running.remove(name) else {
             return true;
         };
+        if run.record.definition.mode == Mode::Hostdev {
+            // Nothing in the kernel to adopt: the pool lives in its file.
+            self.running.insert(name.to_string(), run);
+            return true;
+        }
         let net = run.record.definition.clone();
         let mac = self.mac_for(&net).unwrap_or_else(|e| {
             tracing::warn!("network {name}: bridge MAC: {e:#}");
@@ -604,6 +603,7 @@ impl State {
         if stop_networks {
             let names: Vec<String> = self.running.keys().cloned().collect();
             for name in names {
+                // A VF pool with VFs held refuses, as `net stop` without --force does.
                 match self.stop(&name, false).await {
                     Ok(_) => tracing::info!("network {name} stopped"),
                     Err(e) => tracing::warn!("stopping network {name}: {e:#}"),

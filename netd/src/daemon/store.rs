@@ -148,12 +148,12 @@ impl Store {
         self.paths.state_dir.join("running.json")
     }
 
-    /// The record of running networks. A record file that does not parse
-    /// is moved aside, like a definition: its networks are then not adopted
-    /// (and not torn down either: nothing is deleted on a guess). Each
-    /// network is read on its own: one whose recorded definition no longer
-    /// passes the checks (written by an older netd) is skipped with a
-    /// warning instead of losing every other.
+    /// The record of running networks. Each network is read on its own: one
+    /// whose recorded definition no longer passes the checks (written by an
+    /// older netd) is skipped with a warning instead of losing every other.
+    /// A file that does not parse at all is moved aside, like a definition:
+    /// its networks are then not adopted (and not torn down either: nothing
+    /// is deleted on a guess).
     pub fn load_running(&self) -> BTreeMap<String, RunRecord> {
         #[derive(Deserialize)]
         struct Loose {

@@ -72,8 +72,9 @@ impl std::fmt::Display for Mismatch {
     }
 }
 
-/// This build's pinned maps, by name.
-fn object_layouts() -> Result<BTreeMap<String, Layout>> {
+/// This build's pinned maps, by name, with the sizes the daemon sets at
+/// load time (`sizes`: map name, max entries) instead of the object's.
+fn object_layouts(sizes: &[(&str, u32)]) -> Result<BTreeMap<String, Layout>> {
     let obj = aya_obj::Object::parse(BPF_OBJECT).context("parsing the BPF object")?;
     Ok(obj
         .maps
@@ -86,7 +87,10 @@ fn object_layouts() -> Result<BTreeMap<String, Layout>> {
                     map_type: m.map_type(),
                     key_size: m.key_size(),
                     value_size: m.value_size(),
-                    max_entries: m.max_entries(),
+                    max_entries: sizes
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map_or(m.max_entries(), |(_, max)| *max),
                     flags: m.map_flags(),
                 },
             )
@@ -105,15 +109,12 @@ fn pinned_layout(map: &MapData) -> Result<Layout> {
     })
 }
 
-/// The pinned maps under `maps_dir` that this build defines differently,
-/// with `sizes` overriding the object's max_entries (`--forwards-max`).
-/// Maps not pinned yet are fine: the load creates them.
+/// The pinned maps under `maps_dir` that this build defines differently
+/// (with `sizes` as in [`object_layouts`]). Maps not pinned yet are fine:
+/// the load creates them.
 pub fn check(maps_dir: &Path, sizes: &[(&str, u32)]) -> Result<Vec<Mismatch>> {
     let mut out = Vec::new();
-    for (name, mut object) in object_layouts()? {
-        if let Some((_, n)) = sizes.iter().find(|(m, _)| *m == name) {
-            object.max_entries = *n;
-        }
+    for (name, object) in object_layouts(sizes)? {
         let path = maps_dir.join(&name);
         if !path.exists() {
             continue;
