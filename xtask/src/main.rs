@@ -6,6 +6,8 @@
 //!   cargo xtask test [ARGS]    setup, then every test (ARGS go to cargo test)
 //!   cargo xtask demo           setup, then the sandbox demo (tests/src/bin/netd-demo.rs)
 //!   cargo xtask bench [...]    setup, then the benchmark (bench/); `--quick`: a smoke run
+//!   cargo xtask fuzz [--secs N] [--seed S]
+//!                              a longer run of the parsers' fuzzer (tests/tests/fuzz.rs)
 //!   cargo xtask check-layout   xtask's own dependencies hold no workspace or BPF crate
 
 mod layout;
@@ -30,10 +32,11 @@ fn main() {
         Some("bench") => needs_netns()
             .and_then(|()| setup::run())
             .and_then(|()| bench(rest)),
+        Some("fuzz") => setup::run().and_then(|()| fuzz(rest)),
         Some("check-layout") => layout::run(rest),
         _ => {
             eprintln!(
-                "usage: cargo xtask setup | test [CARGO TEST ARGS] | demo | bench [--quick] | check-layout [--manifest-path M]"
+                "usage: cargo xtask setup | test [CARGO TEST ARGS] | demo | bench [--quick] | fuzz [--secs N] [--seed S] | check-layout [--manifest-path M]"
             );
             std::process::exit(2);
         }
@@ -85,6 +88,42 @@ fn demo() -> Result<()> {
         &["run", "--quiet", "-p", "netd-tests", "--bin", "netd-demo"],
         &netd,
     )
+}
+
+/// The suite runs the fuzzer for a bounded minute; this runs it as long as
+/// asked (default 10 minutes), with a seed to replay a run.
+fn fuzz(args: &[String]) -> Result<()> {
+    let mut secs = "600".to_string();
+    let mut seed = None;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match (a.as_str(), it.next()) {
+            ("--secs", Some(v)) if v.parse::<u64>().is_ok() => secs = v.clone(),
+            ("--seed", Some(v)) if v.parse::<u64>().is_ok() => seed = Some(v.clone()),
+            _ => bail!("usage: cargo xtask fuzz [--secs N] [--seed S]"),
+        }
+    }
+    let netd = netd_bin(false);
+    let mut c = cargo_cmd(
+        &[
+            "test",
+            "-p",
+            "netd-tests",
+            "--test",
+            "fuzz",
+            "--",
+            "--nocapture",
+        ],
+        &netd,
+    );
+    c.env("NETD_FUZZ_SECS", &secs);
+    if let Some(s) = &seed {
+        c.env("NETD_FUZZ_SEED", s);
+    }
+    if !c.status()?.success() {
+        bail!("the fuzzer found a failure (inputs are saved under $TMPDIR/netd-fuzz-failures/)");
+    }
+    Ok(())
 }
 
 /// `--quick` is a smoke run on the tests' debug build; a real run measures
