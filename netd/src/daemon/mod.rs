@@ -5,6 +5,7 @@
 mod doctor;
 mod forwards;
 pub mod metrics;
+mod natlog;
 mod network;
 mod status;
 pub mod store;
