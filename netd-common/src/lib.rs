@@ -119,17 +119,19 @@ pub struct NetConfig {
 pub mod net_flags {
     /// IPv6 is masqueraded (libvirt's `<nat ipv6='yes'>`) instead of routed.
     pub const NAT66: u8 = 1;
+    // 2 and 4 are left to the anti-spoofing work (strict, host access)
+    // merged alongside.
     /// Endpoint-independent mapping (RFC 4787 REQ-1): a guest address and
     /// port keep one outside port for every destination.
-    pub const EIM: u8 = 2;
+    pub const EIM: u8 = 8;
     /// Endpoint-independent filtering (RFC 4787 REQ-8): any outside host
     /// may send to a mapped port while the mapping lives.
-    pub const EIF: u8 = 4;
+    pub const EIF: u8 = 16;
     /// Address-dependent filtering: hosts the guest has sent to may send
     /// to its mapped port from any of their ports.
-    pub const ADF: u8 = 8;
+    pub const ADF: u8 = 32;
     /// Guests' SYNs get their MSS clamped to the uplink's MTU.
-    pub const CLAMP_MSS: u8 = 16;
+    pub const CLAMP_MSS: u8 = 64;
 }
 
 /// Key of the subnets LPM trie: which network owns an address.
