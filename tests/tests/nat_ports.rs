@@ -10,6 +10,9 @@
 //!   5000; upstream B sends to the same outside port: with endpoint-
 //!   independent filtering the guest gets it, with address-port-dependent
 //!   filtering (the default) it does not.
+//! - Fair sharing: a guest over `nat.max_flows_per_guest` is refused at once.
+//! - Mapping logs: `nat.log = "mappings"` writes who used which outside
+//!   port, start and end.
 
 use netd_tests::*;
 use serde_json::Value;
@@ -454,5 +457,64 @@ fn guest_over_max_flows_is_refused_at_once_and_others_are_not() {
         )
         .is_ok_and(|r| r == "again")),
         "the quota never freed up"
+    );
+}
+
+#[test]
+fn mapping_log_says_who_used_an_outside_port() {
+    require_netd!();
+    let mut t = Topology::new("nat_ports_log").expect("topology");
+    t.start_daemon().expect("daemon");
+    let log = t.dir.join("nat-mappings.log");
+    let def = t.write_file(
+        "default.toml",
+        &format!(
+            "name = \"default\"\nmode = \"nat\"\nbridge = \"virbr0\"\n[nat]\nlog = \"mappings\"\nlog_file = \"{}\"\n[ipv4]\naddress = \"192.168.122.1/24\"\ndhcp = {{ start = \"192.168.122.2\", end = \"192.168.122.254\" }}\n",
+            log.display()
+        ),
+    );
+    t.netd_ok(&["net", "define", def.to_str().unwrap()]);
+    t.netd_ok(&["net", "start", "default"]);
+    let g = t.add_guest("virbr0", None).unwrap();
+    let ip = g.dhcp().expect("lease");
+    let srv = udp_echo_server(&t.upstream, 3480);
+    let reply = udp_request_from(&g.ns, UPSTREAM_IP, 3480, "log me", Some(5000)).unwrap();
+    assert_eq!(reply, "log me");
+    let port = outside_ports(&srv, 1)[0].1;
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let want = format!(
+        " nat mapping start network=default mac={} ip={ip} port=5000 outside={HOST_IP}:{port} proto=udp",
+        g.mac
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || read().contains(&want)),
+        "no start line {want:?} in:\n{}",
+        read()
+    );
+    // Exactly one line for the mapping, stamped like 2026-12-03T14:03:07Z.
+    let text = read();
+    let line = text.lines().find(|l| l.contains(&want)).unwrap();
+    let stamp = line.split(' ').next().unwrap();
+    assert!(
+        stamp.len() == 20 && stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+        "{line}"
+    );
+    assert_eq!(text.matches(&want).count(), 1, "{text}");
+    // When the mapping goes (flushed here), its end is logged.
+    let state = t.state_dir();
+    let f = t.netd_bpf(&[
+        "ct",
+        "flush",
+        "--network",
+        "default",
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert!(f.success(), "{f}");
+    let end = want.replace(" start ", " end ");
+    assert!(
+        wait_until(Duration::from_secs(15), || read().contains(&end)),
+        "no end line in:\n{}",
+        read()
     );
 }

@@ -168,6 +168,19 @@ pub struct Nat {
     /// guest's packets only ("outbound", the default) or replies too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh: Option<NatRefresh>,
+    /// `"mappings"`: log each guest end's use of an outside address and
+    /// port, start and end (see `daemon::natlog`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<NatLogKind>,
+    /// Where those lines go instead of the daemon log (appended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_file: Option<std::path::PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatLogKind {
+    Mappings,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]

@@ -243,6 +243,16 @@ mod tests {
         assert!(e.contains("needs nat.mapping"), "{e}");
         assert!(parse("max_ports_per_guest = 0").is_err());
         assert!(parse("max_flows_per_guest = 0").is_err());
+        assert!(parse("log = \"mappings\"\nlog_file = \"/var/log/netd-nat.log\"").is_ok());
+        let e = parse("log_file = \"/var/log/netd-nat.log\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("needs nat.log"), "{e}");
+        let e = parse("log = \"mappings\"\nlog_file = \"nat.log\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("absolute"), "{e}");
+        assert!(parse("log = \"flows\"").is_err());
     }
 
     #[test]

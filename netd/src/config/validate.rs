@@ -97,6 +97,14 @@ pub fn validate(net: &Network) -> Result<()> {
         if nat.max_flows_per_guest == Some(0) {
             bail!("nat.max_flows_per_guest must be at least 1 (leave it out for no limit)");
         }
+        if let Some(f) = &nat.log_file {
+            if nat.log.is_none() {
+                bail!("nat.log_file needs nat.log = \"mappings\"");
+            }
+            if !f.is_absolute() {
+                bail!("nat.log_file {} must be an absolute path", f.display());
+            }
+        }
         if nat.max_ports_per_guest == Some(0) {
             bail!("nat.max_ports_per_guest must be at least 1 (leave it out for no limit)");
         }

@@ -12,6 +12,7 @@ mod lifecycle;
 #[cfg(test)]
 mod lifecycle_tests;
 pub mod metrics;
+mod natlog;
 mod network;
 mod repair;
 mod status;

@@ -133,20 +133,67 @@ impl super::State {
     }
 }
 
-/// Removes expired connections every few seconds.
+/// Removes expired connections every few seconds, and writes the NAT
+/// mapping logs of the networks that ask for them.
 pub async fn gc(daemon: Arc<Daemon>) {
     let dir = daemon.paths.maps_dir();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    let mut natlog = Some(super::natlog::NatLog::default());
     loop {
         tick.tick().await;
+        let targets = daemon.state.lock().await.nat_log_targets();
         let dir = dir.clone();
-        match tokio::task::spawn_blocking(move || maps::gc(&dir)).await {
-            Ok(Ok((0, 0))) => {}
-            Ok(Ok((ct, frags))) => {
-                tracing::debug!("gc: {ct} conntrack entries, {frags} fragment records")
+        let mut log = natlog.take().unwrap_or_default();
+        let r = tokio::task::spawn_blocking(move || {
+            let r = maps::gc(&dir);
+            log.poll(&dir, &targets);
+            (r, log)
+        })
+        .await;
+        match r {
+            Ok((r, log)) => {
+                natlog = Some(log);
+                match r {
+                    Ok((0, 0)) => {}
+                    Ok((ct, frags)) => {
+                        tracing::debug!("gc: {ct} conntrack entries, {frags} fragment records")
+                    }
+                    Err(e) => tracing::debug!("gc: {e:#}"),
+                }
             }
-            Ok(Err(e)) => tracing::debug!("gc: {e:#}"),
-            Err(_) => {}
+            Err(_) => natlog = Some(Default::default()),
         }
+    }
+}
+
+impl super::State {
+    /// The running NAT networks with `nat.log = "mappings"`.
+    pub(super) fn nat_log_targets(&self) -> Vec<super::natlog::Target> {
+        self.running
+            .values()
+            .filter(|r| r.record.bridge_ifindex != 0)
+            .filter_map(|r| {
+                let net = &r.record.definition;
+                let nat = net.nat.as_ref()?;
+                nat.log?;
+                let macs = self
+                    .leases(&net.name)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|l| match l.ip {
+                        std::net::IpAddr::V4(a) if !l.mac.is_empty() => Some((a, l.mac)),
+                        _ => None,
+                    })
+                    .collect();
+                Some(super::natlog::Target {
+                    bridge: r.record.bridge_ifindex,
+                    network: net.name.clone(),
+                    eim: nat.mapping.unwrap_or_default()
+                        == crate::config::NatMappingKind::EndpointIndependent,
+                    file: nat.log_file.clone(),
+                    macs,
+                })
+            })
+            .collect()
     }
 }
