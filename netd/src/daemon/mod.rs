@@ -4,13 +4,13 @@
 
 mod doctor;
 mod forwards;
-mod lane;
 pub mod journal;
-mod live;
 mod kernel;
+mod lane;
 mod lifecycle;
 #[cfg(test)]
 mod lifecycle_tests;
+mod live;
 pub mod metrics;
 mod natlog;
 mod network;
@@ -78,7 +78,7 @@ pub async fn run(opts: Options) -> Result<()> {
         opts.forwards_max,
         opts.migrate_maps,
     )
-        .context("loading the dataplane")?;
+    .context("loading the dataplane")?;
     let mut dp = dp;
     let mut settings = opts.settings;
     settings.netns_cookie = crate::link::netns_cookie().context("reading our netns cookie")?;

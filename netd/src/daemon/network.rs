@@ -357,8 +357,9 @@ impl State {
         net: &Network,
     ) -> Result<Option<netd_common::NetConfig>> {
         let uplink_ifindex = match &net.uplink {
-            Some(u) => crate::link::ifindex_of(u)
-                .ok_or_else(|| anyhow!("uplink {u:?} does not exist"))?,
+            Some(u) => {
+                crate::link::ifindex_of(u).ok_or_else(|| anyhow!("uplink {u:?} does not exist"))?
+            }
             None => 0,
         };
         lifecycle::datapath_config(net, uplink_ifindex)
