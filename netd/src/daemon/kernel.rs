@@ -140,12 +140,7 @@ impl Links for Real<'_> {
         self.nl.add_address(index, addr, prefix).await
     }
     async fn default_route_dev(&self) -> Result<Option<String>> {
-        Ok(self
-            .nl
-            .default_route_v4()
-            .await?
-            .and_then(|r| r.oif)
-            .and_then(crate::link::ifname_of))
+        self.nl.default_route_dev().await
     }
     async fn uplink(&self, name: &str) -> Result<Option<UplinkAddrs>> {
         let Some(index) = crate::link::ifindex_of(name) else {

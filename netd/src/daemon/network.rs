@@ -654,14 +654,7 @@ impl State {
         let uplink = match &net.uplink {
             Some(u) => Some(u.to_string()),
             None if net.mode == Mode::Hostdev => None,
-            None => self
-                .nl
-                .default_route_v4()
-                .await
-                .ok()
-                .flatten()
-                .and_then(|r| r.oif)
-                .and_then(crate::link::ifname_of),
+            None => self.nl.default_route_dev().await.ok().flatten(),
         };
         let uplink_addr = match &uplink {
             Some(u) => match crate::link::ifindex_of(u) {

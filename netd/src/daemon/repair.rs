@@ -437,14 +437,7 @@ impl State {
             if run.record.uplinks.is_empty() {
                 let want = match &net.uplink {
                     Some(u) => crate::link::ifindex_of(u).map(|_| u.to_string()),
-                    None => self
-                        .nl
-                        .default_route_v4()
-                        .await
-                        .ok()
-                        .flatten()
-                        .and_then(|r| r.oif)
-                        .and_then(crate::link::ifname_of),
+                    None => self.nl.default_route_dev().await.ok().flatten(),
                 };
                 let Some(u) = want else {
                     let why = match &net.uplink {

@@ -447,6 +447,16 @@ impl Netlink {
             .collect())
     }
 
+    /// The device of the IPv4 default route: where traffic to the world
+    /// leaves, so the uplink of a network that names none.
+    pub async fn default_route_dev(&self) -> Result<Option<String>> {
+        Ok(self
+            .default_route_v4()
+            .await?
+            .and_then(|r| r.oif)
+            .and_then(ifname_of))
+    }
+
     /// The IPv4 default route of the main table (the lowest metric one if
     /// there are several).
     pub async fn default_route_v4(&self) -> Result<Option<Route4>> {
