@@ -22,6 +22,10 @@ pub mod maps {
     pub const SETTINGS: &str = "NETD_SETTINGS";
     pub const FORWARDS_REV: &str = "NETD_FWD_REV";
     pub const TAILS: &str = "NETD_TAILS";
+    /// Strict networks: the MAC/IPv4 pair each guest may send from.
+    pub const BINDINGS: &str = "NETD_BINDINGS";
+    /// Each network's IPv6 router address (no guest may send from it).
+    pub const GATEWAYS6: &str = "NETD_GATEWAYS6";
     pub const NAT_MAPPINGS: &str = "NETD_NAT_MAP";
     pub const NAT_LIMITS: &str = "NETD_NAT_LIMITS";
     pub const GUEST_FLOWS: &str = "NETD_GUEST_FLOWS";
@@ -40,6 +44,8 @@ pub mod maps {
         NET_STATS,
         SETTINGS,
         TAILS,
+        BINDINGS,
+        GATEWAYS6,
         NAT_MAPPINGS,
         NAT_LIMITS,
         GUEST_FLOWS,
@@ -84,6 +90,7 @@ pub const MAX_UPLINKS: u32 = 64;
 pub const CT_MAX_ENTRIES: u32 = 262_144;
 pub const FRAG_MAX_ENTRIES: u32 = 8_192;
 pub const FORWARD_MAX_ENTRIES: u32 = 131_072;
+pub const BINDING_MAX_ENTRIES: u32 = 65_536;
 
 /// Network modes as the datapath sees them.
 pub mod mode {
@@ -119,8 +126,12 @@ pub struct NetConfig {
 pub mod net_flags {
     /// IPv6 is masqueraded (libvirt's `<nat ipv6='yes'>`) instead of routed.
     pub const NAT66: u8 = 1;
-    // 2 and 4 are left to the anti-spoofing work (strict, host access)
-    // merged alongside.
+    /// `strict = true`: guests send only from the MAC/IPv4 pair bound to
+    /// them (NETD_BINDINGS), ARP included.
+    pub const STRICT: u8 = 2;
+    /// `host_access = "dhcp-dns"`: guests reach only DHCP, DNS and ICMP on
+    /// the host's addresses.
+    pub const HOST_DHCP_DNS: u8 = 4;
     /// Endpoint-independent mapping (RFC 4787 REQ-1): a guest address and
     /// port keep one outside port for every destination.
     pub const EIM: u8 = 8;
@@ -132,6 +143,23 @@ pub mod net_flags {
     pub const ADF: u8 = 32;
     /// Guests' SYNs get their MSS clamped to the uplink's MTU.
     pub const CLAMP_MSS: u8 = 64;
+}
+
+/// Key of NETD_BINDINGS: a guest's MAC on one bridge.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BindingKey {
+    pub bridge_ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// The IPv4 address (wire order) a bound MAC may send from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Binding {
+    pub addr: u32,
+    pub _pad: u32,
 }
 
 /// Key of the subnets LPM trie: which network owns an address.
@@ -346,9 +374,20 @@ pub mod reason {
     pub const DROP_UPLINK_RESTRICTED: u32 = 14;
     pub const CSUM_FILLED: u32 = 15;
     pub const REJECT_SENT: u32 = 16;
+    /// A guest sent from its gateway's address (IPv4 or IPv6).
+    pub const DROP_SPOOF_GATEWAY: u32 = 17;
+    /// A guest sent from its subnet's network address.
+    pub const DROP_SPOOF_NETWORK: u32 = 18;
+    /// A guest sent from its subnet's broadcast address.
+    pub const DROP_SPOOF_BROADCAST: u32 = 19;
+    /// Strict network: the frame's MAC/IP pair is not the guest's binding.
+    pub const DROP_BINDING: u32 = 20;
+    /// `host_access = "dhcp-dns"`: something other than DHCP, DNS or ICMP
+    /// addressed to the host.
+    pub const DROP_HOST_ACCESS: u32 = 21;
     /// A guest over its network's `nat.max_flows_per_guest`.
-    pub const DROP_GUEST_QUOTA: u32 = 17;
-    pub const COUNT: u32 = 18;
+    pub const DROP_GUEST_QUOTA: u32 = 22;
+    pub const COUNT: u32 = 23;
 
     /// Names for the CLI and metrics, indexed by reason.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -369,11 +408,16 @@ pub mod reason {
         "drop_uplink_restricted",
         "csum_filled",
         "reject_sent",
+        "drop_spoof_gateway",
+        "drop_spoof_network",
+        "drop_spoof_broadcast",
+        "drop_binding",
+        "drop_host_access",
         "drop_guest_quota",
     ];
 
     pub const fn is_drop(r: u32) -> bool {
-        matches!(r, 6..=12 | 14 | 17)
+        matches!(r, 6..=12 | 14 | 17..=22)
     }
 }
 
@@ -565,6 +609,8 @@ mod pod {
         Counter,
         NetStats,
         Settings,
+        BindingKey,
+        Binding,
         NatMapKey,
         NatMapping,
         NatLimits,
@@ -589,9 +635,22 @@ mod tests {
         assert_eq!(size_of::<ForwardKey>(), 8);
         assert_eq!(size_of::<ForwardTarget>(), 24);
         assert_eq!(size_of::<Settings>(), 32);
+        assert_eq!(size_of::<BindingKey>(), 12);
+        assert_eq!(size_of::<Binding>(), 8);
         assert_eq!(size_of::<NatMapKey>(), 8);
         assert_eq!(size_of::<NatMapping>(), 32);
         assert_eq!(size_of::<NatTimeouts>(), 16);
+    }
+
+    #[test]
+    fn every_drop_reason_is_named_drop() {
+        for (i, name) in reason::NAMES.iter().enumerate() {
+            assert_eq!(
+                reason::is_drop(i as u32),
+                name.starts_with("drop_"),
+                "{name}"
+            );
+        }
     }
 
     #[test]

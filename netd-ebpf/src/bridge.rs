@@ -7,7 +7,7 @@ use netd_common::{CtKey, NetConfig, dir, mode, nat_kind, net_flags, reason, tail
 use crate::flow::{self, FlowError};
 use crate::forward::{self, Route};
 use crate::parse::{self, ETH_LEN, ETH_P_IP, Ipv4, L4};
-use crate::{ct, maps, nat, stats};
+use crate::{ct, lane, maps, nat, stats};
 
 #[inline(always)]
 pub fn ingress(ctx: &mut TcContext) -> i32 {
@@ -20,22 +20,58 @@ pub fn ingress(ctx: &mut TcContext) -> i32 {
     match parse::eth_proto(ctx) {
         Some(ETH_P_IP) => {}
         Some(parse::ETH_P_IPV6) => {
+            // Strict: IPv6 only from a guest whose MAC is bound (its
+            // addresses come from SLAAC, so only the MAC can be checked).
+            if lane::strict(net) && !lane::mac_bound(ctx, ifindex) {
+                return stats::drop(reason::DROP_BINDING, len);
+            }
             unsafe { maps::TAILS.tail_call(ctx, tail::BRIDGE_IPV6) };
             return stats::drop(reason::DROP_POLICY, len);
         }
-        // ARP and everything else is the bridge's business.
+        Some(lane::ETH_P_ARP) => {
+            let r = lane::arp(ctx, net, ifindex);
+            if r != 0 {
+                return stats::drop(r, len);
+            }
+            return stats::pass(reason::PASS, len);
+        }
+        // Strict networks carry IPv4, ARP and IPv6 only (libvirt's
+        // clean-traffic: no-other-l2-traffic), VLAN tags included.
+        _ if lane::strict(net) => return stats::drop(reason::DROP_BINDING, len),
+        // Everything else is the bridge's business.
         _ => return stats::pass(reason::PASS, len),
     }
     let Ok(ip) = parse::ipv4(ctx, ETH_LEN) else {
         return stats::drop(reason::DROP_MALFORMED, len);
     };
-    if ip.saddr == 0 || is_broadcast(ip.daddr) {
-        // DHCP from unconfigured guests, broadcast and multicast: the
-        // segment's own business.
+    if lane::strict(net) && !lane::ipv4_bound(ctx, ifindex, &ip) {
+        return stats::drop(reason::DROP_BINDING, len);
+    }
+    let restricted = lane::host_restricted(net);
+    if ip.saddr == 0 {
+        // DHCP from unconfigured guests: the segment's own business, and
+        // the host's (which on a restricted network gets DHCP only).
+        if restricted {
+            return lane::to_host(ctx, net, ifindex, &ip, len);
+        }
+        return stats::pass(reason::PASS, len);
+    }
+    if lane::filters_sources(net) {
+        let r = lane::special_source(net, ip.saddr);
+        if r != 0 {
+            return stats::drop(r, len);
+        }
+    }
+    if is_broadcast(ip.daddr) || (restricted && ip.daddr == lane::subnet_broadcast(net)) {
+        // Broadcast and multicast: the segment's own business, and the
+        // host's when it listens.
+        if restricted {
+            return lane::to_host(ctx, net, ifindex, &ip, len);
+        }
         return stats::pass(reason::PASS, len);
     }
     // Open networks filter nothing, not even their sources.
-    if ip.saddr & net.mask != net.subnet && net.mode != mode::OPEN {
+    if ip.saddr & net.mask != net.subnet && lane::filters_sources(net) {
         return stats::drop(reason::DROP_SPOOFED, len);
     }
     let (l4, key) = match flow::of(ctx, &ip) {
@@ -50,10 +86,15 @@ pub fn ingress(ctx: &mut TcContext) -> i32 {
     }
     if ip.daddr & net.mask == net.subnet {
         // The gateway itself (DNS, DHCP renewals) or a neighbour.
+        if restricted && ip.daddr == net.gateway {
+            return lane::to_host(ctx, net, ifindex, &ip, len);
+        }
         return stats::pass(reason::PASS, len);
     }
-    if ip.ttl <= 1 {
-        // The kernel answers with time-exceeded from the gateway.
+    if ip.ttl <= 1 && !restricted {
+        // The kernel answers with time-exceeded from the gateway. (On a
+        // restricted network the second stage first asks whether the
+        // packet is for the host: expiring packets are still delivered.)
         return stats::pass(reason::SLOW_PATH, len);
     }
     unsafe { maps::TAILS.tail_call(ctx, tail::BRIDGE_NEW_FLOW) };
@@ -74,6 +115,11 @@ pub fn new_flow_stage(ctx: &mut TcContext) -> i32 {
     let Ok(ip) = parse::ipv4(ctx, ETH_LEN) else {
         return stats::drop(reason::DROP_MALFORMED, len);
     };
+    // Checked by the first stage already; again here so this program
+    // never translates a foreign source, however it is reached.
+    if ip.saddr & net.mask != net.subnet && lane::filters_sources(net) {
+        return stats::drop(reason::DROP_SPOOFED, len);
+    }
     let (l4, key) = match flow::of(ctx, &ip) {
         Ok(f) => f,
         Err(_) => return stats::drop(reason::DROP_MALFORMED, len),
@@ -111,6 +157,12 @@ fn tracked(
         return stats::pass(reason::SLOW_PATH, len);
     }
     let route = forward::route(ctx, ifindex, ip, key.saddr, xlate.daddr);
+    if is_snat && matches!(route, Route::Local) {
+        // A masqueraded flow leads away from the host, never into it: an
+        // entry that does (made for an address the host took since, say)
+        // must not carry a guest past the host's own policy.
+        return stats::drop(reason::DROP_POLICY, len);
+    }
     if let Route::Stack = route {
         // MTU exceeded or no route: the kernel answers the guest (or
         // fragments, and the uplink's safety net translates the pieces).
@@ -152,8 +204,11 @@ fn new_flow(
         // Host-bound: a forwarded port on a host address is a hairpin;
         // anything else (DNS, ssh to the host) is the host's.
         Route::Local => return hairpin(ctx, net, ifindex, ip, l4, key, len),
-        Route::Stack => return stats::pass(reason::SLOW_PATH, len),
+        Route::Stack => 0,
     };
+    // Policy before the slow path: what the kernel would forward (an
+    // over-MTU packet it fragments) must be allowed as much as what is
+    // redirected here.
     if let Some(other) = maps::subnet_owner(ip.daddr)
         && other != ifindex
     {
@@ -163,6 +218,17 @@ fn new_flow(
         if !(open(net.mode) && open(theirs)) {
             return refuse(ctx, net, ifindex, ip, l4, len);
         }
+    }
+    if net.mode == mode::ISOLATED {
+        // The host and the other guests only.
+        return refuse(ctx, net, ifindex, ip, l4, len);
+    }
+    if out == 0 || ip.ttl <= 1 {
+        // MTU exceeded or no route: the kernel answers the guest (or
+        // fragments, and the uplink's safety net translates the pieces).
+        // Expiring packets only reach here from restricted networks (see
+        // `ingress`): the kernel sends the time-exceeded.
+        return stats::pass(reason::SLOW_PATH, len);
     }
     match net.mode {
         mode::NAT => masquerade(ctx, net, ifindex, out, ip, l4, key, &route, len),
@@ -252,7 +318,11 @@ fn hairpin(
     key: &CtKey,
     len: u32,
 ) -> i32 {
+    let restricted = lane::host_restricted(net);
     if ip.is_later_fragment() || !matches!(ip.proto, parse::IPPROTO_TCP | parse::IPPROTO_UDP) {
+        if restricted {
+            return lane::to_host(ctx, net, bridge, ip, len);
+        }
         return stats::pass(reason::PASS, len);
     }
     // A forward, or a guest's endpoint-independent mapping (RFC 4787
@@ -260,8 +330,16 @@ fn hairpin(
     let Some(target) = nat::forward_target(ip.daddr, l4.dport, ip.proto)
         .or_else(|| crate::mapping::inbound(ip.daddr, l4.dport, ip.proto, ip.daddr))
     else {
+        // For the host itself.
+        if restricted {
+            return lane::to_host(ctx, net, bridge, ip, len);
+        }
         return stats::pass(reason::PASS, len);
     };
+    if ip.ttl <= 1 {
+        // A forward's target is a hop away: the kernel sends time-exceeded.
+        return stats::pass(reason::SLOW_PATH, len);
+    }
     let Some(req) = nat::SnatRequest::new(key, l4, net.gateway, net, bridge, bridge, len) else {
         return stats::drop(reason::DROP_CT_FULL, len);
     };
@@ -295,5 +373,5 @@ fn refuse(ctx: &mut TcContext, net: &NetConfig, bridge: u32, ip: &Ipv4, l4: &L4,
     if parse::is_icmp_error(ip, l4) {
         return stats::drop(reason::DROP_POLICY, len);
     }
-    crate::reject::port_unreachable(ctx, bridge, ip, net.gateway, len)
+    crate::reject::port_unreachable(ctx, bridge, ip, net.gateway, reason::DROP_POLICY)
 }

@@ -4,13 +4,14 @@
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_OK,
-        TC_ACT_SHOT, bpf_fib_lookup,
+        bpf_fib_lookup,
     },
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
 
-use crate::{csum, parse::Ipv4};
+use crate::{csum, parse::Ipv4, stats};
+use netd_common::reason;
 
 const AF_INET: u8 = 2;
 
@@ -92,7 +93,7 @@ pub fn redirect(ctx: &mut TcContext, ip: &Ipv4, route: &Route) -> i32 {
         return TC_ACT_OK;
     }
     if csum::dec_ttl(ctx, ip.off, ip.ttl).is_err() {
-        return TC_ACT_SHOT;
+        return stats::drop(reason::DROP_MALFORMED, ctx.len());
     }
     send(ctx, route)
 }
@@ -117,7 +118,7 @@ pub fn send(ctx: &mut TcContext, route: &Route) -> i32 {
     macs[..6].copy_from_slice(dmac);
     macs[6..].copy_from_slice(smac);
     if ctx.store(0, &macs, 0).is_err() {
-        return TC_ACT_SHOT;
+        return stats::drop(reason::DROP_MALFORMED, ctx.len());
     }
     unsafe { bpf_redirect(*ifindex, 0) as i32 }
 }

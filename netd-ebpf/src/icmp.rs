@@ -28,6 +28,11 @@ pub fn error_to_guest(ctx: &mut TcContext, ifindex: u32, ip: &Ipv4, _l4: &L4, le
     let q_proto = h[9];
     let q_saddr = u32::from_ne_bytes([h[12], h[13], h[14], h[15]]);
     let q_daddr = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
+    // An error is sent to the source of what it quotes: one addressed
+    // elsewhere (a guest's private address, say) is not about our flow.
+    if ip.daddr != q_saddr {
+        return TC_ACT_OK;
+    }
     let q_l4 = q + q_hdr_len;
     // Where the quoted packet's port (or echo id) sits, and its value.
     let (sport, dport, port_off) = match q_proto {

@@ -3,7 +3,7 @@
 //! advertisements and link-local traffic stay with the kernel.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup},
+    bindings::{TC_ACT_OK, bpf_fib_lookup},
     maps::lpm_trie::Key,
     programs::TcContext,
 };
@@ -11,9 +11,9 @@ use netd_common::{NetConfig, mode, net_flags, reason};
 
 use crate::forward::{self, Route};
 use crate::maps::{self, SUBNETS6};
-use crate::nat66;
 use crate::parse::{ETH_LEN, Malformed};
 use crate::stats;
+use crate::{lane, nat66};
 
 const AF_INET6: u8 = 10;
 const HOP_LIMIT_OFF: usize = 7;
@@ -100,7 +100,7 @@ pub fn redirect(ctx: &mut TcContext, ip: &Ipv6, r: &Route, len: u32) -> i32 {
         .store(ETH_LEN + HOP_LIMIT_OFF, &(ip.hop_limit - 1), 0)
         .is_err()
     {
-        return TC_ACT_SHOT;
+        return stats::drop(reason::DROP_MALFORMED, len);
     }
     stats::count(reason::REDIRECT, len);
     forward::send(ctx, r)
@@ -123,28 +123,55 @@ fn from_guest(ctx: &mut TcContext, net: &NetConfig, bridge: u32, len: u32) -> i3
     let Ok(ip) = parse(ctx) else {
         return stats::drop(reason::DROP_MALFORMED, len);
     };
+    let restricted = lane::host_restricted(net);
+    if net.mode != mode::OPEN && lane::is_gateway6(bridge, &ip.saddr) {
+        return stats::drop(reason::DROP_SPOOF_GATEWAY, len);
+    }
     if is_link_scope(&ip.daddr) || is_link_scope(&ip.saddr) {
+        // Link-local and multicast reach the host (or stay on the segment).
+        if restricted {
+            return to_host(ctx, &ip, len);
+        }
         return stats::pass(reason::PASS, len);
     }
     if net.mode != mode::OPEN && subnet_owner(&ip.saddr) != bridge {
         return stats::drop(reason::DROP_SPOOFED, len);
     }
     let theirs = subnet_owner(&ip.daddr);
-    if theirs == bridge || ip.hop_limit <= 1 {
+    if theirs == bridge && restricted && lane::is_gateway6(bridge, &ip.daddr) {
+        return to_host(ctx, &ip, len);
+    }
+    if (theirs == bridge || ip.hop_limit <= 1) && !restricted {
         // On-link, the router address itself, or expiring: the kernel's.
         return stats::pass(reason::PASS, len);
     }
     let r = route(ctx, bridge, &ip);
     let out = match r {
         Route::Forward { ifindex, .. } => ifindex,
+        Route::Local if restricted => return to_host(ctx, &ip, len),
         Route::Local => return stats::pass(reason::PASS, len),
-        Route::Stack => return stats::pass(reason::SLOW_PATH, len),
+        Route::Stack => 0,
     };
+    if theirs == bridge || ip.hop_limit <= 1 {
+        // Restricted networks only: checked against the host above.
+        return stats::pass(reason::PASS, len);
+    }
+    // Policy before the slow path, as for IPv4: what the kernel would
+    // forward must be allowed too.
     if theirs != 0 {
         let open = |n: &NetConfig| n.mode == mode::ROUTE || n.mode == mode::OPEN;
         if !(open(net) && maps::network(theirs).is_some_and(open)) {
             return stats::drop(reason::DROP_POLICY, len);
         }
+    }
+    if net.mode == mode::ISOLATED {
+        // The host and the other guests only.
+        return stats::drop(reason::DROP_POLICY, len);
+    }
+    if out == 0 {
+        // MTU exceeded or no route: the kernel's (a NAT66 prefix is
+        // stopped at the uplink's egress).
+        return stats::pass(reason::SLOW_PATH, len);
     }
     if net.mode == mode::NAT && !routes_v6(net) {
         // `forward dev=` ties the masquerade to one uplink, as for IPv4
@@ -166,6 +193,16 @@ fn from_guest(ctx: &mut TcContext, net: &NetConfig, bridge: u32, len: u32) -> i3
         return stats::drop(reason::DROP_UPLINK_RESTRICTED, len);
     }
     redirect(ctx, &ip, &r, len)
+}
+
+/// `host_access = "dhcp-dns"`: IPv6 addressed to the host.
+#[inline(always)]
+fn to_host(ctx: &TcContext, ip: &Ipv6, len: u32) -> i32 {
+    if lane::host_allows6(ctx, ip) {
+        stats::pass(reason::PASS, len)
+    } else {
+        stats::drop(reason::DROP_HOST_ACCESS, len)
+    }
 }
 
 /// World -> guest over IPv6, at the uplink's ingress (tail call): NAT66

@@ -13,6 +13,7 @@ pub mod frag;
 pub mod hostfwd;
 pub mod icmp;
 pub mod ipv6;
+pub mod lane;
 pub mod mapping;
 pub mod maps;
 pub mod mss;

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray},
 };
 use netd_common::{
-    CT_MAX_ENTRIES, Counter, CtEntry, CtEntry6, CtKey, CtKey6, FORWARD_MAX_ENTRIES,
-    FRAG_MAX_ENTRIES, ForwardKey, ForwardTarget, FragKey, FragPorts, MAX_NETWORKS, MAX_UPLINKS,
-    NetConfig, NetStats, Settings, Uplink, reason,
+    BINDING_MAX_ENTRIES, Binding, BindingKey, CT_MAX_ENTRIES, Counter, CtEntry, CtEntry6, CtKey,
+    CtKey6, FORWARD_MAX_ENTRIES, FRAG_MAX_ENTRIES, ForwardKey, ForwardTarget, FragKey, FragPorts,
+    MAX_NETWORKS, MAX_UPLINKS, NetConfig, NetStats, Settings, Uplink, reason,
 };
 
 /// Networks by bridge ifindex.
@@ -67,6 +67,14 @@ pub struct RejectBudget {
     pub window_start_ns: u64,
     pub count: u64,
 }
+
+/// Strict networks: the IPv4 address each guest MAC may send from.
+#[map(name = "NETD_BINDINGS")]
+pub static BINDINGS: HashMap<BindingKey, Binding> = HashMap::pinned(BINDING_MAX_ENTRIES, 0);
+
+/// IPv6 router address by bridge ifindex (wire-order words).
+#[map(name = "NETD_GATEWAYS6")]
+pub static GATEWAYS6: HashMap<u32, [u32; 4]> = HashMap::pinned(MAX_NETWORKS, 0);
 
 #[map(name = "NETD_STATS")]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(reason::COUNT, 0);

@@ -3,7 +3,7 @@
 //! as IPv4 in a table of its own.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_SHOT},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::bpf_csum_diff,
     programs::TcContext,
 };
@@ -28,27 +28,30 @@ const DADDR_OFF: usize = ETH_LEN + 24;
 #[inline(always)]
 fn l4(ctx: &TcContext, ip: &Ipv6) -> Option<L4> {
     match ip.next_header {
-        IPPROTO_TCP | IPPROTO_UDP => {
-            let h: [u8; 4] = ctx.load(L4_OFF).ok()?;
-            let csum_off = if ip.next_header == IPPROTO_TCP {
-                L4_OFF + 16
-            } else {
-                L4_OFF + 6
-            };
+        // Loaded up to and including the checksum field: a segment cut
+        // before it is refused here, not half rewritten later.
+        IPPROTO_TCP => {
+            let h: [u8; 18] = ctx.load(L4_OFF).ok()?;
             Some(L4 {
                 sport: u16::from_ne_bytes([h[0], h[1]]),
                 dport: u16::from_ne_bytes([h[2], h[3]]),
-                tcp_flags: if ip.next_header == IPPROTO_TCP {
-                    ctx.load::<u8>(L4_OFF + 13).ok()?
-                } else {
-                    0
-                },
+                tcp_flags: h[13],
                 icmp_type: 0,
-                csum_off,
+                csum_off: L4_OFF + 16,
+            })
+        }
+        IPPROTO_UDP => {
+            let h: [u8; 8] = ctx.load(L4_OFF).ok()?;
+            Some(L4 {
+                sport: u16::from_ne_bytes([h[0], h[1]]),
+                dport: u16::from_ne_bytes([h[2], h[3]]),
+                tcp_flags: 0,
+                icmp_type: 0,
+                csum_off: L4_OFF + 6,
             })
         }
         IPPROTO_ICMPV6 => {
-            let h: [u8; 6] = ctx.load(L4_OFF).ok()?;
+            let h: [u8; 8] = ctx.load(L4_OFF).ok()?;
             let id = u16::from_ne_bytes([h[4], h[5]]);
             let (sport, dport) = match h[0] {
                 ICMPV6_ECHO_REQUEST => (id, 0),
@@ -165,6 +168,15 @@ pub fn masquerade_stage(ctx: &mut TcContext) -> i32 {
     let Ok(ip) = ipv6::parse(ctx) else {
         return stats::drop(reason::DROP_MALFORMED, len);
     };
+    // The bridge's stage checked policy, but this program must not
+    // masquerade for a network that does not ask for it, nor sources that
+    // are not the network's, however it is reached.
+    if net.mode != netd_common::mode::NAT || net.flags & netd_common::net_flags::NAT66 == 0 {
+        return stats::drop(reason::DROP_POLICY, len);
+    }
+    if ipv6::subnet_owner(&ip.saddr) != bridge {
+        return stats::drop(reason::DROP_SPOOFED, len);
+    }
     let r = ipv6::route(ctx, bridge, &ip);
     let Route::Forward { ifindex: out, .. } = r else {
         return stats::pass(reason::SLOW_PATH, len);
@@ -210,7 +222,7 @@ fn masquerade(
         }
     };
     if rewrite(ctx, &l4, &k, &xlate).is_err() {
-        return TC_ACT_SHOT;
+        return stats::drop(reason::DROP_MALFORMED, len);
     }
     stats::count(reason::SNAT, len);
     ipv6::redirect(ctx, ip, r, len)
@@ -231,7 +243,7 @@ pub fn reply(ctx: &mut TcContext, ip: &Ipv6, len: u32) -> Option<i32> {
     };
     ct::touch(e, k.proto, l4.tcp_flags, len);
     if rewrite(ctx, &l4, &k, &xlate).is_err() {
-        return Some(TC_ACT_SHOT);
+        return Some(stats::drop(reason::DROP_MALFORMED, len));
     }
     stats::count(reason::REVERSE_NAT, len);
     stats::count_to_guests(bridge, len);

@@ -9,7 +9,7 @@
 //! RFC 5508 REQ-8 asks of a NAT out of resources, instead of silence.
 
 use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_SHOT},
+    bindings::__sk_buff,
     helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail},
     programs::TcContext,
 };
@@ -56,21 +56,22 @@ pub const CODE_PORT_UNREACHABLE: u8 = 3;
 pub const CODE_ADMIN_PROHIBITED: u8 = 13;
 
 /// Turns the refused packet into a port-unreachable from `gateway` and
-/// sends it back out of the bridge it came from; counted `drop_policy`.
+/// sends it back out of the bridge it came from; the refusal is counted
+/// under `why` whether or not an answer goes out.
 #[inline(always)]
 pub fn port_unreachable(
     ctx: &mut TcContext,
     ifindex: u32,
     ip: &Ipv4,
     gateway: u32,
-    _len: u32,
+    why: u32,
 ) -> i32 {
     unreachable(
         ctx,
         ifindex,
         ip,
         gateway,
-        refusal(CODE_PORT_UNREACHABLE, reason::DROP_POLICY),
+        refusal(CODE_PORT_UNREACHABLE, why),
     )
 }
 
@@ -105,6 +106,11 @@ pub fn unreachable(
     let Ok(macs) = ctx.load::<[u8; 12]>(0) else {
         return stats::drop(why, len);
     };
+    // Never answer a link-layer broadcast or multicast (RFC 1122 3.2.2):
+    // the answer would also go out from that group address.
+    if macs[0] & 1 != 0 {
+        return stats::drop(why, len);
+    }
     let Ok(quote) = ctx.load::<[u8; QUOTE]>(ETH_LEN) else {
         return stats::drop(why, len);
     };
@@ -174,7 +180,7 @@ pub fn unreachable(
         || ctx.store(ETH_LEN, &hdr, 0).is_err()
         || ctx.store(ETH_LEN + 20, &icmp, 0).is_err()
     {
-        return TC_ACT_SHOT;
+        return stats::drop(why, len);
     }
     stats::count(reason::REJECT_SENT, len);
     stats::count(why, len);

@@ -183,11 +183,19 @@ fn unsolicited(ctx: &mut TcContext, ip: &Ipv4, len: u32) -> i32 {
 
 #[inline(always)]
 pub fn egress(ctx: &mut TcContext) -> i32 {
-    if parse::eth_proto(ctx) != Some(ETH_P_IP) {
-        return TC_ACT_OK;
+    let len = ctx.len();
+    match parse::eth_proto(ctx) {
+        Some(ETH_P_IP) => {}
+        Some(parse::ETH_P_IPV6) => return egress6(ctx, len),
+        _ => return TC_ACT_OK,
     }
     let Ok(ip) = parse::ipv4(ctx, ETH_LEN) else {
-        return TC_ACT_OK;
+        // A header too broken to translate: it still must not carry a
+        // guest's private address out.
+        return match ctx.load::<u32>(ETH_LEN + parse::IP_SADDR_OFF) {
+            Ok(saddr) if private_source(saddr) => stats::drop(reason::DROP_MALFORMED, len),
+            _ => TC_ACT_OK,
+        };
     };
     let Some(bridge) = maps::subnet_owner(ip.saddr) else {
         return TC_ACT_OK;
@@ -195,10 +203,19 @@ pub fn egress(ctx: &mut TcContext) -> i32 {
     let Some(net) = maps::network(bridge) else {
         return TC_ACT_OK;
     };
+    if net.mode == mode::ISOLATED {
+        // The kernel's slow path (an over-MTU packet it fragments, say)
+        // must not take an isolated guest out either.
+        return stats::drop(reason::DROP_POLICY, len);
+    }
     if net.mode != mode::NAT {
         return TC_ACT_OK;
     }
-    let len = ctx.len();
+    if maps::subnet_owner(ip.daddr).is_some() {
+        // For another netd network: never the uplink's business, and
+        // masquerading it would open a way into that network.
+        return stats::drop(reason::DROP_POLICY, len);
+    }
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let (l4, key) = match flow::of(ctx, &ip) {
         Ok(f) => f,
@@ -225,6 +242,10 @@ pub fn egress(ctx: &mut TcContext) -> i32 {
                     None => return stats::drop(reason::DROP_NO_UPLINK_ADDR, len),
                 }
             };
+            if ip.daddr == nat_addr {
+                // For the host itself: never leaves, never masqueraded.
+                return stats::drop(reason::DROP_POLICY, len);
+            }
             let Some(req) = nat::SnatRequest::new(&key, &l4, nat_addr, net, bridge, ifindex, len)
             else {
                 return stats::drop(reason::DROP_CT_FULL, len);
@@ -242,4 +263,35 @@ pub fn egress(ctx: &mut TcContext) -> i32 {
     }
     stats::count(reason::SNAT, len);
     stats::pass(reason::SLOW_PATH, len)
+}
+
+/// Whether `saddr` belongs to a network whose addresses never leave as
+/// they are: NAT (masqueraded) and isolated ones.
+#[inline(always)]
+fn private_source(saddr: u32) -> bool {
+    match maps::subnet_owner(saddr).and_then(maps::network) {
+        Some(n) => n.mode == mode::NAT || n.mode == mode::ISOLATED,
+        None => false,
+    }
+}
+
+/// IPv6 leaving by the kernel's slow path: a NAT66 prefix is masqueraded
+/// only in BPF, and an isolated network's never leaves, so neither may go
+/// out as it is (routed prefixes pass).
+#[inline(always)]
+fn egress6(ctx: &TcContext, len: u32) -> i32 {
+    let Ok(saddr) = ctx.load::<[u32; 4]>(ETH_LEN + 8) else {
+        return TC_ACT_OK;
+    };
+    let bridge = crate::ipv6::subnet_owner(&saddr);
+    if bridge == 0 {
+        return TC_ACT_OK;
+    }
+    match maps::network(bridge) {
+        Some(n) if n.mode == mode::ISOLATED => stats::drop(reason::DROP_POLICY, len),
+        Some(n) if n.mode == mode::NAT && n.flags & netd_common::net_flags::NAT66 != 0 => {
+            stats::drop(reason::DROP_POLICY, len)
+        }
+        _ => TC_ACT_OK,
+    }
 }

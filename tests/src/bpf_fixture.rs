@@ -506,8 +506,10 @@ impl Env {
             let sn = Ipv4Addr::from(u32::from_be(cfg.subnet));
             maps::add_network(maps, br, &cfg, Some((sn, 24)))?;
             maps::add_subnet6(maps, br, (gw6, 64))?;
+            maps::set_gateway6(maps, br, gw6)?;
         }
         maps::add_subnet6(maps, self.br0, (GW0_6, 64))?;
+        maps::set_gateway6(maps, self.br0, GW0_6)?;
         maps::set_uplink(maps, self.up0, Some(NAT), Some(NAT6))?;
         Ok(m)
     }
@@ -592,6 +594,20 @@ impl Env {
         }
         assert_frame(what, &out, &want.frame());
         want
+    }
+
+    /// Sets the `net_flags` of the network on `bridge`, returning the old
+    /// ones (the network's other fields stay).
+    pub fn set_net_flags(&self, bridge: u32, flags: u8) -> u8 {
+        let (_, mut cfg) = maps::list_networks(&self.maps)
+            .expect("networks")
+            .into_iter()
+            .find(|(b, _)| *b == bridge)
+            .expect("no such network");
+        let old = cfg.flags;
+        cfg.flags = flags;
+        maps::add_network(&self.maps, bridge, &cfg, None).expect("updating a network");
+        old
     }
 
     /// Runs `p` through `hook` and checks it is dropped unchanged, counted

@@ -396,8 +396,12 @@ fn update_add_and_remove_host_without_restarting_dnsmasq() {
         dump.contains(mac) && dump.contains("10.52.0.60"),
         "dump: {dump}"
     );
-    let stored = fs::read_to_string(t.config_dir().join("networks/upd.toml")).unwrap();
+    // Persisted as one journal record beside the definition (folded into
+    // the file at the next start), and in the definition the next start uses.
+    let stored = fs::read_to_string(t.config_dir().join("networks/upd.journal")).unwrap();
     assert!(stored.contains(mac), "not persisted: {stored}");
+    let inactive = t.netd_ok(&["net", "dump", "upd", "--inactive"]);
+    assert!(inactive.contains(mac), "not persisted: {inactive}");
 
     let g = t.add_guest("ndupd0", Some(mac)).expect("guest");
     assert_eq!(g.dhcp().expect("dhcp"), Ipv4Addr::new(10, 52, 0, 60));
@@ -458,6 +462,8 @@ fn update_add_and_remove_host_without_restarting_dnsmasq() {
     assert!(!dump.contains(mac), "still in the definition: {dump}");
     let stored = fs::read_to_string(t.config_dir().join("networks/upd.toml")).unwrap();
     assert!(!stored.contains(mac), "still stored: {stored}");
+    let inactive = t.netd_ok(&["net", "dump", "upd", "--inactive"]);
+    assert!(!inactive.contains(mac), "still stored: {inactive}");
     let hosts = fs::read_to_string(t.run_dir().join("dnsmasq/upd.hostsfile")).unwrap();
     assert!(!hosts.contains(mac), "still in the hostsfile: {hosts}");
     assert_eq!(dnsmasq_pid(&t, "upd"), Some(pid), "dnsmasq was restarted");

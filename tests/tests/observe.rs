@@ -721,3 +721,47 @@ fn map_commands_work_with_the_daemon_stopped() {
         );
     }
 }
+
+/// A reader that goes away early (`netd status | head -1`) ends the client
+/// quietly, as with any Unix tool: exit 141 (SIGPIPE), or its own code
+/// (0, or 3 for a status with a FAIL) when it finished first; never a panic
+/// about "failed printing to stdout". `true` reads nothing, so most runs
+/// write into a closed pipe.
+#[test]
+fn a_closed_pipe_ends_the_client_quietly() {
+    require_root!();
+    let t = nat_topology("sigpipe", &[]);
+    let bin = t.bin();
+    let sock = t.socket();
+    let bpffs = t.bpffs();
+    let state = t.state_dir();
+    let (bin, sock) = (bin.to_str().unwrap(), sock.to_str().unwrap());
+    let commands = [
+        format!("{bin} --socket {sock} status"),
+        format!(
+            "{bin} bpf ct list --bpffs {} --state-dir {}",
+            bpffs.display(),
+            state.display()
+        ),
+    ];
+    for cmd in &commands {
+        let script =
+            format!("for i in $(seq 50); do {cmd} | true; echo \"rc=${{PIPESTATUS[0]}}\"; done");
+        let o = t.host.exec(&["bash", "-c", &script]);
+        let codes: Vec<&str> = o
+            .stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("rc="))
+            .collect();
+        assert_eq!(codes.len(), 50, "{cmd}: {o}");
+        let bad: Vec<&&str> = codes
+            .iter()
+            .filter(|c| !["0", "3", "141"].contains(c))
+            .collect();
+        assert!(bad.is_empty(), "{cmd}: exit codes {bad:?}: {o}");
+        assert!(
+            !o.stderr.contains("panicked") && !o.stderr.contains("failed printing"),
+            "{cmd}: {o}"
+        );
+    }
+}

@@ -65,6 +65,13 @@ impl Client {
 
     fn round_trip(&self, method: &str, path: &str, body: Option<&[u8]>) -> Result<(u16, String)> {
         let mut s = UnixStream::connect(&self.socket).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                return anyhow!(
+                    "permission denied on {} ({} needed)",
+                    self.socket.display(),
+                    who_may_connect(&self.socket)
+                );
+            }
             anyhow!(
                 "cannot reach the daemon at {}: {e} (is `netd daemon` running?)",
                 self.socket.display()
@@ -88,6 +95,32 @@ impl Client {
         }
         parse_response(&raw)
     }
+}
+
+/// "root", or "root or group NAME" when the socket is group-writable (the
+/// daemon's `--socket-group`).
+fn who_may_connect(socket: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(socket) else {
+        return "root".into();
+    };
+    if m.mode() & 0o060 != 0o060 || m.gid() == 0 {
+        return "root".into();
+    }
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16384];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; buf outlives its use.
+    let rc = unsafe { libc::getgrgid_r(m.gid(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
+    let name = if rc == 0 && !out.is_null() {
+        // SAFETY: getgrgid_r filled gr_name with a NUL-terminated string in buf.
+        unsafe { std::ffi::CStr::from_ptr(grp.gr_name) }
+            .to_string_lossy()
+            .into_owned()
+    } else {
+        m.gid().to_string()
+    };
+    format!("root or group {name}")
 }
 
 fn check_status(status: u16, body: &str) -> Result<()> {

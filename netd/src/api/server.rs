@@ -5,12 +5,14 @@ use crate::daemon::Daemon;
 use anyhow::{Context, Result};
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request, State},
     http::StatusCode,
+    http::request::Parts,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde::Deserialize;
+use serde::{Deserialize, de::DeserializeOwned};
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 
@@ -27,7 +29,97 @@ impl From<anyhow::Error> for ApiError {
         } else {
             StatusCode::BAD_REQUEST
         };
-        ApiError(code, msg.replace('\n', " "))
+        ApiError(code, crate::config::one_line(&msg))
+    }
+}
+
+/// A JSON request body, decoded with [`decode`]: refusals are one-line JSON
+/// naming the field, like every other error of the API (axum's own `Json`
+/// answers in plain text and without the field's path).
+pub struct Body<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> std::result::Result<Self, ApiError> {
+        // Bytes keeps axum's body limit (2 MiB, answered with 413).
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|r| ApiError(r.status(), crate::config::one_line(&r.body_text())))?;
+        decode(&bytes)
+            .map(Body)
+            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
+    }
+}
+
+/// The URL's `{name}`, with axum's refusal (bad percent-encoding) as JSON.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> std::result::Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| Path(p.0))
+            .map_err(|r| ApiError(r.status(), crate::config::one_line(&r.body_text())))
+    }
+}
+
+/// The query string (`?all=true`), with axum's refusal as JSON.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> std::result::Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|r| ApiError(r.status(), crate::config::one_line(&r.body_text())))
+    }
+}
+
+/// Decodes a request body. The message names the refused field's path
+/// (`forwards[1].port: invalid port " 81": ...`) and is one line.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let v = serde_path_to_error::deserialize(&mut de).map_err(path_error)?;
+    de.end().map_err(|e| {
+        format!(
+            "invalid JSON body: {}",
+            crate::config::one_line(&e.to_string())
+        )
+    })?;
+    Ok(v)
+}
+
+fn path_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> String {
+    let path = e.path().to_string();
+    let msg = e.into_inner().to_string();
+    // The path holds the body's own keys, which may hold anything.
+    crate::config::one_line(&if path == "." || path.is_empty() {
+        format!("invalid request body: {msg}")
+    } else {
+        format!("{path}: {msg}")
+    })
+}
+
+/// The forwards of a POST .../forwards body: one, or `{"forwards": [...]}`.
+pub fn decode_forward_add(bytes: &[u8]) -> std::result::Result<Vec<ForwardRequest>, String> {
+    let v: serde_json::Value = decode(bytes)?;
+    if v.get("forwards").is_some() {
+        let b: ForwardBatch = serde_path_to_error::deserialize(v).map_err(path_error)?;
+        Ok(b.forwards)
+    } else {
+        let one: ForwardRequest = serde_path_to_error::deserialize(v).map_err(path_error)?;
+        Ok(vec![one])
     }
 }
 
@@ -44,7 +136,15 @@ pub async fn serve(daemon: Arc<Daemon>) -> Result<()> {
     let _ = std::fs::remove_file(&sock);
     let listener = tokio::net::UnixListener::bind(&sock)
         .with_context(|| format!("binding {}", sock.display()))?;
-    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
+    // Root only (0600), or root and one group (0660, `--socket-group`).
+    match daemon.socket_group {
+        Some((ref name, gid)) => {
+            std::os::unix::fs::chown(&sock, None, Some(gid))
+                .with_context(|| format!("giving {} to group {name}", sock.display()))?;
+            std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o660))?;
+        }
+        None => std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?,
+    }
     tracing::info!("listening on {}", sock.display());
     axum::serve(listener, router(daemon)).await?;
     Ok(())
@@ -80,10 +180,15 @@ pub fn router(daemon: Arc<Daemon>) -> Router {
             get(forwards_of).post(forward_add).delete(forward_remove),
         )
         .route("/v1/forwards", get(forwards_all))
+        .route("/v1/networks/{name}/vfs", get(vf_list))
+        .route("/v1/networks/{name}/vfs/acquire", post(vf_acquire))
+        .route("/v1/networks/{name}/vfs/release", post(vf_release))
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .with_state(daemon)
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ListQuery {
     #[serde(default)]
     all: bool,
@@ -93,7 +198,7 @@ async fn list(State(d): Shared, Query(q): Query<ListQuery>) -> ApiResult<Vec<Net
     Ok(Json(d.state.lock().await.list(q.all)))
 }
 
-async fn define(State(d): Shared, Json(req): Json<DefineRequest>) -> ApiResult<NameResponse> {
+async fn define(State(d): Shared, Body(req): Body<DefineRequest>) -> ApiResult<NameResponse> {
     let mut s = d.state.lock().await;
     let name = if req.transient {
         s.create(&req.text, req.xml).await?
@@ -117,24 +222,56 @@ async fn start(State(d): Shared, Path(name): Path<String>) -> ApiResult<NameResp
     Ok(Json(NameResponse { name }))
 }
 
-async fn stop(State(d): Shared, Path(name): Path<String>) -> ApiResult<NameResponse> {
-    d.state.lock().await.stop(&name).await?;
-    Ok(Json(NameResponse { name }))
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StopQuery {
+    /// Hostdev networks: release every held VF instead of refusing.
+    #[serde(default)]
+    force: bool,
+}
+
+async fn stop(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Query(q): Query<StopQuery>,
+) -> ApiResult<StopResponse> {
+    let released_vfs = d.state.lock().await.stop(&name, q.force).await?;
+    Ok(Json(StopResponse { name, released_vfs }))
 }
 
 async fn autostart(
     State(d): Shared,
     Path(name): Path<String>,
-    Json(req): Json<AutostartRequest>,
+    Body(req): Body<AutostartRequest>,
 ) -> ApiResult<NameResponse> {
     d.state.lock().await.set_autostart(&name, req.enable)?;
     Ok(Json(NameResponse { name }))
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct DumpQuery {
     #[serde(default)]
     xml: bool,
+    /// The persistent definition instead of the live one.
+    #[serde(default)]
+    inactive: bool,
+}
+
+/// `?live=true` / `?config=true`: which definitions a live edit changes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScopeQuery {
+    #[serde(default)]
+    live: bool,
+    #[serde(default)]
+    config: bool,
+}
+
+impl ScopeQuery {
+    fn scope(&self) -> anyhow::Result<crate::daemon::Scope> {
+        crate::daemon::Scope::from_flags(self.live, self.config)
+    }
 }
 
 async fn dump(
@@ -143,19 +280,26 @@ async fn dump(
     Query(q): Query<DumpQuery>,
 ) -> ApiResult<DumpResponse> {
     Ok(Json(DumpResponse {
-        text: d.state.lock().await.dump(&name, q.xml)?,
+        text: d.state.lock().await.dump(&name, q.xml, q.inactive)?,
     }))
 }
 
 async fn hosts(
     State(d): Shared,
     Path(name): Path<String>,
-    Json(req): Json<HostRequest>,
+    Query(q): Query<ScopeQuery>,
+    Body(req): Body<HostRequest>,
 ) -> ApiResult<NameResponse> {
+    let scope = q.scope()?;
+    let host = crate::config::Host {
+        mac: req.mac,
+        ip: req.ip,
+        name: req.name,
+    };
     d.state
         .lock()
         .await
-        .update_host(&name, req.add, &req.mac, req.ip, req.name)?;
+        .update_host(&name, req.add, host, scope)?;
     Ok(Json(NameResponse { name }))
 }
 
@@ -200,16 +344,16 @@ async fn forwards_of(
 async fn forward_add(
     State(d): Shared,
     Path(name): Path<String>,
-    Json(r): Json<ForwardAdd>,
+    Query(q): Query<ScopeQuery>,
+    body: Bytes,
 ) -> ApiResult<NameResponse> {
-    let reqs = match r {
-        ForwardAdd::One(f) => vec![f],
-        ForwardAdd::Batch { forwards } => forwards,
-    };
+    let scope = q.scope()?;
+    let reqs = decode_forward_add(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
     let mut fs = Vec::with_capacity(reqs.len());
-    for r in reqs {
-        let to =
-            r.to.ok_or_else(|| anyhow::anyhow!("a forward needs a target (--to)"))?;
+    for (i, r) in reqs.into_iter().enumerate() {
+        let to = r
+            .to
+            .ok_or_else(|| anyhow::anyhow!("forwards[{i}].to: a forward needs a target (--to)"))?;
         fs.push(crate::config::Forward {
             proto: r.proto,
             port: r.port,
@@ -217,19 +361,64 @@ async fn forward_add(
             address: r.address,
         });
     }
-    d.state.lock().await.add_forwards(&name, fs).await?;
+    d.state.lock().await.add_forwards(&name, fs, scope).await?;
     Ok(Json(NameResponse { name }))
 }
 
 async fn forward_remove(
     State(d): Shared,
     Path(name): Path<String>,
-    Json(r): Json<ForwardRequest>,
+    Query(q): Query<ScopeQuery>,
+    Body(r): Body<ForwardRequest>,
 ) -> ApiResult<NameResponse> {
+    let scope = q.scope()?;
     d.state
         .lock()
         .await
-        .remove_forward(&name, r.proto, &r.port, r.address)
+        .remove_forward(&name, r.proto, r.port, r.address, scope)
         .await?;
     Ok(Json(NameResponse { name }))
+}
+
+// ---- SR-IOV VF pools ---------------------------------------------------------
+
+async fn vf_list(State(d): Shared, Path(name): Path<String>) -> ApiResult<Vec<VfRecord>> {
+    Ok(Json(d.state.lock().await.vf_list(&name)?))
+}
+
+/// Checks every field into its type before the state lock is taken, so a
+/// bad request changes nothing and costs no other request any time.
+fn vf_request(r: VfAcquireRequest) -> anyhow::Result<crate::sriov::Request> {
+    Ok(crate::sriov::Request {
+        owner: r.owner.parse().map_err(anyhow::Error::msg)?,
+        mac: r
+            .mac
+            .map(|m| m.parse())
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+        vlan: r
+            .vlan
+            .map(crate::sriov::Vlan::try_from)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
+    })
+}
+
+/// Serialized by the state lock: two acquires never pick the same VF.
+async fn vf_acquire(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Body(r): Body<VfAcquireRequest>,
+) -> ApiResult<VfRecord> {
+    let req = vf_request(r)?;
+    Ok(Json(d.state.lock().await.vf_acquire(&name, req).await?))
+}
+
+async fn vf_release(
+    State(d): Shared,
+    Path(name): Path<String>,
+    Body(r): Body<VfReleaseRequest>,
+) -> ApiResult<VfRecord> {
+    let owner: crate::sriov::OwnerId = r.owner.parse().map_err(anyhow::Error::msg)?;
+    Ok(Json(d.state.lock().await.vf_release(&name, &owner).await?))
 }

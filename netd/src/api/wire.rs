@@ -7,7 +7,11 @@ pub struct ErrorBody {
     pub error: String,
 }
 
+// Every request body refuses unknown fields, as the TOML does: a misspelt
+// field is a mistake to report, not a default to apply silently.
+
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DefineRequest {
     /// The definition's text, TOML or libvirt XML.
     pub text: String,
@@ -22,16 +26,19 @@ pub struct NameResponse {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AutostartRequest {
     pub enable: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HostRequest {
     pub add: bool,
-    pub mac: String,
+    pub mac: crate::config::Mac,
     pub ip: std::net::Ipv4Addr,
-    pub name: Option<String>,
+    #[serde(default)]
+    pub name: Option<crate::config::HostName>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +73,20 @@ pub struct NetworkInfo {
     pub dnsmasq_healthy: Option<bool>,
     /// Hints for operators, e.g. the static route upstream routers need.
     pub notes: Vec<String>,
+    /// Hostdev networks: VFs held (libvirt's `<network connections='N'>`).
+    #[serde(default)]
+    pub connections: Option<u32>,
+    /// Hostdev networks: the VF pool.
+    #[serde(default)]
+    pub vf_pool: Option<VfPoolSummary>,
+    /// A running network whose persistent definition differs from the live
+    /// one (`net dump --inactive` shows it; the next start uses it).
+    #[serde(default)]
+    pub pending_changes: bool,
+    /// Why a running network does not work fully right now (e.g. its uplink
+    /// is gone); None when it does.
+    #[serde(default)]
+    pub degraded: Option<String>,
     /// NAT networks: per protocol, the masquerade ports forwards leave.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub masquerade_ports: Vec<MasqueradePorts>,
@@ -167,18 +188,96 @@ pub struct ConntrackFill {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ForwardRequest {
     pub proto: crate::config::Proto,
-    pub port: String,
+    pub port: crate::config::PortRange,
     /// Required to add; ignored to remove.
-    pub to: Option<String>,
+    #[serde(default)]
+    pub to: Option<crate::config::Target>,
+    #[serde(default)]
     pub address: Option<std::net::Ipv4Addr>,
 }
 
-/// The body of POST /v1/networks/NAME/forwards.
-#[derive(Debug, Serialize, Deserialize)]
+/// The body of POST /v1/networks/NAME/forwards: one forward, or a batch
+/// (`{"forwards": [...]}`) applied all or none. Decoded by the server
+/// according to whether `forwards` is there, so a refusal names its field
+/// (serde's untagged enums only say "did not match any variant").
+#[derive(Debug, Serialize)]
 #[serde(untagged)]
 pub enum ForwardAdd {
     Batch { forwards: Vec<ForwardRequest> },
     One(ForwardRequest),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardBatch {
+    pub forwards: Vec<ForwardRequest>,
+}
+
+// ---- SR-IOV VF pools ---------------------------------------------------------
+
+/// The body of POST /v1/networks/NAME/vfs/acquire.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VfAcquireRequest {
+    pub owner: String,
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// A number, checked against 1-4094 by the daemon.
+    #[serde(default)]
+    pub vlan: Option<i64>,
+}
+
+/// The body of POST /v1/networks/NAME/vfs/release.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VfReleaseRequest {
+    pub owner: String,
+}
+
+/// One VF of a pool, as `vf list` and `vf acquire` show it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct VfRecord {
+    pub network: String,
+    /// "0000:02:10.1".
+    pub pci: String,
+    /// libvirt's `<address type='pci' …/>` for a domain's hostdev source.
+    pub address_xml: String,
+    pub pf: Option<String>,
+    /// The VF's number on its PF.
+    pub vf: Option<u32>,
+    pub netdev: Option<String>,
+    pub driver: Option<String>,
+    /// "free", "held" or "missing" (free but unusable: see `problem`).
+    pub state: String,
+    /// Why the VF is missing (PF gone, no netdev, no driver …).
+    pub problem: Option<String>,
+    pub owner: Option<String>,
+    pub mac: Option<String>,
+    pub vlan: Option<u16>,
+}
+
+/// A pool in `net info` and `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct VfPoolSummary {
+    /// The PF, or None for an address-list pool.
+    pub pf: Option<String>,
+    pub total: u32,
+    pub free: u32,
+    pub held: u32,
+    /// Not held and not usable: device, netdev or driver missing.
+    pub missing: u32,
+    /// Why the PF cannot serve, when it cannot.
+    pub problem: Option<String>,
+}
+
+/// The answer to POST /v1/networks/NAME/stop.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StopResponse {
+    pub name: String,
+    /// VFs `--force` released.
+    #[serde(default)]
+    pub released_vfs: u32,
 }

@@ -71,7 +71,9 @@ pub struct ForwardsListArgs {
     /// Network (bridge name or network name).
     #[arg(long)]
     network: Option<String>,
-    #[arg(long)]
+    /// Forwards are tcp or udp; anything else is a usage error (exit 2),
+    /// not an empty table.
+    #[arg(long, value_parser = ["tcp", "udp"], ignore_case = true)]
     proto: Option<String>,
     /// Host address the forward listens on.
     #[arg(long)]
@@ -113,7 +115,8 @@ pub struct Filter {
     /// Network (bridge name, or network name as the daemon's state records it).
     #[arg(long)]
     network: Option<String>,
-    #[arg(long)]
+    /// The protocols conntrack follows; anything else is a usage error.
+    #[arg(long, value_parser = ["tcp", "udp", "icmp"], ignore_case = true)]
     proto: Option<String>,
     /// Source address of the original direction.
     #[arg(long)]

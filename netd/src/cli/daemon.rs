@@ -28,6 +28,14 @@ pub struct Args {
     /// default; the control socket always serves GET /metrics).
     #[arg(long, value_name = "ADDR:PORT")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Let members of this group use the control socket too (mode 0660,
+    /// owned by the group); by default only root can (0600).
+    #[arg(long, value_name = "NAME")]
+    socket_group: Option<String>,
+    /// Entries in each port-forward map: one per forwarded (protocol, host
+    /// address, port). Sizes the maps when they are first created.
+    #[arg(long, default_value_t = netd_common::FORWARD_MAX_ENTRIES, value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    forwards_max: u32,
     /// Conntrack timeout of TCP connections still in the handshake (s).
     #[arg(long, default_value_t = Settings::DEFAULT.tcp_syn_timeout)]
     ct_tcp_syn_timeout: u32,
@@ -41,6 +49,14 @@ pub struct Args {
     ct_udp_timeout: u32,
     #[arg(long, default_value_t = Settings::DEFAULT.icmp_timeout)]
     ct_icmp_timeout: u32,
+    /// Where hostdev networks look for PFs and VFs (tests point it at a
+    /// fake tree).
+    #[arg(long, default_value = "/sys")]
+    sysfs_root: PathBuf,
+    /// Test only: append the VF netlink messages to FILE instead of sending
+    /// them (for kernels without SR-IOV).
+    #[arg(long, hide = true, value_name = "FILE")]
+    vf_netlink_log: Option<PathBuf>,
 }
 
 pub fn exec(a: &Args) -> anyhow::Result<()> {
@@ -65,6 +81,9 @@ pub fn exec(a: &Args) -> anyhow::Result<()> {
         },
         cgroup: a.cgroup.clone(),
         metrics_addr: a.metrics_addr,
+        socket_group: a.socket_group.clone(),
+        forwards_max: a.forwards_max,
+        sriov: crate::sriov::Sriov::new(&a.sysfs_root, a.vf_netlink_log.clone()),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -8,6 +8,29 @@ use crate::daemon::ForwardInfo;
 use anyhow::Result;
 use std::net::Ipv4Addr;
 
+/// `--live` / `--config`: which definitions of a running network a live
+/// edit changes (default both; a stopped network has only the persistent one).
+#[derive(clap::Args, Clone, Copy, Default)]
+pub struct ScopeArgs {
+    /// Change only the running definition (gone at the next stop).
+    #[arg(long, conflicts_with = "config")]
+    pub live: bool,
+    /// Change only the persistent definition (used from the next start).
+    #[arg(long)]
+    pub config: bool,
+}
+
+impl ScopeArgs {
+    /// The query string the API takes for these flags.
+    pub fn query(self) -> &'static str {
+        match (self.live, self.config) {
+            (true, _) => "?live=true",
+            (false, true) => "?config=true",
+            _ => "",
+        }
+    }
+}
+
 #[derive(clap::Subcommand)]
 pub enum Command {
     /// Forward host port(s) to a guest.
@@ -24,12 +47,16 @@ pub enum Command {
         /// Host address (default: every address of the network's uplinks).
         #[arg(long)]
         address: Option<Ipv4Addr>,
+        #[command(flatten)]
+        scope: ScopeArgs,
     },
     /// Add many forwards at once, all or none, from a TOML file of
     /// `[[forwards]]` tables (the definition's own format).
     Import {
         name: String,
         file: std::path::PathBuf,
+        #[command(flatten)]
+        scope: ScopeArgs,
     },
     /// Stop forwarding; open connections carry on until they close.
     Remove {
@@ -40,6 +67,8 @@ pub enum Command {
         port: String,
         #[arg(long)]
         address: Option<Ipv4Addr>,
+        #[command(flatten)]
+        scope: ScopeArgs,
     },
     List {
         name: Option<String>,
@@ -60,32 +89,39 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
             port,
             to,
             address,
+            scope,
         } => {
             let req = ForwardRequest {
                 proto: *proto,
-                port: port.clone(),
-                to: Some(to.clone()),
+                port: port.parse().map_err(|e| anyhow::anyhow!("--port: {e}"))?,
+                to: Some(to.parse().map_err(|e| anyhow::anyhow!("--to: {e}"))?),
                 address: *address,
             };
-            let _: NameResponse = client.post(&format!("/v1/networks/{name}/forwards"), &req)?;
+            let _: NameResponse = client.post(
+                &format!("/v1/networks/{name}/forwards{}", scope.query()),
+                &req,
+            )?;
             println!("{} {port} -> {to} added to {name}", proto.as_str());
             Ok(())
         }
-        Command::Import { name, file } => import(client, name, file),
+        Command::Import { name, file, scope } => import(client, name, file, *scope),
         Command::Remove {
             name,
             proto,
             port,
             address,
+            scope,
         } => {
             let req = ForwardRequest {
                 proto: *proto,
-                port: port.clone(),
+                port: port.parse().map_err(|e| anyhow::anyhow!("--port: {e}"))?,
                 to: None,
                 address: *address,
             };
-            let _: NameResponse =
-                client.delete_with(&format!("/v1/networks/{name}/forwards"), &req)?;
+            let _: NameResponse = client.delete_with(
+                &format!("/v1/networks/{name}/forwards{}", scope.query()),
+                &req,
+            )?;
             println!("{} {port} removed from {name}", proto.as_str());
             Ok(())
         }
@@ -123,16 +159,15 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
     }
 }
 
-fn import(client: &Client, name: &str, file: &std::path::Path) -> Result<()> {
+fn import(client: &Client, name: &str, file: &std::path::Path, scope: ScopeArgs) -> Result<()> {
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct File {
         forwards: Vec<crate::config::Forward>,
     }
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
-    let f: File = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.message().trim()))?;
+    let text = crate::config::read_definition(file)?;
+    let f: File = crate::config::from_toml_as(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e:#}", file.display()))?;
     let n = f.forwards.len();
     let forwards = f
         .forwards
@@ -145,7 +180,7 @@ fn import(client: &Client, name: &str, file: &std::path::Path) -> Result<()> {
         })
         .collect();
     let _: NameResponse = client.post(
-        &format!("/v1/networks/{name}/forwards"),
+        &format!("/v1/networks/{name}/forwards{}", scope.query()),
         &ForwardAdd::Batch { forwards },
     )?;
     println!("{n} forwards added to {name}");

@@ -9,6 +9,7 @@ mod metrics;
 mod net;
 mod output;
 mod status;
+mod vf;
 
 use crate::api::client::Client;
 use clap::{Parser, Subcommand};
@@ -50,6 +51,9 @@ enum Command {
     Status(status::Args),
     /// Prometheus metrics (text format), as GET /metrics serves them.
     Metrics(metrics::Args),
+    /// SR-IOV VF pools (hostdev networks): hand VFs to guests.
+    #[command(subcommand)]
+    Vf(vf::Command),
 }
 
 impl Cli {
@@ -62,6 +66,17 @@ impl Cli {
     }
 }
 
+/// Rust ignores SIGPIPE, so `netd status | head -1` would make println!
+/// panic ("failed printing to stdout") once the reader is gone. A client
+/// command ends quietly instead, as Unix tools do (exit 141). The daemon
+/// keeps ignoring it: a client that hangs up must not kill it.
+fn default_sigpipe() {
+    // SAFETY: restoring a signal's default disposition has no preconditions.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -70,6 +85,9 @@ pub fn main() -> ExitCode {
             e.exit();
         }
     };
+    if !matches!(cli.command, Command::Daemon(_)) {
+        default_sigpipe();
+    }
     let r = match &cli.command {
         Command::Daemon(a) => daemon::exec(a),
         Command::Net(c) => net::exec(c, &cli.client()),
@@ -78,6 +96,7 @@ pub fn main() -> ExitCode {
         Command::Bpf(c) => bpf::exec(c),
         Command::Status(a) => status::exec(a, &cli.client()),
         Command::Metrics(a) => metrics::exec(a, &cli.client()),
+        Command::Vf(c) => vf::exec(c, &cli.client()),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

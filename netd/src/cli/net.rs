@@ -3,7 +3,7 @@
 use super::output::{Format, OutputArgs, Table, opt, print_json};
 use crate::api::client::Client;
 use crate::api::wire::*;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
@@ -21,6 +21,9 @@ pub enum Command {
     },
     Stop {
         name: String,
+        /// Hostdev networks: release every held VF instead of refusing.
+        #[arg(long)]
+        force: bool,
     },
     /// Remove a stored definition (a running network keeps running).
     Undefine {
@@ -49,6 +52,10 @@ pub enum Command {
         name: String,
         #[arg(long)]
         xml: bool,
+        /// The persistent definition (what the next start uses) instead of
+        /// the running one.
+        #[arg(long)]
+        inactive: bool,
     },
     /// Live changes to a running or stored network.
     Update {
@@ -72,6 +79,8 @@ pub struct HostArgs {
     ip: std::net::Ipv4Addr,
     #[arg(long)]
     name: Option<String>,
+    #[command(flatten)]
+    scope: super::forward::ScopeArgs,
 }
 
 impl Command {
@@ -79,7 +88,7 @@ impl Command {
     fn name(&self) -> Option<&str> {
         match self {
             Command::Start { name }
-            | Command::Stop { name }
+            | Command::Stop { name, .. }
             | Command::Undefine { name }
             | Command::Autostart { name, .. }
             | Command::Info { name, .. }
@@ -100,7 +109,16 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
         Command::Define { file } => define(client, file, false),
         Command::Create { file } => define(client, file, true),
         Command::Start { name } => action(client, name, "start", "started"),
-        Command::Stop { name } => action(client, name, "stop", "stopped"),
+        Command::Stop { name, force } => {
+            let r: StopResponse =
+                client.post_empty(&format!("/v1/networks/{name}/stop?force={force}"))?;
+            if r.released_vfs > 0 {
+                println!("network {name} stopped; released {} VFs", r.released_vfs);
+            } else {
+                println!("network {name} stopped");
+            }
+            Ok(())
+        }
         Command::Undefine { name } => {
             let _: NameResponse = client.delete(&format!("/v1/networks/{name}"))?;
             println!("network {name} undefined");
@@ -119,8 +137,14 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
         }
         Command::List { all, out } => list(client, *all, out.format),
         Command::Info { name, out } => info(client, name, out.format),
-        Command::Dump { name, xml } => {
-            let d: DumpResponse = client.get(&format!("/v1/networks/{name}/dump?xml={xml}"))?;
+        Command::Dump {
+            name,
+            xml,
+            inactive,
+        } => {
+            let d: DumpResponse = client.get(&format!(
+                "/v1/networks/{name}/dump?xml={xml}&inactive={inactive}"
+            ))?;
             print!("{}", d.text);
             Ok(())
         }
@@ -131,21 +155,30 @@ pub fn exec(c: &Command, client: &Client) -> Result<()> {
             };
             let req = HostRequest {
                 add,
-                mac: h.mac.clone(),
+                mac: h.mac.parse().map_err(|e| anyhow::anyhow!("--mac: {e}"))?,
                 ip: h.ip,
-                name: h.name.clone(),
+                name: h
+                    .name
+                    .as_deref()
+                    .map(str::parse)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("--name: {e}"))?,
             };
-            let _: NameResponse = client.post(&format!("/v1/networks/{name}/hosts"), &req)?;
+            let _: NameResponse = client.post(
+                &format!("/v1/networks/{name}/hosts{}", h.scope.query()),
+                &req,
+            )?;
             println!("network {name} updated");
             Ok(())
         }
     }
 }
 
-fn define(client: &Client, file: &PathBuf, transient: bool) -> Result<()> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let xml = file.extension().is_some_and(|e| e == "xml") || text.trim_start().starts_with('<');
+fn define(client: &Client, file: &std::path::Path, transient: bool) -> Result<()> {
+    // Read with the daemon's size limit: a 100 MB file is refused here,
+    // before it is read, sent or parsed.
+    let text = crate::config::read_definition(file)?;
+    let xml = crate::config::is_xml(file, &text);
     let r: NameResponse = client.post(
         "/v1/networks",
         &DefineRequest {
@@ -217,10 +250,25 @@ pub fn render_info(i: &NetworkInfo) -> String {
         ("Masquerade as", opt(&i.masquerade_address)),
         ("dnsmasq pid", opt(&i.dnsmasq_pid)),
         ("dnsmasq restarts", i.dnsmasq_restarts.to_string()),
+        ("Pending changes", yes_no(i.pending_changes)),
     ];
     let mut s = String::new();
     for (k, v) in rows {
         s.push_str(&format!("{:<17} {v}\n", format!("{k}:")));
+    }
+    if let Some(p) = &i.vf_pool {
+        s.push_str(&format!("{:<17} {}\n", "PF:", opt(&p.pf)));
+        s.push_str(&format!(
+            "{:<17} {} total, {} free, {} held, {} missing\n",
+            "VF pool:", p.total, p.free, p.held, p.missing
+        ));
+        s.push_str(&format!("{:<17} {}\n", "Connections:", p.held));
+        if let Some(why) = &p.problem {
+            s.push_str(&format!("{:<17} {why}\n", "Pool problem:"));
+        }
+    }
+    if let Some(why) = &i.degraded {
+        s.push_str(&format!("{:<17} {why}\n", "Degraded:"));
     }
     if !i.masquerade_ports.is_empty() {
         let per: Vec<String> = i

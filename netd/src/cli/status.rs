@@ -58,6 +58,29 @@ pub fn exec(a: &Args, client: &Client) -> Result<()> {
     }
     t.print();
     println!();
+    let pools: Vec<_> = s
+        .networks
+        .iter()
+        .filter_map(|n| Some((n, n.vf_pool.as_ref()?)))
+        .collect();
+    if !pools.is_empty() {
+        let mut t = Table::new(&[
+            "VF POOL", "PF", "TOTAL", "FREE", "HELD", "MISSING", "PROBLEM",
+        ]);
+        for (n, p) in pools {
+            t.row(vec![
+                n.name.clone(),
+                opt(&p.pf),
+                p.total.to_string(),
+                p.free.to_string(),
+                p.held.to_string(),
+                p.missing.to_string(),
+                opt(&p.problem),
+            ]);
+        }
+        t.print();
+        println!();
+    }
     let mut t = Table::new(&[
         "PROG ID",
         "HOOK",

@@ -1,4 +1,6 @@
-use serde::{Deserialize, Serialize};
+use super::types::*;
+use ipnet::{Ipv4Net, Ipv6Net};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
@@ -32,6 +34,24 @@ impl Mode {
     }
 }
 
+/// What of the host a network's guests may reach.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum HostAccess {
+    /// Every service on every host address (libvirt's default).
+    #[default]
+    #[serde(rename = "all")]
+    All,
+    /// DHCP, DNS and ICMP echo only, on every host address.
+    #[serde(rename = "dhcp-dns")]
+    DhcpDns,
+}
+
+impl HostAccess {
+    pub fn is_all(&self) -> bool {
+        *self == HostAccess::All
+    }
+}
+
 /// A network definition, as stored in `<config-dir>/networks/NAME.toml`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -41,19 +61,26 @@ pub struct Network {
     pub mode: Mode,
     /// Bridge device; defaults to the first free `netdN`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bridge: Option<String>,
+    pub bridge: Option<IfName>,
     #[serde(default)]
     pub autostart: bool,
     /// Restrict forwarding to this uplink (libvirt's `forward dev=`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uplink: Option<String>,
+    pub uplink: Option<IfName>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
     /// Fixed bridge MAC; generated once and persisted when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mac: Option<String>,
+    pub mac: Option<Mac>,
     #[serde(default)]
     pub stp: Stp,
+    /// Guests send only from the MAC/IPv4 pair DHCP leased them or a host
+    /// entry gives them, ARP included (libvirt's nwfilter clean-traffic).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
+    /// What of the host guests may reach.
+    #[serde(default, skip_serializing_if = "HostAccess::is_all")]
+    pub host_access: HostAccess,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nat: Option<Nat>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,6 +91,19 @@ pub struct Network {
     pub dns: Option<Dns>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub forwards: Vec<Forward>,
+    // ---- hostdev (SR-IOV VF pool) only; see `validate_hostdev`. ----
+    /// The PF whose VFs make the pool (libvirt's `<pf dev=…/>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pf: Option<String>,
+    /// Or an explicit list of VF PCI addresses (libvirt's `<address type='pci'>` list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vfs_pci: Vec<PciAddr>,
+    /// Enable this many VFs on the PF at start when none are enabled yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vfs: Option<u32>,
+    /// VLAN a VF gets when `vf acquire` names none (libvirt's `<vlan><tag id=…/>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,7 +134,7 @@ impl Default for Stp {
 pub struct Nat {
     /// Masquerade port range, "1024-65535".
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ports: Option<String>,
+    pub ports: Option<PortRange>,
     /// Fixed masquerade address instead of the uplink's own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Ipv4Addr>,
@@ -261,10 +301,7 @@ impl Nat {
     pub fn port_range(&self) -> Result<(u16, u16), String> {
         match &self.ports {
             None => Ok((1024, 65535)),
-            Some(s) => {
-                let r = PortRange::from_str(s)?;
-                Ok((r.start, r.end))
-            }
+            Some(r) => Ok((r.start, r.end)),
         }
     }
 }
@@ -273,7 +310,8 @@ impl Nat {
 #[serde(deny_unknown_fields)]
 pub struct Ipv4 {
     /// Gateway address with prefix, "192.168.122.1/24".
-    pub address: String,
+    #[serde(deserialize_with = "cidr")]
+    pub address: Ipv4Net,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dhcp: Option<Dhcp4>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -283,7 +321,7 @@ pub struct Ipv4 {
 impl Ipv4 {
     /// (gateway, prefix length).
     pub fn parsed(&self) -> Result<(Ipv4Addr, u8), String> {
-        parse_cidr4(&self.address)
+        Ok((self.address.addr(), self.address.prefix_len()))
     }
 }
 
@@ -293,23 +331,24 @@ pub struct Dhcp4 {
     pub start: Ipv4Addr,
     pub end: Ipv4Addr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease: Option<String>,
+    pub lease: Option<LeaseTime>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Host {
-    pub mac: String,
+    pub mac: Mac,
     pub ip: Ipv4Addr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<HostName>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ipv6 {
     /// Router address with prefix, "fd00:122::1/64".
-    pub address: String,
+    #[serde(deserialize_with = "cidr")]
+    pub address: Ipv6Net,
     /// Router advertisements for SLAAC.
     #[serde(default)]
     pub slaac: bool,
@@ -323,18 +362,7 @@ pub struct Ipv6 {
 
 impl Ipv6 {
     pub fn parsed(&self) -> Result<(Ipv6Addr, u8), String> {
-        let (a, p) = self
-            .address
-            .split_once('/')
-            .ok_or_else(|| format!("ipv6 address {:?} needs a /prefix", self.address))?;
-        let a = Ipv6Addr::from_str(a).map_err(|_| format!("invalid IPv6 address {a:?}"))?;
-        let p: u8 = p
-            .parse()
-            .map_err(|_| format!("invalid IPv6 prefix {p:?}"))?;
-        if p > 128 {
-            return Err(format!("IPv6 prefix /{p} is longer than 128"));
-        }
-        Ok((a, p))
+        Ok((self.address.addr(), self.address.prefix_len()))
     }
 }
 
@@ -344,23 +372,23 @@ pub struct Dhcp6 {
     pub start: Ipv6Addr,
     pub end: Ipv6Addr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lease: Option<String>,
+    pub lease: Option<LeaseTime>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Host6 {
-    pub duid: String,
+    pub duid: Duid,
     pub ip: Ipv6Addr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
+    pub name: Option<HostName>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Dns {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
+    pub domain: Option<DnsName>,
     /// Extra name records served by the network's dnsmasq.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<DnsHost>,
@@ -373,7 +401,7 @@ pub struct Dns {
 #[serde(deny_unknown_fields)]
 pub struct DnsHost {
     pub ip: std::net::IpAddr,
-    pub names: Vec<String>,
+    pub names: Vec<DnsName>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Hash)]
@@ -415,71 +443,22 @@ impl FromStr for Proto {
 pub struct Forward {
     pub proto: Proto,
     /// "8080" or "8000-8010".
-    pub port: String,
+    pub port: PortRange,
     /// "192.168.122.10", "192.168.122.10:80" or "192.168.122.10:80-90".
-    pub to: String,
+    pub to: Target,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<Ipv4Addr>,
 }
 
-/// An inclusive port range; a single port is a range of one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortRange {
-    pub start: u16,
-    pub end: u16,
-}
-
-impl PortRange {
-    pub fn len(&self) -> u32 {
-        u32::from(self.end) - u32::from(self.start) + 1
-    }
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-}
-
-impl FromStr for PortRange {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let port = |p: &str| -> Result<u16, String> {
-            match p.trim().parse::<u16>() {
-                Ok(0) => Err("port 0 is not a usable port".into()),
-                Ok(v) => Ok(v),
-                Err(_) => Err(format!("invalid port {p:?}")),
-            }
-        };
-        let (start, end) = match s.split_once('-') {
-            Some((a, b)) => (port(a)?, port(b)?),
-            None => (port(s)?, port(s)?),
-        };
-        if start > end {
-            return Err(format!("port range {s:?} is reversed"));
-        }
-        Ok(PortRange { start, end })
-    }
-}
-
-impl std::fmt::Display for PortRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.start == self.end {
-            write!(f, "{}", self.start)
-        } else {
-            write!(f, "{}-{}", self.start, self.end)
-        }
-    }
-}
-
-/// Parses "a.b.c.d/len".
-pub fn parse_cidr4(s: &str) -> Result<(Ipv4Addr, u8), String> {
-    let (a, p) = s
-        .split_once('/')
-        .ok_or_else(|| format!("address {s:?} needs a /prefix, like 192.168.122.1/24"))?;
-    let a = Ipv4Addr::from_str(a).map_err(|_| format!("invalid IPv4 address {a:?}"))?;
-    let p: u8 = p.parse().map_err(|_| format!("invalid prefix {p:?}"))?;
-    if p > 32 {
-        return Err(format!("prefix /{p} is longer than 32"));
-    }
-    Ok((a, p))
+/// An address with its prefix ("192.168.122.1/24"), parsed with ipnet; the
+/// error quotes the value, so serde_path_to_error's field name completes it.
+fn cidr<'de, D: Deserializer<'de>, N: FromStr>(d: D) -> Result<N, D::Error> {
+    let s = String::deserialize(d)?;
+    N::from_str(&s).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not an address with a prefix, like 192.168.122.1/24 or fd00::1/64"
+        ))
+    })
 }
 
 pub fn mask4(prefix: u8) -> u32 {
@@ -497,24 +476,11 @@ pub fn in_subnet4(ip: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
 
 /// Canonical lower-case MAC, or an error.
 pub fn normalize_mac(s: &str) -> Result<String, String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if parts.len() != 6
-        || parts
-            .iter()
-            .any(|p| p.len() != 2 || !p.chars().all(|c| c.is_ascii_hexdigit()))
-    {
-        return Err(format!("invalid MAC address {s:?}"));
-    }
-    Ok(s.to_ascii_lowercase())
+    Mac::from_str(s).map(String::from)
 }
 
 pub fn mac_bytes(s: &str) -> Result<[u8; 6], String> {
-    let s = normalize_mac(s)?;
-    let mut out = [0u8; 6];
-    for (i, p) in s.split(':').enumerate() {
-        out[i] = u8::from_str_radix(p, 16).expect("validated hex");
-    }
-    Ok(out)
+    Mac::from_str(s).map(|m| m.bytes())
 }
 
 impl Network {
@@ -542,5 +508,89 @@ impl Network {
             .is_some_and(|v| v.slaac || v.dhcp.is_some());
         let dns = self.dns.as_ref().is_none_or(|d| d.enable) && self.ipv4.is_some();
         dhcp4 || v6 || dns
+    }
+}
+
+/// A PCI address, "0000:02:10.1" (domain:bus:slot.function), the form sysfs
+/// names devices by. Checked on parse, so a pool never holds a malformed one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PciAddr {
+    pub domain: u16,
+    pub bus: u8,
+    /// 0-31.
+    pub slot: u8,
+    /// 0-7.
+    pub function: u8,
+}
+
+impl PciAddr {
+    pub fn new(domain: u16, bus: u8, slot: u8, function: u8) -> Result<PciAddr, String> {
+        if slot > 31 {
+            return Err(format!("PCI slot 0x{slot:x} is above 0x1f"));
+        }
+        if function > 7 {
+            return Err(format!("PCI function {function} is above 7"));
+        }
+        Ok(PciAddr {
+            domain,
+            bus,
+            slot,
+            function,
+        })
+    }
+
+    /// libvirt's `<address type='pci' …/>`, as a domain's hostdev source takes it.
+    pub fn libvirt_xml(&self) -> String {
+        format!(
+            "<address type='pci' domain='0x{:04x}' bus='0x{:02x}' slot='0x{:02x}' function='0x{:x}'/>",
+            self.domain, self.bus, self.slot, self.function
+        )
+    }
+}
+
+impl std::fmt::Display for PciAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}.{:x}",
+            self.domain, self.bus, self.slot, self.function
+        )
+    }
+}
+
+impl FromStr for PciAddr {
+    type Err = String;
+    /// "0000:02:10.1", or "02:10.1" with domain 0 (lspci's short form).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("invalid PCI address {s:?}: want DDDD:BB:SS.F, like 0000:02:10.1");
+        let hex = |p: &str, max_len: usize| -> Result<u32, String> {
+            if p.is_empty() || p.len() > max_len || !p.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(bad());
+            }
+            u32::from_str_radix(p, 16).map_err(|_| bad())
+        };
+        let (head, function) = s.rsplit_once('.').ok_or_else(bad)?;
+        let parts: Vec<&str> = head.split(':').collect();
+        let (domain, bus, slot) = match parts.as_slice() {
+            [d, b, sl] => (hex(d, 4)?, hex(b, 2)?, hex(sl, 2)?),
+            [b, sl] => (0, hex(b, 2)?, hex(sl, 2)?),
+            _ => return Err(bad()),
+        };
+        let function = hex(function, 1)?;
+        PciAddr::new(domain as u16, bus as u8, slot as u8, function as u8)
+            .map_err(|e| format!("invalid PCI address {s:?}: {e}"))
+    }
+}
+
+impl Serialize for PciAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PciAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }

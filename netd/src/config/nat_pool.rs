@@ -4,9 +4,8 @@
 //! refused when it would leave a NAT network fewer than its
 //! `nat.min_free_ports` masquerade ports for its protocol.
 
-use super::model::{Forward, Mode, Network, PortRange, Proto};
+use super::model::{Forward, Mode, Network, Proto};
 use anyhow::{Result, bail};
-use std::str::FromStr;
 
 /// `nat.min_free_ports` when unset.
 pub const DEFAULT_MIN_FREE_PORTS: u32 = 1024;
@@ -38,9 +37,7 @@ pub fn ports_left<'a>(
         if f.proto != proto || !shares_address(net, f) {
             continue;
         }
-        let Ok(r) = PortRange::from_str(&f.port) else {
-            continue;
-        };
+        let r = f.port;
         for p in r.start.max(lo)..=r.end.min(hi) {
             let slot = &mut taken[usize::from(p - lo)];
             if !*slot {
@@ -70,9 +67,7 @@ pub fn check_masquerade_pool(networks: &[&Network], new: &[Forward]) -> Result<(
             let takers: Vec<&Forward> = new
                 .iter()
                 .filter(|f| f.proto == proto && shares_address(net, f))
-                .filter(|f| {
-                    PortRange::from_str(&f.port).is_ok_and(|r| r.start <= hi && r.end >= lo)
-                })
+                .filter(|f| f.port.start <= hi && f.port.end >= lo)
                 .collect();
             let Some(first) = takers.first() else {
                 continue;
@@ -112,8 +107,8 @@ mod tests {
     fn fwd(proto: Proto, port: &str, address: Option<&str>) -> Forward {
         Forward {
             proto,
-            port: port.into(),
-            to: "192.168.50.10".into(),
+            port: port.parse().unwrap(),
+            to: "192.168.50.10".parse().unwrap(),
             address: address.map(|a| a.parse().unwrap()),
         }
     }

@@ -2,50 +2,35 @@
 //! that names the offending field.
 
 use super::model::*;
+use super::types::*;
 use anyhow::{Result, bail};
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-/// Linux's IFNAMSIZ less the terminating NUL.
-const IFNAME_MAX: usize = 15;
-
 pub fn check_interface_name(what: &str, name: &str) -> Result<()> {
-    if name.is_empty() {
-        bail!("{what} must not be empty");
+    IfName::from_str(name).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+    Ok(())
+}
+
+/// A network name becomes a file name, part of dnsmasq's file names and a
+/// comment line in its config, and is sized like an interface name: letters,
+/// digits, '-', '_' and '.', not starting with '-' or '.'.
+pub fn check_network_name(name: &str) -> Result<()> {
+    if let Err(e) = IfName::from_str(name) {
+        bail!("name: {}", e.replace("interface name", "network name"));
     }
-    if name.len() > IFNAME_MAX {
-        bail!("{what} {name:?} is longer than {IFNAME_MAX} bytes");
-    }
-    if name == "." || name == ".." || name.contains('/') || name.chars().any(char::is_whitespace) {
-        bail!("{what} {name:?} must not contain '/', whitespace or be '.' or '..'");
-    }
-    if name.contains(':') {
-        bail!("{what} {name:?} must not contain ':'");
+    if name.starts_with('.') {
+        bail!("name: {name:?} is not a valid network name: it starts with '.'");
     }
     Ok(())
 }
 
-pub fn check_network_name(name: &str) -> Result<()> {
-    if name.contains("..") {
-        bail!("network name {name:?} must not contain '..'");
-    }
-    // The name becomes a file name and, for dnsmasq, part of interface-sized
-    // identifiers, so it follows interface-name rules.
-    check_interface_name("network name", name)
-}
-
 pub fn validate(net: &Network) -> Result<()> {
+    // Names, MACs, DNS names, DUIDs, lease times and ports were checked by
+    // their types when they were built; what is left is how they fit together.
     check_network_name(&net.name)?;
-    if let Some(b) = &net.bridge {
-        check_interface_name("bridge name", b)?;
-    }
-    if let Some(u) = &net.uplink {
-        check_interface_name("uplink", u)?;
-    }
-    if let Some(mac) = &net.mac {
-        normalize_mac(mac).map_err(anyhow::Error::msg)?;
-    }
+    super::hostdev::validate_hostdev(net)?;
     if let Some(mtu) = net.mtu
         && !(68..=65535).contains(&mtu)
     {
@@ -57,6 +42,15 @@ pub fn validate(net: &Network) -> Result<()> {
         }
         Mode::Nat | Mode::Route | Mode::Open | Mode::Isolated => {}
         _ => {}
+    }
+    if !net.mode.owns_bridge() && (net.strict || !net.host_access.is_all()) {
+        bail!(
+            "strict and host_access need netd's datapath, which mode = \"{}\" does not have",
+            net.mode.as_str()
+        );
+    }
+    if net.strict && net.ipv4.is_none() {
+        bail!("strict = true binds guests' IPv4 addresses: it needs an [ipv4] subnet");
     }
     if net.nat.is_some() && net.mode != Mode::Nat {
         bail!("[nat] only applies to mode = \"nat\"");
@@ -162,6 +156,9 @@ fn validate_ipv4(v4: &Ipv4) -> Result<()> {
             v4.address
         );
     }
+    if gw.is_multicast() || gw.is_loopback() || gw.is_unspecified() || gw.is_broadcast() {
+        bail!("ipv4.address: {gw} is not a unicast host address");
+    }
     let net = u32::from(gw) & mask4(prefix);
     let bcast = net | !mask4(prefix);
     if u32::from(gw) == net || u32::from(gw) == bcast {
@@ -182,14 +179,11 @@ fn validate_ipv4(v4: &Ipv4) -> Result<()> {
         if u32::from(d.start) > u32::from(d.end) {
             bail!("ipv4.dhcp range {}-{} is reversed", d.start, d.end);
         }
-        if let Some(l) = &d.lease {
-            parse_lease(l)?;
-        }
     }
     let mut macs = HashSet::new();
     let mut ips = HashSet::new();
     for h in &v4.hosts {
-        let mac = normalize_mac(&h.mac).map_err(anyhow::Error::msg)?;
+        let mac = h.mac.clone();
         if !usable(h.ip) {
             bail!(
                 "host {} ip {} is outside the subnet {net_ip}/{prefix}",
@@ -206,9 +200,6 @@ fn validate_ipv4(v4: &Ipv4) -> Result<()> {
         if !ips.insert(h.ip) {
             bail!("two hosts have the IP {}", h.ip);
         }
-        if let Some(n) = &h.name {
-            check_hostname(n)?;
-        }
     }
     Ok(())
 }
@@ -220,8 +211,32 @@ fn validate_ipv6(v6: &Ipv6) -> Result<()> {
     if v6.slaac && prefix != 64 {
         bail!("ipv6.slaac needs a /64 prefix, not /{prefix}");
     }
+    let (addr, _) = v6.parsed().map_err(anyhow::Error::msg)?;
+    if addr.is_multicast() || addr.is_unspecified() || addr.is_loopback() {
+        bail!("ipv6.address: {addr} is not a unicast host address");
+    }
+    let subnet = v6.address.trunc();
+    if let Some(d) = &v6.dhcp {
+        if !subnet.contains(&d.start) || !subnet.contains(&d.end) {
+            bail!(
+                "ipv6.dhcp range {}-{} is outside the prefix {subnet}",
+                d.start,
+                d.end
+            );
+        }
+        if d.start > d.end {
+            bail!("ipv6.dhcp range {}-{} is reversed", d.start, d.end);
+        }
+    }
     let mut duids = HashSet::new();
     for h in &v6.hosts {
+        if !subnet.contains(&h.ip) || h.ip == addr {
+            bail!(
+                "ipv6.hosts: {} ({}) is not a guest address in {subnet}",
+                h.ip,
+                h.duid
+            );
+        }
         if !duids.insert(h.duid.to_ascii_lowercase()) {
             bail!("two IPv6 hosts have the DUID {}", h.duid);
         }
@@ -229,31 +244,9 @@ fn validate_ipv6(v6: &Ipv6) -> Result<()> {
     Ok(())
 }
 
-fn check_hostname(n: &str) -> Result<()> {
-    if n.is_empty()
-        || n.len() > 63
-        || !n
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
-    {
-        bail!("host name {n:?} must be letters, digits, '-' or '.'");
-    }
-    Ok(())
-}
-
-/// "1h", "30m", "3600" (seconds) or "infinite".
-pub fn parse_lease(s: &str) -> Result<String> {
-    let ok = s == "infinite"
-        || s.strip_suffix(['s', 'm', 'h', 'd'])
-            .unwrap_or(s)
-            .parse::<u32>()
-            .is_ok_and(|v| v > 0);
-    if !ok {
-        bail!("lease time {s:?} must be like 3600, 30m, 1h, 1d or infinite");
-    }
-    Ok(s.to_string())
-}
-
+/// Whether a forward can ever work on this network: the target is a guest
+/// address (inside the subnet, not its network, broadcast or gateway
+/// address) and the host address is a unicast address outside it.
 pub fn validate_forward(net: &Network, f: &Forward) -> Result<()> {
     if matches!(net.mode, Mode::Isolated | Mode::Hostdev | Mode::Bridge) {
         bail!(
@@ -262,15 +255,12 @@ pub fn validate_forward(net: &Network, f: &Forward) -> Result<()> {
             net.mode.as_str()
         );
     }
-    let host = PortRange::from_str(&f.port).map_err(|e| anyhow::anyhow!("forward port: {e}"))?;
-    let (ip, guest) = parse_forward_target(&f.to)?;
-    if let Some(g) = guest
+    let (host, to) = (f.port, f.to);
+    if let Some(g) = to.ports
         && g.len() != host.len()
     {
         bail!(
-            "forward {} -> {}: port ranges differ in length ({} vs {})",
-            f.port,
-            f.to,
+            "forward {host} -> {to}: port ranges differ in length ({} vs {})",
             host.len(),
             g.len()
         );
@@ -279,29 +269,47 @@ pub fn validate_forward(net: &Network, f: &Forward) -> Result<()> {
         .ipv4
         .as_ref()
         .ok_or_else(|| anyhow::anyhow!("port forwards need an [ipv4] subnet"))?;
-    let (gw, prefix) = v4.parsed().map_err(anyhow::Error::msg)?;
-    if !in_subnet4(ip, gw, prefix) || ip == gw {
-        bail!(
-            "forward target {ip} is outside the network's subnet {}",
-            v4.address
-        );
+    let subnet = v4.address.trunc();
+    let gw = v4.address.addr();
+    let ip = to.ip;
+    if !subnet.contains(&ip) {
+        bail!("forward to: {ip} is outside the network's subnet {subnet}");
+    }
+    if ip == subnet.network() || ip == subnet.broadcast() {
+        bail!("forward to: {ip} is the subnet's network or broadcast address, not a guest");
+    }
+    if ip == gw {
+        bail!("forward to: {ip} is the gateway's own address, not a guest");
+    }
+    if let Some(a) = f.address {
+        let why = if a.is_unspecified() {
+            Some("the unspecified address")
+        } else if a.is_broadcast() {
+            Some("the broadcast address")
+        } else if a.is_multicast() {
+            Some("a multicast address")
+        } else if a.is_loopback() {
+            Some("a loopback address")
+        } else if u32::from(a) >> 28 == 0xf {
+            Some("a reserved (240.0.0.0/4) address")
+        } else if a == gw {
+            Some("the bridge's own address")
+        } else if subnet.contains(&a) {
+            Some("inside the network's own subnet")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            bail!("forward address: {a} is {why}; give a unicast host address outside {subnet}");
+        }
     }
     Ok(())
 }
 
 /// "ip", "ip:port" or "ip:port-port".
 pub fn parse_forward_target(s: &str) -> Result<(Ipv4Addr, Option<PortRange>)> {
-    let (ip, ports) = match s.split_once(':') {
-        Some((ip, p)) => (ip, Some(p)),
-        None => (s, None),
-    };
-    let ip = Ipv4Addr::from_str(ip)
-        .map_err(|_| anyhow::anyhow!("invalid forward target address {ip:?}"))?;
-    let ports = ports
-        .map(PortRange::from_str)
-        .transpose()
-        .map_err(|e| anyhow::anyhow!("forward target: {e}"))?;
-    Ok((ip, ports))
+    let t = Target::from_str(s).map_err(anyhow::Error::msg)?;
+    Ok((t.ip, t.ports))
 }
 
 /// True when two IPv4 subnets share any address.
@@ -341,6 +349,39 @@ domain = "default.netd"
         let n = check(&base()).unwrap();
         assert_eq!(n.ipv4.unwrap().hosts[0].name.as_deref(), Some("web"));
         assert!(n.stp.enabled);
+    }
+
+    #[test]
+    fn lane_settings_parse_round_trip_and_need_a_datapath() {
+        let t = base().replace(
+            "bridge = \"virbr0\"\n",
+            "bridge = \"virbr0\"\nstrict = true\nhost_access = \"dhcp-dns\"\n",
+        );
+        let n = check(&t).unwrap();
+        assert!(n.strict);
+        assert_eq!(n.host_access, crate::config::HostAccess::DhcpDns);
+        let again = check(&crate::config::to_toml(&n)).unwrap();
+        assert_eq!(again, n, "round trip");
+        // Defaults are not written out.
+        let plain = crate::config::to_toml(&check(&base()).unwrap());
+        assert!(
+            !plain.contains("strict") && !plain.contains("host_access"),
+            "{plain}"
+        );
+
+        let e = check(&t.replace("dhcp-dns", "ssh-only"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("host_access") || e.contains("unknown variant"),
+            "{e}"
+        );
+        let bridged = t.replace("mode = \"nat\"", "mode = \"bridge\"");
+        let e = check(&bridged).unwrap_err().to_string();
+        assert!(e.contains("datapath"), "{e}");
+        let no_v4 = "name = \"s\"\nmode = \"isolated\"\nstrict = true\n";
+        let e = check(no_v4).unwrap_err().to_string();
+        assert!(e.contains("[ipv4]"), "{e}");
     }
 
     #[test]
@@ -402,8 +443,8 @@ domain = "default.netd"
         let n = check(&base()).unwrap();
         let f = |port: &str, to: &str| Forward {
             proto: Proto::Tcp,
-            port: port.into(),
-            to: to.into(),
+            port: port.parse().unwrap(),
+            to: to.parse().unwrap(),
             address: None,
         };
         assert!(validate_forward(&n, &f("8080", "192.168.122.10:80")).is_ok());
@@ -414,18 +455,46 @@ domain = "default.netd"
                 .to_string()
                 .contains("differ")
         );
-        assert!(
-            validate_forward(&n, &f("0", "192.168.122.10"))
-                .unwrap_err()
-                .to_string()
-                .contains("port 0")
-        );
+        assert!("0".parse::<PortRange>().unwrap_err().contains("port 0"));
         assert!(
             validate_forward(&n, &f("80", "10.1.1.1"))
                 .unwrap_err()
                 .to_string()
                 .contains("outside")
         );
+        // Targets that can never be a guest.
+        for (to, why) in [
+            ("192.168.122.0", "network or broadcast"),
+            ("192.168.122.255", "network or broadcast"),
+            ("192.168.122.1", "gateway"),
+        ] {
+            let e = validate_forward(&n, &f("80", to)).unwrap_err().to_string();
+            assert!(
+                e.starts_with("forward to: ") && e.contains(why),
+                "{to}: {e}"
+            );
+        }
+        // Host addresses that can never receive a forward.
+        for (addr, why) in [
+            ("0.0.0.0", "unspecified"),
+            ("255.255.255.255", "broadcast"),
+            ("224.0.0.5", "multicast"),
+            ("127.0.0.1", "loopback"),
+            ("240.0.0.1", "reserved"),
+            ("192.168.122.1", "bridge's own"),
+            ("192.168.122.50", "inside"),
+        ] {
+            let mut fw = f("80", "192.168.122.10");
+            fw.address = Some(addr.parse().unwrap());
+            let e = validate_forward(&n, &fw).unwrap_err().to_string();
+            assert!(
+                e.starts_with("forward address: ") && e.contains(why),
+                "{addr}: {e}"
+            );
+        }
+        let mut fw = f("80", "192.168.122.10");
+        fw.address = Some("198.51.100.2".parse().unwrap());
+        validate_forward(&n, &fw).unwrap();
     }
 
     #[test]

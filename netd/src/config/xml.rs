@@ -3,12 +3,148 @@
 //! range and hosts, IPv6, and domain.
 
 use super::model::*;
-use anyhow::{Context, Result, bail};
+use super::types::*;
+use anyhow::{Context, Result, anyhow, bail};
 use std::fmt::Write;
 use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+/// Limits checked before roxmltree sees the text. roxmltree itself is not
+/// recursive, but a deep tree is never a network definition and everything
+/// after parsing walks it, so depth is bounded first; its duplicate-attribute
+/// check is quadratic, so attributes per element are bounded too.
+pub const MAX_DEPTH: usize = 32;
+pub const MAX_ELEMENTS: usize = 10_000;
+pub const MAX_ATTRIBUTES: usize = 64;
+
+/// Counts nesting depth, elements and attributes per element in one pass,
+/// without recursion. Exact for well-formed XML; for malformed text it may
+/// miscount, but roxmltree refuses that anyway.
+fn check_limits(text: &str) -> Result<()> {
+    let b = text.as_bytes();
+    let (mut i, mut depth, mut elements) = (0usize, 0usize, 0usize);
+    let skip_to = |from: usize, end: &[u8]| -> usize {
+        b[from..]
+            .windows(end.len())
+            .position(|w| w == end)
+            .map(|p| from + p + end.len())
+            .unwrap_or(b.len())
+    };
+    while i < b.len() {
+        if b[i] != b'<' {
+            i += 1;
+            continue;
+        }
+        let rest = &b[i..];
+        if rest.starts_with(b"<!--") {
+            i = skip_to(i + 4, b"-->");
+        } else if rest.starts_with(b"<![CDATA[") {
+            i = skip_to(i + 9, b"]]>");
+        } else if rest.starts_with(b"<?") {
+            i = skip_to(i + 2, b"?>");
+        } else if rest.starts_with(b"<!") {
+            bail!("invalid XML: DTDs are not allowed in a network definition");
+        } else if rest.starts_with(b"</") {
+            depth = depth.saturating_sub(1);
+            i = skip_to(i + 2, b">");
+        } else {
+            // A start tag: find its end outside quoted attribute values.
+            let (mut j, mut quote, mut attrs) = (i + 1, 0u8, 0usize);
+            while j < b.len() {
+                let c = b[j];
+                if quote != 0 {
+                    if c == quote {
+                        quote = 0;
+                    }
+                } else if c == b'"' || c == b'\'' {
+                    quote = c;
+                } else if c == b'=' {
+                    attrs += 1;
+                } else if c == b'>' {
+                    break;
+                }
+                j += 1;
+            }
+            elements += 1;
+            if attrs > MAX_ATTRIBUTES {
+                bail!("invalid XML: an element has more than {MAX_ATTRIBUTES} attributes");
+            }
+            if elements > MAX_ELEMENTS {
+                bail!("invalid XML: more than {MAX_ELEMENTS} elements");
+            }
+            if j > 0 && j < b.len() && b[j - 1] != b'/' {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    bail!("invalid XML: nested deeper than {MAX_DEPTH} levels");
+                }
+            }
+            i = j + 1;
+        }
+    }
+    Ok(())
+}
+
+/// An attribute's value, parsed; errors name the element and attribute.
+fn attr<T>(n: roxmltree::Node, name: &str) -> Result<Option<T>>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    n.attribute(name)
+        .map(|v| {
+            T::from_str(v).map_err(|e| {
+                anyhow!(
+                    "<{} {name}>: {}",
+                    n.tag_name().name(),
+                    one_line_value(v, &e.to_string())
+                )
+            })
+        })
+        .transpose()
+}
+
+/// One port, digits only (`types::parse_port`).
+struct Port(u16);
+
+impl FromStr for Port {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_port(s).map(Port)
+    }
+}
+
+/// A required attribute.
+fn need<T>(n: roxmltree::Node, name: &str) -> Result<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    attr(n, name)?.ok_or_else(|| anyhow!("<{}> has no {name} attribute", n.tag_name().name()))
+}
+
+/// A type's error quotes the value already; std's parse errors do not.
+fn one_line_value(v: &str, e: &str) -> String {
+    if e.contains(&format!("{v:?}")) {
+        e.to_string()
+    } else {
+        format!("{v:?}: {e}")
+    }
+}
 
 pub fn from_libvirt(text: &str) -> Result<Network> {
-    let doc = roxmltree::Document::parse(text).map_err(|e| anyhow::anyhow!("invalid XML: {e}"))?;
+    if text.len() > super::MAX_DEFINITION_BYTES {
+        bail!(
+            "definition is larger than {} bytes; a definition is a few KiB",
+            super::MAX_DEFINITION_BYTES
+        );
+    }
+    check_limits(text)?;
+    let opts = roxmltree::ParsingOptions {
+        allow_dtd: false,
+        nodes_limit: 4 * MAX_ELEMENTS as u32,
+    };
+    let doc = roxmltree::Document::parse_with_options(text, opts)
+        .map_err(|e| anyhow!("invalid XML: {}", super::one_line(&e.to_string())))?;
     let root = doc.root_element();
     if root.tag_name().name() != "network" {
         bail!(
@@ -21,6 +157,7 @@ pub fn from_libvirt(text: &str) -> Result<Network> {
         .context("libvirt XML has no <name>")?
         .trim()
         .to_string();
+    super::check_network_name(&name).map_err(|e| anyhow!("<name>: {e}"))?;
     let mut net = Network {
         name,
         ..Default::default()
@@ -33,48 +170,49 @@ pub fn from_libvirt(text: &str) -> Result<Network> {
             "open" => Mode::Open,
             "bridge" => Mode::Bridge,
             "hostdev" => Mode::Hostdev,
-            m => bail!("libvirt forward mode {m:?} is not supported"),
+            m => bail!("<forward mode>: libvirt forward mode {m:?} is not supported"),
         };
-        net.uplink = fwd.attribute("dev").map(str::to_string);
+        net.uplink = attr(fwd, "dev")?;
+        if net.mode == Mode::Hostdev {
+            super::hostdev::from_libvirt(root, fwd, &mut net)?;
+        }
         if let Some(nat) = child(fwd, "nat") {
             let mut n = Nat::default();
             if let Some(a) = child(nat, "address") {
-                n.address = a
-                    .attribute("start")
-                    .map(|s| s.parse())
-                    .transpose()
-                    .context("nat address")?;
+                n.address = attr(a, "start")?;
             }
             if let Some(p) = child(nat, "port") {
-                n.ports = Some(format!(
-                    "{}-{}",
-                    p.attribute("start").unwrap_or("1024"),
-                    p.attribute("end").unwrap_or("65535")
-                ));
+                let lo = attr::<Port>(p, "start")?.map(|p| p.0).unwrap_or(1024);
+                let hi = attr::<Port>(p, "end")?.map(|p| p.0).unwrap_or(65535);
+                n.ports = Some(
+                    PortRange::from_str(&format!("{lo}-{hi}"))
+                        .map_err(|e| anyhow!("<nat port>: {e}"))?,
+                );
             }
             net.nat = Some(n);
         }
     }
     if let Some(b) = child(root, "bridge") {
-        net.bridge = b.attribute("name").map(str::to_string);
-        if let Some(stp) = b.attribute("stp") {
-            net.stp.enabled = stp == "on";
+        net.bridge = attr(b, "name")?;
+        match b.attribute("stp") {
+            None => {}
+            Some("on") => net.stp.enabled = true,
+            Some("off") => net.stp.enabled = false,
+            Some(v) => bail!("<bridge stp>: {v:?} must be on or off"),
         }
-        if let Some(d) = b.attribute("delay") {
-            net.stp.delay = d.parse().context("bridge delay")?;
+        if let Some(d) = attr(b, "delay")? {
+            net.stp.delay = d;
         }
     }
-    net.mac = child(root, "mac")
-        .and_then(|m| m.attribute("address"))
-        .map(str::to_string);
-    net.mtu = child(root, "mtu")
-        .and_then(|m| m.attribute("size"))
-        .map(|s| s.parse())
-        .transpose()
-        .context("mtu")?;
-    if let Some(d) = child(root, "domain").and_then(|d| d.attribute("name")) {
+    if let Some(m) = child(root, "mac") {
+        net.mac = attr(m, "address")?;
+    }
+    if let Some(m) = child(root, "mtu") {
+        net.mtu = attr(m, "size")?;
+    }
+    if let Some(d) = child(root, "domain") {
         net.dns = Some(Dns {
-            domain: Some(d.to_string()),
+            domain: attr(d, "name")?,
             hosts: vec![],
             enable: true,
         });
@@ -83,54 +221,91 @@ pub fn from_libvirt(text: &str) -> Result<Network> {
         .children()
         .filter(|c| c.is_element() && c.tag_name().name() == "ip")
     {
-        let addr = ip.attribute("address").context("<ip> without address")?;
+        let addr: std::net::IpAddr = need(ip, "address")?;
         let family = ip.attribute("family").unwrap_or("ipv4");
         let dhcp = child(ip, "dhcp");
         if family == "ipv6" {
-            let prefix = ip.attribute("prefix").unwrap_or("64");
+            let prefix: u8 = attr(ip, "prefix")?.unwrap_or(64);
             let range = dhcp.and_then(|d| child(d, "range"));
-            net.ipv6 = Some(Ipv6 {
-                address: format!("{addr}/{prefix}"),
+            let address = ipnet::Ipv6Net::from_str(&format!("{addr}/{prefix}")).map_err(|_| {
+                anyhow!("<ip address prefix>: {addr}/{prefix} is not an IPv6 prefix")
+            })?;
+            let mut v6 = Ipv6 {
+                address,
                 slaac: dhcp.is_none(),
                 dhcp: range
                     .map(|r| -> Result<Dhcp6> {
                         Ok(Dhcp6 {
-                            start: r.attribute("start").context("range start")?.parse()?,
-                            end: r.attribute("end").context("range end")?.parse()?,
+                            start: need(r, "start")?,
+                            end: need(r, "end")?,
                             lease: None,
                         })
                     })
                     .transpose()?,
                 hosts: vec![],
                 nat: false,
-            });
+            };
+            if let Some(d) = dhcp {
+                for h in d
+                    .children()
+                    .filter(|c| c.is_element() && c.tag_name().name() == "host")
+                {
+                    v6.hosts.push(Host6 {
+                        duid: need(h, "id")?,
+                        ip: need(h, "ip")?,
+                        name: attr(h, "name")?,
+                    });
+                }
+            }
+            net.ipv6 = Some(v6);
             continue;
         }
-        let prefix: u8 = match (ip.attribute("prefix"), ip.attribute("netmask")) {
-            (Some(p), _) => p.parse().context("prefix")?,
-            (None, Some(m)) => {
-                u32::from(m.parse::<Ipv4Addr>().context("netmask")?).count_ones() as u8
+        let prefix: u8 = match (attr::<u8>(ip, "prefix")?, ip.attribute("netmask")) {
+            (Some(p), _) => p,
+            (None, Some(_)) => {
+                let m: Ipv4Addr = need(ip, "netmask")?;
+                let m = u32::from(m);
+                if m.leading_ones() != m.count_ones() {
+                    bail!(
+                        "<ip netmask>: {} is not a contiguous netmask",
+                        Ipv4Addr::from(m)
+                    );
+                }
+                m.count_ones() as u8
             }
             (None, None) => 24,
         };
+        let address = ipnet::Ipv4Net::from_str(&format!("{addr}/{prefix}"))
+            .map_err(|_| anyhow!("<ip address prefix>: {addr}/{prefix} is not an IPv4 prefix"))?;
         let mut v4 = Ipv4 {
-            address: format!("{addr}/{prefix}"),
+            address,
             dhcp: None,
             hosts: vec![],
         };
         if let Some(d) = dhcp {
             if let Some(r) = child(d, "range") {
-                v4.dhcp = Some(Dhcp4 {
-                    start: r.attribute("start").context("range start")?.parse()?,
-                    end: r.attribute("end").context("range end")?.parse()?,
-                    lease: child(r, "lease").and_then(|l| {
-                        let v = l.attribute("expiry")?;
-                        Some(match l.attribute("unit").unwrap_or("minutes") {
+                let lease = match child(r, "lease") {
+                    Some(l) => {
+                        let v: u32 = need(l, "expiry")?;
+                        // libvirt: expiry 0 is an infinite lease.
+                        let text = match l.attribute("unit").unwrap_or("minutes") {
+                            _ if v == 0 => "infinite".to_string(),
                             "seconds" => v.to_string(),
+                            "minutes" => format!("{v}m"),
                             "hours" => format!("{v}h"),
-                            _ => format!("{v}m"),
-                        })
-                    }),
+                            u => bail!("<lease unit>: {u:?} must be seconds, minutes or hours"),
+                        };
+                        Some(
+                            LeaseTime::from_str(&text)
+                                .map_err(|e| anyhow!("<lease expiry>: {e}"))?,
+                        )
+                    }
+                    None => None,
+                };
+                v4.dhcp = Some(Dhcp4 {
+                    start: need(r, "start")?,
+                    end: need(r, "end")?,
+                    lease,
                 });
             }
             for h in d
@@ -138,12 +313,9 @@ pub fn from_libvirt(text: &str) -> Result<Network> {
                 .filter(|c| c.is_element() && c.tag_name().name() == "host")
             {
                 v4.hosts.push(Host {
-                    mac: h
-                        .attribute("mac")
-                        .context("<host> without mac")?
-                        .to_string(),
-                    ip: h.attribute("ip").context("<host> without ip")?.parse()?,
-                    name: h.attribute("name").map(str::to_string),
+                    mac: need(h, "mac")?,
+                    ip: need(h, "ip")?,
+                    name: attr(h, "name")?,
                 });
             }
         }
@@ -168,6 +340,7 @@ pub fn to_libvirt(net: &Network) -> String {
             .map(|d| format!(" dev='{}'", esc(d)))
             .unwrap_or_default();
         match &net.nat {
+            _ if net.mode == Mode::Hostdev => super::hostdev::to_libvirt(net, &mut s),
             Some(n) if net.mode == Mode::Nat => {
                 let _ = writeln!(s, "  <forward mode='nat'{dev}>");
                 let _ = writeln!(s, "    <nat>");
@@ -209,7 +382,18 @@ pub fn to_libvirt(net: &Network) -> String {
         if v4.dhcp.is_some() || !v4.hosts.is_empty() {
             let _ = writeln!(s, "    <dhcp>");
             if let Some(d) = &v4.dhcp {
-                let _ = writeln!(s, "      <range start='{}' end='{}'/>", d.start, d.end);
+                match d.lease.as_ref().map(lease_xml) {
+                    Some((v, unit)) => {
+                        let _ = writeln!(
+                            s,
+                            "      <range start='{}' end='{}'><lease expiry='{v}' unit='{unit}'/></range>",
+                            d.start, d.end
+                        );
+                    }
+                    None => {
+                        let _ = writeln!(s, "      <range start='{}' end='{}'/>", d.start, d.end);
+                    }
+                }
             }
             for h in &v4.hosts {
                 let name = h
@@ -227,17 +411,45 @@ pub fn to_libvirt(net: &Network) -> String {
         && let Ok((a, p)) = v6.parsed()
     {
         let _ = writeln!(s, "  <ip family='ipv6' address='{a}' prefix='{p}'>");
-        if let Some(d) = &v6.dhcp {
-            let _ = writeln!(
-                s,
-                "    <dhcp>\n      <range start='{}' end='{}'/>\n    </dhcp>",
-                d.start, d.end
-            );
+        if v6.dhcp.is_some() || !v6.hosts.is_empty() {
+            let _ = writeln!(s, "    <dhcp>");
+            if let Some(d) = &v6.dhcp {
+                let _ = writeln!(s, "      <range start='{}' end='{}'/>", d.start, d.end);
+            }
+            for h in &v6.hosts {
+                let name = h
+                    .name
+                    .as_ref()
+                    .map(|n| format!(" name='{}'", esc(n)))
+                    .unwrap_or_default();
+                let _ = writeln!(s, "      <host id='{}'{name} ip='{}'/>", h.duid, h.ip);
+            }
+            let _ = writeln!(s, "    </dhcp>");
         }
         let _ = writeln!(s, "  </ip>");
     }
     let _ = writeln!(s, "</network>");
     s
+}
+
+/// A lease time as libvirt's (expiry, unit); days go as hours.
+fn lease_xml(l: &LeaseTime) -> (u64, &'static str) {
+    let t = l.as_str();
+    if t == "infinite" {
+        return (0, "seconds");
+    }
+    let (num, unit) = match t.as_bytes()[t.len() - 1] {
+        b's' => (&t[..t.len() - 1], "seconds"),
+        b'm' => (&t[..t.len() - 1], "minutes"),
+        b'h' => (&t[..t.len() - 1], "hours"),
+        b'd' => (&t[..t.len() - 1], "days"),
+        _ => (t, "seconds"),
+    };
+    let n: u64 = num.parse().unwrap_or(0);
+    match unit {
+        "days" => (n * 24, "hours"),
+        u => (n, u),
+    }
 }
 
 fn esc(s: &str) -> String {
@@ -270,7 +482,7 @@ mod tests {
         assert_eq!(n.mode, Mode::Nat);
         assert_eq!(n.bridge.as_deref(), Some("virbr0"));
         let v4 = n.ipv4.as_ref().unwrap();
-        assert_eq!(v4.address, "192.168.122.1/24");
+        assert_eq!(v4.address.to_string(), "192.168.122.1/24");
         assert_eq!(
             v4.hosts[0].ip,
             "192.168.122.222".parse::<Ipv4Addr>().unwrap()

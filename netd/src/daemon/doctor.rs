@@ -14,7 +14,7 @@ pub const OK: &str = "OK";
 pub const WARN: &str = "WARN";
 pub const FAIL: &str = "FAIL";
 
-fn check(level: &str, name: &str, message: String) -> Check {
+pub(super) fn check(level: &str, name: &str, message: String) -> Check {
     Check {
         level: level.into(),
         name: name.into(),
@@ -103,6 +103,7 @@ impl super::State {
             out.push(dhcp_server_check(&ours, &bridges));
         }
         out.extend(self.port_checks());
+        out.extend(self.vf_pool_checks());
         out
     }
 

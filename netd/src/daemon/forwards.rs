@@ -5,12 +5,13 @@
 //! when those change.
 
 use super::State;
+use super::journal::{Edit, same_forward};
+use super::live::Scope;
 use crate::config::{self, Forward, Mode, Network, PortRange};
 use crate::dataplane::maps::{self, ForwardEntry};
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, bail};
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::str::FromStr;
 
 /// A forward as the API lists it.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -25,19 +26,18 @@ pub struct ForwardInfo {
 }
 
 /// The host ports of a forward and, for each, the guest port.
-fn port_pairs(f: &Forward) -> Result<Vec<(u16, Ipv4Addr, u16)>> {
-    let host = PortRange::from_str(&f.port).map_err(anyhow::Error::msg)?;
-    let (ip, guest) = config::parse_forward_target(&f.to)?;
-    let guest = guest.unwrap_or(host);
-    Ok((0..host.len())
-        .map(|i| (host.start + i as u16, ip, guest.start + i as u16))
-        .collect())
+fn port_pairs(f: &Forward) -> Vec<(u16, Ipv4Addr, u16)> {
+    let host = f.port;
+    let guest = f.to.ports.unwrap_or(host);
+    (0..host.len())
+        .map(|i| (host.start + i as u16, f.to.ip, guest.start + i as u16))
+        .collect()
 }
 
 /// Every forwarded (proto, port), with who holds it on which address, so
 /// checking a new forward costs its own ports, not every forward there is.
 /// Who holds a forwarded port: (host address or any, network, target).
-type Holder = (Option<Ipv4Addr>, String, String);
+type Holder = (Option<Ipv4Addr>, String, config::Target);
 
 #[derive(Default)]
 struct PortIndex {
@@ -46,22 +46,20 @@ struct PortIndex {
 
 impl PortIndex {
     fn insert(&mut self, f: &Forward, network: &str) {
-        let Ok(r) = PortRange::from_str(&f.port) else {
-            return;
-        };
+        let r = f.port;
         for p in r.start..=r.end {
             self.by_port.entry((f.proto, p)).or_default().push((
                 f.address,
                 network.to_string(),
-                f.to.clone(),
+                f.to,
             ));
         }
     }
 
     /// Two forwards clash when they share a protocol, an address (no address
     /// means every uplink address) and a port.
-    fn clash(&self, f: &Forward) -> Option<(String, String)> {
-        let r = PortRange::from_str(&f.port).ok()?;
+    fn clash(&self, f: &Forward) -> Option<(String, config::Target)> {
+        let r = f.port;
         (r.start..=r.end).find_map(|p| {
             self.by_port
                 .get(&(f.proto, p))?
@@ -71,18 +69,10 @@ impl PortIndex {
                         (Some(x), Some(y)) => *x == y,
                         _ => true,
                     };
-                    same_addr.then(|| (net.clone(), to.clone()))
+                    same_addr.then(|| (net.clone(), *to))
                 })
         })
     }
-}
-
-fn same_forward(f: &Forward, proto: config::Proto, port: &str, address: Option<Ipv4Addr>) -> bool {
-    let start = |s: &str| PortRange::from_str(s).map(|r| r.start).ok();
-    f.proto == proto
-        && start(&f.port) == start(port)
-        && start(port).is_some()
-        && f.address == address
 }
 
 impl State {
@@ -103,7 +93,7 @@ impl State {
         }
         let mut out = Vec::new();
         for f in &net.forwards {
-            let Ok(pairs) = port_pairs(f) else { continue };
+            let pairs = port_pairs(f);
             let addrs = match f.address {
                 Some(a) => vec![a],
                 None => uplink_addrs.clone(),
@@ -167,46 +157,88 @@ impl State {
 
     /// Adds forwards to a network, all or none: each is validated and
     /// checked against every forward of every network (and the others of
-    /// the batch), the definition is stored once, and only the new map keys
-    /// are written, so other flows never notice.
-    pub async fn add_forwards(&mut self, name: &str, new: Vec<Forward>) -> Result<()> {
-        let mut net = self
-            .definition(name)
-            .ok_or_else(|| anyhow!("network {name:?} is not defined"))?
-            .clone();
+    /// the batch), only the new map keys are written, so other flows never
+    /// notice, and each changed side gets one journal record.
+    pub async fn add_forwards(
+        &mut self,
+        name: &str,
+        new: Vec<Forward>,
+        scope: Scope,
+    ) -> Result<()> {
+        let (persistent, live) = self.edit_sides(name, scope)?;
+        // Only forwards that could clash go into the index: one edit then
+        // costs a scan of the others, not an index of all of them.
+        let ranges: Vec<PortRange> = new.iter().map(|f| f.port).collect();
+        let lo = ranges.iter().map(|r| r.start).min().unwrap_or(0);
+        let hi = ranges.iter().map(|r| r.end).max().unwrap_or(0);
+        let protos: std::collections::HashSet<config::Proto> =
+            new.iter().map(|f| f.proto).collect();
+        let near = |f: &Forward| {
+            protos.contains(&f.proto)
+                && f.port.start <= hi
+                && f.port.end >= lo
+        };
         let mut taken = PortIndex::default();
-        let everyone = self
-            .defs
-            .values()
-            .chain(self.running.values().map(|r| &r.record.definition));
-        for other in everyone {
-            for f in &other.forwards {
-                taken.insert(f, &other.name);
-            }
-        }
-        for f in &new {
-            config::validate_forward(&net, f)?;
-            if let Some((owner, to)) = taken.clash(f) {
-                bail!(
-                    "{} port {} on {} is already forwarded by network {owner:?} to {to}",
-                    f.proto.as_str(),
-                    f.port,
-                    f.address
-                        .map(|a| a.to_string())
-                        .unwrap_or_else(|| "the uplink addresses".into()),
+        {
+            let mine = self
+                .defs
+                .get(name)
+                .filter(|_| persistent)
+                .into_iter()
+                .chain(
+                    self.running
+                        .get(name)
+                        .filter(|_| live)
+                        .map(|r| &r.record.definition),
                 );
+            let sides: Vec<&Network> = mine.collect();
+            let others = self
+                .defs
+                .values()
+                .chain(self.running.values().map(|r| &r.record.definition))
+                .filter(|o| o.name != name);
+            for other in others.chain(sides.iter().copied()) {
+                for f in other.forwards.iter().filter(|f| near(f)) {
+                    taken.insert(f, &other.name);
+                }
             }
-            taken.insert(f, name);
+            for f in &new {
+                for side in &sides {
+                    config::validate_forward(side, f)?;
+                }
+                if let Some((owner, to)) = taken.clash(f) {
+                    bail!(
+                        "{} port {} on {} is already forwarded by network {owner:?} to {to}",
+                        f.proto.as_str(),
+                        f.port,
+                        f.address
+                            .map(|a| a.to_string())
+                            .unwrap_or_else(|| "the uplink addresses".into()),
+                    );
+                }
+                taken.insert(f, name);
+            }
         }
+        // Forwards and the masquerade share the ports of one address: none
+        // may leave the masquerade short (checked before anything changes).
         self.check_masquerade_pool(name, &new)?;
-        let mut added = net.clone();
-        added.forwards = new.clone();
-        net.forwards.extend(new);
-        self.store_definition(net)?;
-        if let Some(run) = self.running.get(name) {
+        let mut entries = Vec::new();
+        if live && let Some(run) = self.running.get(name) {
+            // Only the new forwards' entries: clone the definition without
+            // its (possibly many) forwards.
+            let mut added = Network {
+                forwards: Vec::new(),
+                ..run.record.definition.clone()
+            };
+            added.forwards = new.clone();
             let (idx, uplinks) = (run.record.bridge_ifindex, run.record.uplinks.clone());
-            let entries = self.forward_entries(&added, idx, &uplinks).await;
+            entries = self.forward_entries(&added, idx, &uplinks).await;
             maps::add_forwards(&self.dp.maps_dir(), &entries)?;
+        }
+        let edit = Edit::AddForwards { forwards: new };
+        if let Err(e) = self.record_edit(name, &edit, persistent, live) {
+            let _ = maps::remove_forwards(&self.dp.maps_dir(), &entries);
+            return Err(e);
         }
         Ok(())
     }
@@ -233,45 +265,40 @@ impl State {
         &mut self,
         name: &str,
         proto: config::Proto,
-        port: &str,
+        port: PortRange,
         address: Option<Ipv4Addr>,
+        scope: Scope,
     ) -> Result<()> {
-        let mut net = self
-            .definition(name)
-            .ok_or_else(|| anyhow!("network {name:?} is not defined"))?
-            .clone();
-        let (gone, kept): (Vec<Forward>, Vec<Forward>) = net
-            .forwards
-            .drain(..)
-            .partition(|f| same_forward(f, proto, port, address));
-        if gone.is_empty() {
+        let (persistent, live) = self.edit_sides(name, scope)?;
+        let found = self.sides(name, persistent, live).iter().any(|n| {
+            n.forwards
+                .iter()
+                .any(|f| same_forward(f, proto, port, address))
+        });
+        if !found {
             bail!(
                 "network {name:?} has no {} forward on port {port}",
                 proto.as_str()
             );
         }
-        net.forwards = kept;
-        let mut removed = net.clone();
-        removed.forwards = gone;
-        self.store_definition(net)?;
-        if let Some(run) = self.running.get(name) {
+        let mut entries = Vec::new();
+        if live && let Some(run) = self.running.get(name) {
+            let mut removed = run.record.definition.clone();
+            removed
+                .forwards
+                .retain(|f| same_forward(f, proto, port, address));
             let (idx, uplinks) = (run.record.bridge_ifindex, run.record.uplinks.clone());
-            let entries = self.forward_entries(&removed, idx, &uplinks).await;
+            entries = self.forward_entries(&removed, idx, &uplinks).await;
             maps::remove_forwards(&self.dp.maps_dir(), &entries)?;
         }
-        Ok(())
-    }
-
-    /// Stores a changed definition, persistent or running.
-    fn store_definition(&mut self, net: Network) -> Result<()> {
-        let name = net.name.clone();
-        if self.defs.contains_key(&name) {
-            self.store.save_definition(&net)?;
-            self.defs.insert(name.clone(), net.clone());
-        }
-        if let Some(run) = self.running.get_mut(&name) {
-            run.record.definition = net;
-            self.save_running();
+        let edit = Edit::RemoveForward {
+            proto,
+            port,
+            address,
+        };
+        if let Err(e) = self.record_edit(name, &edit, persistent, live) {
+            let _ = maps::add_forwards(&self.dp.maps_dir(), &entries);
+            return Err(e);
         }
         Ok(())
     }
@@ -295,7 +322,7 @@ impl State {
             };
             let idx = self.running.get(n).map(|r| r.record.bridge_ifindex);
             for f in &net.forwards {
-                let first = port_pairs(f).ok().and_then(|p| p.first().copied());
+                let first = port_pairs(f).first().copied();
                 let on: BTreeSet<Ipv4Addr> = installed
                     .iter()
                     .filter(|(e, _)| Some(e.bridge_ifindex) == idx)
@@ -308,8 +335,8 @@ impl State {
                 out.push(ForwardInfo {
                     network: n.clone(),
                     proto: f.proto.as_str().into(),
-                    port: f.port.clone(),
-                    to: f.to.clone(),
+                    port: f.port.to_string(),
+                    to: f.to.to_string(),
                     address: f.address,
                     installed_on: on.into_iter().collect(),
                 });

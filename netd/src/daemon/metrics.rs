@@ -21,6 +21,8 @@ pub struct Snapshot {
     pub forwards: Vec<ForwardMetrics>,
     /// (map, entries, max entries).
     pub maps: Vec<(String, u64, u32)>,
+    /// (network, what, count): repairs of tampering (see repair.rs).
+    pub repairs: Vec<(String, String, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -31,6 +33,8 @@ pub struct NetworkMetrics {
     /// None when the network has no DHCP server.
     pub leases: Option<u64>,
     pub dnsmasq: Option<DnsmasqMetrics>,
+    /// Hostdev networks: (VFs in the pool, VFs free).
+    pub vf_pool: Option<(u64, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -274,6 +278,38 @@ pub fn render(s: &Snapshot) -> String {
 
     let mut f = Family::new(
         o,
+        "netd_vf_pool_size",
+        "gauge",
+        "VFs in a hostdev network's pool (held, free and missing).",
+    );
+    for n in &s.networks {
+        if let Some((size, _)) = n.vf_pool {
+            f.sample(&[("network", &n.name)], size);
+        }
+    }
+    let mut f = Family::new(
+        o,
+        "netd_vf_pool_free",
+        "gauge",
+        "VFs of a hostdev network's pool that can be handed out now.",
+    );
+    for n in &s.networks {
+        if let Some((_, free)) = n.vf_pool {
+            f.sample(&[("network", &n.name)], free);
+        }
+    }
+    let mut f = Family::new(
+        o,
+        "netd_repairs_total",
+        "counter",
+        "Repairs of a network's kernel state someone else undid, by kind (bridge, bridge_down, address, programs, uplink).",
+    );
+    for (net, what, n) in &s.repairs {
+        f.sample(&[("network", net), ("what", what)], *n);
+    }
+
+    let mut f = Family::new(
+        o,
         "netd_map_entries",
         "gauge",
         "Entries in each pinned BPF map (arrays count as full).",
@@ -311,6 +347,8 @@ impl super::State {
         let names: BTreeMap<u32, String> = self
             .running
             .iter()
+            // Hostdev networks have no bridge (ifindex 0).
+            .filter(|(_, r)| r.record.bridge_ifindex != 0)
             .map(|(n, r)| (r.record.bridge_ifindex, n.clone()))
             .collect();
         let name_of = |idx: u32| {
@@ -345,6 +383,10 @@ impl super::State {
                     up: d.healthy(),
                     restarts: d.restarts(),
                 }),
+                vf_pool: (run.record.definition.mode == crate::config::Mode::Hostdev).then(|| {
+                    let p = self.vf_pool_summary(&run.record.definition);
+                    (u64::from(p.total), u64::from(p.free))
+                }),
             });
         }
 
@@ -378,6 +420,7 @@ impl super::State {
             conntrack,
             forwards,
             maps: maps::fill_levels(&dir).unwrap_or_default(),
+            repairs: self.repairs.counts(),
         }
     }
 }
@@ -390,16 +433,24 @@ mod tests {
         Snapshot {
             version: "0.1.0".into(),
             uptime_secs: 42,
-            networks: vec![NetworkMetrics {
-                name: "default".into(),
-                from_guests: (10, 1000),
-                to_guests: (8, 800),
-                leases: Some(2),
-                dnsmasq: Some(DnsmasqMetrics {
-                    up: true,
-                    restarts: 1,
-                }),
-            }],
+            networks: vec![
+                NetworkMetrics {
+                    name: "default".into(),
+                    from_guests: (10, 1000),
+                    to_guests: (8, 800),
+                    leases: Some(2),
+                    dnsmasq: Some(DnsmasqMetrics {
+                        up: true,
+                        restarts: 1,
+                    }),
+                    vf_pool: None,
+                },
+                NetworkMetrics {
+                    name: "passthrough".into(),
+                    vf_pool: Some((8, 5)),
+                    ..Default::default()
+                },
+            ],
             reasons: reason::NAMES
                 .iter()
                 .enumerate()
@@ -416,6 +467,7 @@ mod tests {
                 hits: 3,
             }],
             maps: vec![("NETD_CT".into(), 4, 262144)],
+            repairs: vec![("default".into(), "bridge".into(), 2)],
         }
     }
 
@@ -435,6 +487,9 @@ mod tests {
             "netd_forward_hits_total{network=\"default\",proto=\"tcp\",address=\"198.51.100.2\",port=\"8080\"} 3",
             "netd_dnsmasq_restarts_total{network=\"default\"} 1",
             "netd_map_max_entries{map=\"NETD_CT\"} 262144",
+            "netd_vf_pool_size{network=\"passthrough\"} 8",
+            "netd_vf_pool_free{network=\"passthrough\"} 5",
+            "netd_repairs_total{network=\"default\",what=\"bridge\"} 2",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

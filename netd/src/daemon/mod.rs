@@ -4,15 +4,21 @@
 
 mod doctor;
 mod forwards;
+mod lane;
+pub mod journal;
+mod live;
 pub mod metrics;
 mod natlog;
 mod network;
+mod repair;
 mod status;
 pub mod store;
 mod teardown;
 mod uplink;
+mod vf;
 
 pub use forwards::ForwardInfo;
+pub use live::Scope;
 pub use network::State;
 
 use crate::dataplane::Dataplane;
@@ -31,17 +37,30 @@ pub struct Options {
     pub cgroup: Option<std::path::PathBuf>,
     /// Also serve GET /metrics over TCP here (off when None).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Also let this group use the control socket (0660 instead of 0600).
+    pub socket_group: Option<String>,
+    /// Entries of each forward map (one per forwarded host address and port).
+    pub forwards_max: u32,
+    /// Where VF pools are found and how VFs are programmed.
+    pub sriov: crate::sriov::Sriov,
 }
 
 pub struct Daemon {
     pub state: Mutex<State>,
     pub started: Instant,
     pub paths: Paths,
+    /// `--socket-group`: its name and gid.
+    pub socket_group: Option<(String, u32)>,
 }
 
 pub async fn run(opts: Options) -> Result<()> {
     let paths = opts.paths.clone();
-    let dp = Dataplane::load(&paths.bpffs, opts.bpf_log).context("loading the dataplane")?;
+    let socket_group = match &opts.socket_group {
+        Some(g) => Some((g.clone(), group_id(g)?)),
+        None => None,
+    };
+    let dp = Dataplane::load_sized(&paths.bpffs, opts.bpf_log, opts.forwards_max)
+        .context("loading the dataplane")?;
     let mut dp = dp;
     let mut settings = opts.settings;
     settings.netns_cookie = crate::link::netns_cookie().context("reading our netns cookie")?;
@@ -54,17 +73,20 @@ pub async fn run(opts: Options) -> Result<()> {
     }
     let nl = Netlink::connect().await?;
     crate::link::set_ipv4_forwarding(true).context("enabling IPv4 forwarding")?;
-    let mut state = State::new(&paths, nl, dp)?;
+    let mut state = State::new(&paths, nl, dp, opts.sriov.clone())?;
     state.adopt_previous().await;
     state.autostart().await;
     let daemon = Arc::new(Daemon {
         state: Mutex::new(state),
         started: Instant::now(),
         paths: paths.clone(),
+        socket_group,
     });
 
     tokio::spawn(uplink::watch(daemon.clone()));
     tokio::spawn(uplink::gc(daemon.clone()));
+    tokio::spawn(lane::watch(daemon.clone()));
+    tokio::spawn(repair::watch(daemon.clone()));
     let server = tokio::spawn(crate::api::server::serve(daemon.clone()));
     if let Some(addr) = opts.metrics_addr {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -99,4 +121,20 @@ fn cgroup_for_host_forwards(given: Option<&std::path::Path>) -> Option<std::path
             (f.len() > 2 && f[2] == "cgroup2").then(|| std::path::PathBuf::from(f[1]))
         })
         .min_by_key(|p| p.as_os_str().len())
+}
+
+/// The gid of a group name, from the system's group database.
+fn group_id(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)
+        .map_err(|_| anyhow::anyhow!("--socket-group: {name:?} is not a group name"))?;
+    let mut grp: libc::group = unsafe { std::mem::zeroed() };
+    let mut buf = vec![0 as libc::c_char; 16384];
+    let mut out: *mut libc::group = std::ptr::null_mut();
+    // SAFETY: every pointer is valid for the call; buf outlives grp's use.
+    let rc =
+        unsafe { libc::getgrnam_r(c.as_ptr(), &mut grp, buf.as_mut_ptr(), buf.len(), &mut out) };
+    if rc != 0 || out.is_null() {
+        anyhow::bail!("--socket-group: no group named {name:?}");
+    }
+    Ok(grp.gr_gid)
 }

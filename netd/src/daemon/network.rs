@@ -25,6 +25,10 @@ pub struct State {
     /// Persistent definitions, by name.
     pub defs: BTreeMap<String, Network>,
     pub running: BTreeMap<String, Running>,
+    /// Where hostdev networks find their VFs (sysfs) and how they program them.
+    pub sriov: crate::sriov::Sriov,
+    /// What the reconciler remembers and counts (see repair.rs).
+    pub repairs: super::repair::Repairs,
 }
 
 pub struct Running {
@@ -33,7 +37,12 @@ pub struct Running {
 }
 
 impl State {
-    pub fn new(paths: &Paths, nl: Netlink, dp: Dataplane) -> Result<State> {
+    pub fn new(
+        paths: &Paths,
+        nl: Netlink,
+        dp: Dataplane,
+        sriov: crate::sriov::Sriov,
+    ) -> Result<State> {
         let store = Store::new(paths)?;
         let defs = store.load_definitions();
         Ok(State {
@@ -43,6 +52,8 @@ impl State {
             dp,
             defs,
             running: BTreeMap::new(),
+            sriov,
+            repairs: Default::default(),
         })
     }
 
@@ -95,6 +106,7 @@ impl State {
         self.defs.remove(name);
         if !self.running.contains_key(name) {
             self.store.forget_mac(name);
+            self.forget_pool(name);
         }
         Ok(())
     }
@@ -114,6 +126,7 @@ impl State {
     /// Refuses subnets that overlap another netd network or a host route,
     /// and bridge names that another network uses.
     async fn check_against_others(&self, net: &Network) -> Result<()> {
+        self.check_vf_pools_apart(net)?;
         let mine = net.ipv4.as_ref().and_then(|v| v.parsed().ok());
         let others = self
             .defs
@@ -128,12 +141,12 @@ impl State {
                     "subnet {} overlaps network {:?} ({})",
                     net.ipv4
                         .as_ref()
-                        .map(|v| v.address.as_str())
+                        .map(|v| v.address.to_string())
                         .unwrap_or_default(),
                     o.name,
                     o.ipv4
                         .as_ref()
-                        .map(|v| v.address.as_str())
+                        .map(|v| v.address.to_string())
                         .unwrap_or_default()
                 );
             }
@@ -199,6 +212,12 @@ impl State {
             .cloned()
             .ok_or_else(|| anyhow!("network {name:?} is not defined"))?;
         self.check_against_others(&net).await?;
+        // Compaction: the live edits of the persistent side go into its file.
+        if self.store.journal_path(name).exists()
+            && let Err(e) = self.store.save_definition(&net)
+        {
+            tracing::warn!("network {name}: folding its journal into the definition: {e:#}");
+        }
         self.start_definition(net, false).await
     }
 
@@ -208,12 +227,17 @@ impl State {
         // a failed start leaves the definition as it was.
         let chose_bridge = net.bridge.is_none() && net.mode.owns_bridge();
         if chose_bridge {
-            net.bridge = Some(self.free_bridge_name().await?);
+            let free = self.free_bridge_name().await?;
+            net.bridge = Some(free.parse().map_err(anyhow::Error::msg)?);
         }
         let had_mac = self.store.has_mac(&name);
         let mut run = Running {
             record: RunRecord {
-                bridge: net.bridge.clone().unwrap_or_default(),
+                bridge: net
+                    .bridge
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
                 bridge_ifindex: 0,
                 created_bridge: false,
                 uplinks: vec![],
@@ -224,6 +248,12 @@ impl State {
             dnsmasq: None,
         };
         match self.bring_up(&net, &mut run).await {
+            Ok(()) if net.mode == Mode::Hostdev => {
+                tracing::info!("network {name} started (VF pool)");
+                self.running.insert(name, run);
+                self.save_running();
+                Ok(())
+            }
             Ok(()) => {
                 tracing::info!("network {name} started on {}", run.record.bridge);
                 if chose_bridge && !transient {
@@ -252,6 +282,10 @@ impl State {
     }
 
     async fn bring_up(&mut self, net: &Network, run: &mut Running) -> Result<()> {
+        if net.mode == Mode::Hostdev {
+            // No bridge, datapath or dnsmasq: a pool of VFs only.
+            return self.start_hostdev(net).await;
+        }
         let bridge = run.record.bridge.clone();
         if net.mode.owns_bridge() {
             if let Some(l) = self.nl.link_by_name(&bridge).await? {
@@ -305,7 +339,7 @@ impl State {
     }
 
     /// The datapath's view of a network; None for modes with no datapath.
-    async fn datapath_config(&self, net: &Network) -> Result<Option<NetConfig>> {
+    pub(super) async fn datapath_config(&self, net: &Network) -> Result<Option<NetConfig>> {
         let mode = match net.mode {
             Mode::Nat => netd_common::mode::NAT,
             Mode::Route => netd_common::mode::ROUTE,
@@ -339,15 +373,7 @@ impl State {
             port_max,
             uplink_ifindex,
             mode,
-            flags: if net.ipv6.as_ref().is_some_and(|v| v.nat) {
-                netd_common::net_flags::NAT66
-            } else {
-                0
-            } | if net.mode == Mode::Nat {
-                config::Nat::behaviour_flags(net.nat.as_ref())
-            } else {
-                0
-            },
+            flags: datapath_flags(net),
             _pad: [0; 2],
         }))
     }
@@ -379,6 +405,16 @@ impl State {
         if let Some(prefix) = net.ipv6.as_ref().and_then(|v| v.parsed().ok()) {
             crate::link::set_ipv6_forwarding(true)?;
             dataplane::maps::add_subnet6(&self.dp.maps_dir(), run.record.bridge_ifindex, prefix)?;
+            dataplane::maps::set_gateway6(
+                &self.dp.maps_dir(),
+                run.record.bridge_ifindex,
+                prefix.0,
+            )?;
+        }
+        if net.strict {
+            // Host entries bind before the first packet; leases follow
+            // within a poll of the lease file (see `lane::watch`).
+            self.sync_bindings(&net.name, net, run.record.bridge_ifindex)?;
         }
         for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
             self.dp.attach(hook, &run.record.bridge)?;
@@ -397,9 +433,9 @@ impl State {
     }
 
     /// The configured uplink, else whatever holds the default route now.
-    async fn uplink_for(&self, net: &Network) -> Result<Option<String>> {
+    pub(super) async fn uplink_for(&self, net: &Network) -> Result<Option<String>> {
         if let Some(u) = &net.uplink {
-            return Ok(Some(u.clone()));
+            return Ok(Some(u.to_string()));
         }
         let oif = self.nl.default_route_v4().await?.and_then(|r| r.oif);
         let name = oif.and_then(crate::link::ifname_of);
@@ -414,7 +450,7 @@ impl State {
 
     /// Hooks the uplink programs onto `uplink` (once, however many
     /// networks share it) and publishes its address.
-    async fn use_uplink(&mut self, net: &str, uplink: &str) -> Result<()> {
+    pub(super) async fn use_uplink(&mut self, net: &str, uplink: &str) -> Result<()> {
         let index = crate::link::ifindex_of(uplink)
             .ok_or_else(|| anyhow!("uplink {uplink:?} does not exist"))?;
         let first = !self.uplink_users(uplink).any(|n| n != net);
@@ -426,6 +462,8 @@ impl State {
         let addr = self.nl.primary_ipv4(index).await?;
         let addr6 = self.global_ipv6(index).await;
         dataplane::maps::set_uplink(&self.dp.maps_dir(), index, addr, addr6)?;
+        // The reconciler tells a recreated uplink (new ifindex) by this.
+        self.repairs.hooked_uplink(uplink, index);
         Ok(())
     }
 
@@ -474,7 +512,7 @@ impl State {
             .defs
             .values()
             .chain(self.running.values().map(|r| &r.record.definition))
-            .filter_map(|n| n.bridge.clone())
+            .filter_map(|n| n.bridge.as_ref().map(ToString::to_string))
             .collect();
         for i in 0..1024 {
             let name = format!("netd{i}");
@@ -487,18 +525,33 @@ impl State {
 
     // ---- stop --------------------------------------------------------------
 
-    pub async fn stop(&mut self, name: &str) -> Result<()> {
-        let run = self
-            .running
-            .remove(name)
-            .ok_or_else(|| anyhow!("network {name:?} is not running"))?;
+    /// Stops a network. A VF pool with VFs held refuses unless `force`,
+    /// which releases them all first; returns how many it released.
+    pub async fn stop(&mut self, name: &str, force: bool) -> Result<u32> {
+        let Some(run) = self.running.get(name) else {
+            bail!("network {name:?} is not running");
+        };
+        let mut released = 0;
+        if run.record.definition.mode == Mode::Hostdev {
+            let held = self.held_vfs(name)?;
+            if held > 0 && !force {
+                bail!(
+                    "network {name} has {held} VFs held; release them (netd vf release) or stop with --force"
+                );
+            }
+            if held > 0 {
+                released = self.release_all_vfs(name).await?;
+            }
+        }
+        let run = self.running.remove(name).expect("checked above");
         let transient = run.record.transient;
         let r = self.tear_down(run).await;
         self.save_running();
         if transient {
             self.store.forget_mac(name);
+            self.forget_pool(name);
         }
-        r
+        r.map(|()| released)
     }
 
     /// Removes exactly what `run` records, in reverse order of creation,
@@ -535,6 +588,14 @@ impl State {
                     dataplane::maps::remove_subnet6(&self.dp.maps_dir(), prefix),
                 );
             }
+            t.step(
+                "removing the IPv6 router address",
+                dataplane::maps::remove_gateway6(&self.dp.maps_dir(), rec.bridge_ifindex),
+            );
+            t.step(
+                "removing the guests' bindings",
+                dataplane::maps::remove_bindings(&self.dp.maps_dir(), rec.bridge_ifindex),
+            );
             let subnet = rec.definition.ipv4.as_ref().and_then(|v| v.parsed().ok());
             t.step(
                 "removing the network from the datapath",
@@ -578,6 +639,18 @@ impl State {
     /// are swapped for this build's, and dnsmasq restarted under us.
     pub async fn adopt_previous(&mut self) {
         for (name, rec) in self.store.load_running() {
+            if rec.definition.mode == Mode::Hostdev {
+                // Nothing in the kernel to adopt: the pool lives in its file.
+                tracing::info!("network {name} (VF pool) adopted");
+                self.running.insert(
+                    name,
+                    Running {
+                        record: rec,
+                        dnsmasq: None,
+                    },
+                );
+                continue;
+            }
             let alive = match self.nl.link_by_index(rec.bridge_ifindex).await {
                 Ok(Some(l)) => l.name == rec.bridge,
                 _ => false,
@@ -653,62 +726,6 @@ impl State {
         self.save_running();
     }
 
-    // ---- live host entries -------------------------------------------------
-
-    /// Adds or removes a DHCP host entry. Applied with SIGHUP so dnsmasq
-    /// keeps running and no guest loses its lease.
-    pub fn update_host(
-        &mut self,
-        name: &str,
-        add: bool,
-        mac: &str,
-        ip: Ipv4Addr,
-        host: Option<String>,
-    ) -> Result<()> {
-        let mut net = self.require(name)?.clone();
-        let mac = config::normalize_mac(mac).map_err(anyhow::Error::msg)?;
-        let v4 = net
-            .ipv4
-            .as_mut()
-            .ok_or_else(|| anyhow!("network {name:?} has no IPv4 subnet"))?;
-        if add {
-            if v4
-                .hosts
-                .iter()
-                .any(|h| h.mac.eq_ignore_ascii_case(&mac) || h.ip == ip)
-            {
-                bail!("a host entry with MAC {mac} or IP {ip} already exists");
-            }
-            v4.hosts.push(config::Host {
-                mac,
-                ip,
-                name: host,
-            });
-        } else {
-            let before = v4.hosts.len();
-            v4.hosts
-                .retain(|h| !(h.mac.eq_ignore_ascii_case(&mac) && h.ip == ip));
-            if v4.hosts.len() == before {
-                bail!("no host entry with MAC {mac} and IP {ip}");
-            }
-        }
-        config::validate(&net)?;
-        if self.defs.contains_key(name) {
-            self.store.save_definition(&net)?;
-            self.defs.insert(name.to_string(), net.clone());
-        }
-        if let Some(run) = self.running.get_mut(name) {
-            run.record.definition = net.clone();
-            let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, name);
-            dhcp::write_host_files(&net, &paths)?;
-            if let Some(d) = &run.dnsmasq {
-                d.reload()?;
-            }
-        }
-        self.save_running();
-        Ok(())
-    }
-
     // ---- queries -----------------------------------------------------------
 
     pub fn list(&self, all: bool) -> Vec<NetworkSummary> {
@@ -731,7 +748,8 @@ impl State {
                         .running
                         .get(n)
                         .map(|r| r.record.bridge.clone())
-                        .or_else(|| net.bridge.clone()),
+                        .or_else(|| net.bridge.as_ref().map(ToString::to_string))
+                        .filter(|b| !b.is_empty()),
                 })
             })
             .collect()
@@ -742,7 +760,8 @@ impl State {
         let run = self.running.get(name);
         let mut notes = Vec::new();
         let uplink = match &net.uplink {
-            Some(u) => Some(u.clone()),
+            Some(u) => Some(u.to_string()),
+            None if net.mode == Mode::Hostdev => None,
             None => self
                 .nl
                 .default_route_v4()
@@ -777,23 +796,28 @@ impl State {
                 "upstream routers need: ip route add {subnet}/{p} via {host}"
             ));
         }
+        let vf_pool = (net.mode == Mode::Hostdev).then(|| self.vf_pool_summary(net));
         Ok(NetworkInfo {
             name: name.to_string(),
             mode: net.mode.as_str().into(),
             active: run.is_some(),
             autostart: self.defs.get(name).is_some_and(|d| d.autostart),
             persistent: self.defs.contains_key(name),
+            // A hostdev network has none (its record holds "").
             bridge: run
                 .map(|r| r.record.bridge.clone())
-                .or_else(|| net.bridge.clone()),
-            bridge_ifindex: run.map(|r| r.record.bridge_ifindex),
+                .or_else(|| net.bridge.as_ref().map(ToString::to_string))
+                .filter(|b| !b.is_empty()),
+            bridge_ifindex: run.map(|r| r.record.bridge_ifindex).filter(|i| *i != 0),
             mac: match (&net.mac, run) {
-                (Some(m), _) => Some(m.clone()),
+                (Some(m), _) => Some(m.to_string()),
+                // No bridge, so no bridge MAC (and none generated for it).
+                (None, _) if net.mode == Mode::Hostdev => None,
                 (None, Some(_)) => self.store.bridge_mac(name).ok().map(|m| format_mac(&m)),
                 _ => None,
             },
-            ipv4: net.ipv4.as_ref().map(|v| v.address.clone()),
-            ipv6: net.ipv6.as_ref().map(|v| v.address.clone()),
+            ipv4: net.ipv4.as_ref().map(|v| v.address.to_string()),
+            ipv6: net.ipv6.as_ref().map(|v| v.address.to_string()),
             dhcp_range: net
                 .ipv4
                 .as_ref()
@@ -808,6 +832,10 @@ impl State {
                 .unwrap_or(0),
             dnsmasq_healthy: run.and_then(|r| r.dnsmasq.as_ref()).map(Dnsmasq::healthy),
             notes,
+            connections: vf_pool.as_ref().map(|p| p.held),
+            vf_pool,
+            pending_changes: self.pending_changes(name),
+            degraded: run.and_then(|_| self.repairs.degraded(name)),
             masquerade_ports: self.masquerade_ports(net),
             nat_timeouts: self.nat_timeouts(net),
         })
@@ -877,15 +905,6 @@ impl State {
             .collect()
     }
 
-    pub fn dump(&self, name: &str, xml: bool) -> Result<String> {
-        let net = self.require(name)?;
-        Ok(if xml {
-            config::xml::to_libvirt(net)
-        } else {
-            config::to_toml(net)
-        })
-    }
-
     pub fn leases(&self, name: &str) -> Result<Vec<dhcp::Lease>> {
         self.require(name)?;
         let paths = dhcp::paths(&self.paths.run_dir, &self.paths.state_dir, name);
@@ -898,6 +917,25 @@ impl State {
             .filter(|l| l.expiry == 0 || l.expiry > now)
             .collect())
     }
+}
+
+/// `net_flags` for a network's datapath entry.
+fn datapath_flags(net: &Network) -> u8 {
+    use netd_common::net_flags;
+    let mut f = 0;
+    if net.ipv6.as_ref().is_some_and(|v| v.nat) {
+        f |= net_flags::NAT66;
+    }
+    if net.strict {
+        f |= net_flags::STRICT;
+    }
+    if net.host_access == config::HostAccess::DhcpDns {
+        f |= net_flags::HOST_DHCP_DNS;
+    }
+    if net.mode == Mode::Nat {
+        f |= config::Nat::behaviour_flags(net.nat.as_ref());
+    }
+    f
 }
 
 /// Kills a dnsmasq left by a previous daemon, after checking the pid still

@@ -78,14 +78,31 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads every program, creating or reusing the pinned maps.
     pub fn load(bpffs: &Path, bpf_log: bool) -> Result<Self> {
+        Self::load_sized(bpffs, bpf_log, netd_common::FORWARD_MAX_ENTRIES)
+    }
+
+    /// [`Dataplane::load`], with the forward maps sized for `forwards_max`
+    /// entries. A pinned map is reused as it is (its entries are live
+    /// forwards), so a new size applies once the pinned maps are gone.
+    pub fn load_sized(bpffs: &Path, bpf_log: bool, forwards_max: u32) -> Result<Self> {
         ensure_bpffs(bpffs)?;
         let maps_dir = bpffs.join("maps");
         std::fs::create_dir_all(&maps_dir)?;
         std::fs::create_dir_all(bpffs.join("links"))?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&maps_dir)
+            .map_max_entries(netd_common::maps::FORWARDS, forwards_max)
+            .map_max_entries(netd_common::maps::FORWARDS_REV, forwards_max)
             .load(BPF_OBJECT)
             .context("loading the BPF object")?;
+        if let Ok((_, max)) = super::maps::forward_fill(&maps_dir)
+            && max != forwards_max
+        {
+            tracing::warn!(
+                "the pinned forward map holds {max} entries, not --forwards-max {forwards_max}: \
+                 it is reused as it is; the new size applies once it is unpinned"
+            );
+        }
         let logger = if bpf_log {
             match aya_log::EbpfLogger::init(&mut ebpf) {
                 Ok(l) => Some(l),
@@ -336,11 +353,36 @@ impl Dataplane {
         packet: &[u8],
         repeat: u32,
     ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
+        self.test_run_program(hook.program(), ifindex, packet, repeat)
+    }
+
+    /// Every tc program by name: the hooks' and the second stages they
+    /// tail-call (which tests also run on their own).
+    pub const TC_PROGRAMS: [&'static str; 9] = [
+        progs::BRIDGE_INGRESS,
+        progs::BRIDGE_EGRESS,
+        progs::UPLINK_INGRESS,
+        progs::UPLINK_EGRESS,
+        progs::BRIDGE_NEW_FLOW,
+        progs::UPLINK_NEW_FLOW,
+        progs::NAT66,
+        progs::BRIDGE_IPV6,
+        progs::UPLINK_IPV6,
+    ];
+
+    /// [`Self::test_run_repeat`] for any tc program, by name.
+    pub fn test_run_program(
+        &self,
+        name: &str,
+        ifindex: u32,
+        packet: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Vec<u8>, std::time::Duration)> {
         use aya::programs::{TestRun, TestRunOptions};
         let prog: &SchedClassifier = self
             .ebpf
-            .program(hook.program())
-            .ok_or_else(|| anyhow!("program {} not loaded", hook.program()))?
+            .program(name)
+            .ok_or_else(|| anyhow!("program {name} not loaded"))?
             .try_into()?;
         // struct __sk_buff up to and including `ifindex` (offset 40); the
         // kernel accepts a prefix and only lets a few fields be set.

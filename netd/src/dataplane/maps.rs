@@ -8,8 +8,8 @@ use aya::maps::{
     lpm_trie::Key as LpmKey,
 };
 use netd_common::{
-    Counter, CtEntry, CtKey, ForwardKey, ForwardTarget, FragKey, FragPorts, NetConfig, NetStats,
-    Settings, Uplink, maps as names, reason,
+    Binding, BindingKey, Counter, CtEntry, CtKey, ForwardKey, ForwardTarget, FragKey, FragPorts,
+    NetConfig, NetStats, Settings, Uplink, maps as names, reason,
 };
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -56,6 +56,12 @@ pub fn add_network(
     if let Some(sn) = subnet {
         subnets(dir)?.insert(&subnet_key(sn), bridge_ifindex, 0)?;
     }
+    Ok(())
+}
+
+/// Replaces a published network's settings, keeping its counters.
+pub fn update_network(dir: &Path, bridge_ifindex: u32, cfg: &NetConfig) -> Result<()> {
+    networks(dir)?.insert(bridge_ifindex, cfg, 0)?;
     Ok(())
 }
 
@@ -218,6 +224,85 @@ pub fn remove_subnet6(dir: &Path, prefix: (std::net::Ipv6Addr, u8)) -> Result<()
     Ok(())
 }
 
+fn gateways6(dir: &Path) -> Result<HashMap<MapData, u32, [u32; 4]>> {
+    Ok(HashMap::try_from(open(dir, names::GATEWAYS6)?)?)
+}
+
+/// Publishes a network's IPv6 router address: no guest may send from it.
+pub fn set_gateway6(dir: &Path, bridge_ifindex: u32, gw: std::net::Ipv6Addr) -> Result<()> {
+    gateways6(dir)?.insert(bridge_ifindex, words6(gw), 0)?;
+    Ok(())
+}
+
+pub fn remove_gateway6(dir: &Path, bridge_ifindex: u32) -> Result<()> {
+    let _ = gateways6(dir)?.remove(&bridge_ifindex);
+    Ok(())
+}
+
+fn bindings(dir: &Path) -> Result<HashMap<MapData, BindingKey, Binding>> {
+    Ok(HashMap::try_from(open(dir, names::BINDINGS)?)?)
+}
+
+/// The MAC/IPv4 bindings of a strict network's guests, by MAC.
+pub fn list_bindings(
+    dir: &Path,
+    bridge_ifindex: u32,
+) -> Result<std::collections::BTreeMap<[u8; 6], Ipv4Addr>> {
+    Ok(bindings(dir)?
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(k, _)| k.bridge_ifindex == bridge_ifindex)
+        .map(|(k, v)| (k.mac, Ipv4Addr::from(u32::from_be(v.addr))))
+        .collect())
+}
+
+fn binding_key(bridge_ifindex: u32, mac: [u8; 6]) -> BindingKey {
+    BindingKey {
+        bridge_ifindex,
+        mac,
+        _pad: [0; 2],
+    }
+}
+
+/// Makes a bridge's bindings exactly `want`: new and changed pairs are
+/// written before stale ones go, so a guest whose pair did not change never
+/// sees a gap. Returns how many entries changed.
+pub fn sync_bindings(
+    dir: &Path,
+    bridge_ifindex: u32,
+    want: &std::collections::BTreeMap<[u8; 6], Ipv4Addr>,
+) -> Result<usize> {
+    let have = list_bindings(dir, bridge_ifindex)?;
+    let mut m = bindings(dir)?;
+    let mut changed = 0;
+    for (mac, ip) in want {
+        if have.get(mac) != Some(ip) {
+            let v = Binding {
+                addr: u32::from(*ip).to_be(),
+                _pad: 0,
+            };
+            m.insert(binding_key(bridge_ifindex, *mac), v, 0)
+                .context("writing a binding")?;
+            changed += 1;
+        }
+    }
+    for mac in have.keys().filter(|m| !want.contains_key(*m)) {
+        m.remove(&binding_key(bridge_ifindex, *mac))?;
+        changed += 1;
+    }
+    Ok(changed)
+}
+
+/// Forgets every binding of a bridge (teardown: keeps going past gaps).
+pub fn remove_bindings(dir: &Path, bridge_ifindex: u32) -> Result<()> {
+    let have = list_bindings(dir, bridge_ifindex)?;
+    let mut m = bindings(dir)?;
+    for mac in have.keys() {
+        let _ = m.remove(&binding_key(bridge_ifindex, *mac));
+    }
+    Ok(())
+}
+
 fn uplinks(dir: &Path) -> Result<HashMap<MapData, u32, Uplink>> {
     Ok(HashMap::try_from(open(dir, names::UPLINKS)?)?)
 }
@@ -258,6 +343,27 @@ fn conntrack(dir: &Path) -> Result<HashMap<MapData, CtKey, CtEntry>> {
 /// Every conntrack entry, both directions.
 pub fn ct_entries(dir: &Path) -> Result<Vec<(CtKey, CtEntry)>> {
     Ok(conntrack(dir)?.iter().filter_map(Result::ok).collect())
+}
+
+/// Moves the connections of a bridge to the ifindex of the bridge that
+/// replaced it (same name, recreated): replies keep finding their guests.
+/// Returns how many entries (both directions count) moved.
+pub fn ct_move_bridge(dir: &Path, old: u32, new: u32) -> Result<usize> {
+    let mut ct = conntrack(dir)?;
+    let mine: Vec<(CtKey, CtEntry)> = ct
+        .iter()
+        .filter_map(Result::ok)
+        .filter(|(_, e)| e.bridge_ifindex == old)
+        .collect();
+    let mut n = 0;
+    for (k, mut e) in mine {
+        e.bridge_ifindex = new;
+        // BPF_EXIST: an entry the datapath expired meanwhile stays gone.
+        if ct.insert(k, e, 2).is_ok() {
+            n += 1;
+        }
+    }
+    Ok(n)
 }
 
 /// Deletes the entries `pred` picks together with their other direction,
@@ -397,10 +503,40 @@ pub fn reason_stats(dir: &Path) -> Result<Vec<(&'static str, Counter)>> {
     let a: PerCpuArray<MapData, Counter> = PerCpuArray::try_from(open(dir, names::STATS)?)?;
     let mut out = Vec::new();
     for (i, name) in reason::NAMES.iter().enumerate() {
+        // A map pinned by an older build may have fewer reasons: the
+        // newer ones read as zero instead of failing the whole listing.
+        if i as u32 >= a.len() {
+            out.push((*name, Counter::default()));
+            continue;
+        }
         let per_cpu = a.get(&(i as u32), 0)?;
         out.push((*name, sum(per_cpu.iter().copied())));
     }
     Ok(out)
+}
+
+/// The per-reason counters, held open for callers that read them after
+/// every packet (the packet fuzzer).
+pub struct ReasonCounters(PerCpuArray<MapData, Counter>);
+
+impl ReasonCounters {
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(Self(PerCpuArray::try_from(open(dir, names::STATS)?)?))
+    }
+
+    /// Packets counted under `r`, all CPUs.
+    pub fn packets(&self, r: u32) -> Result<u64> {
+        Ok(self.0.get(&r, 0)?.iter().map(|c| c.packets).sum())
+    }
+
+    /// Packets counted under any drop reason, all CPUs.
+    pub fn drops(&self) -> Result<u64> {
+        let mut n = 0;
+        for r in (0..reason::COUNT).filter(|r| reason::is_drop(*r)) {
+            n += self.packets(r)?;
+        }
+        Ok(n)
+    }
 }
 
 /// Per-network counters, summed over CPUs, keyed by bridge ifindex.
@@ -573,11 +709,105 @@ impl ForwardEntry {
     }
 }
 
-/// Installs forwards. The map update is per key, so the datapath sees each
-/// forward appear whole.
+/// The forward map has no room for a change: what is used, what there is,
+/// and how many more entries the change needs.
+#[derive(Debug)]
+pub struct ForwardMapFull {
+    pub in_use: u64,
+    pub max: u32,
+    pub more: u64,
+}
+
+impl std::fmt::Display for ForwardMapFull {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "forward map full: {} of {} entries in use, {} more needed; nothing was added (raise netd daemon --forwards-max)",
+            self.in_use, self.max, self.more
+        )
+    }
+}
+
+impl std::error::Error for ForwardMapFull {}
+
+/// (entries in use, max entries) of the forward map.
+pub fn forward_fill(dir: &Path) -> Result<(u64, u32)> {
+    let data = MapData::from_pin(dir.join(names::FORWARDS))?;
+    let info = data.info()?;
+    Ok((count_keys(&data, info.key_size())?, info.max_entries()))
+}
+
+/// Installs forwards, all or none. The map update is per key, so the
+/// datapath sees each forward appear whole. Free room is checked first (a
+/// full hash map refuses an insert with E2BIG); should a write still fail,
+/// every key written so far gets back what it held before, or goes.
 pub fn add_forwards(dir: &Path, entries: &[ForwardEntry]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
     let mut m = forwards(dir)?;
     let mut rev = forwards_rev(dir)?;
+    let new_keys: std::collections::HashSet<ForwardKey> = entries
+        .iter()
+        .map(ForwardEntry::key)
+        .filter(|k| m.get(k, 0).is_err())
+        .collect();
+    let new_rev: std::collections::HashSet<ForwardKey> = entries
+        .iter()
+        .map(ForwardEntry::guest_key)
+        .filter(|k| rev.get(k, 0).is_err())
+        .collect();
+    for (name, more) in [
+        (names::FORWARDS, new_keys.len()),
+        (names::FORWARDS_REV, new_rev.len()),
+    ] {
+        let map = MapData::from_pin(dir.join(name))?;
+        let info = map.info()?;
+        let in_use = count_keys(&map, info.key_size())?;
+        if in_use + more as u64 > u64::from(info.max_entries()) {
+            return Err(ForwardMapFull {
+                in_use,
+                max: info.max_entries(),
+                more: more as u64,
+            }
+            .into());
+        }
+    }
+    if let Err(err) = insert_all(&mut m, &mut rev, entries) {
+        if let aya::maps::MapError::SyscallError(ref s) = err
+            && s.io_error.raw_os_error() == Some(libc::E2BIG)
+        {
+            let (in_use, max) = forward_fill(dir)?;
+            return Err(ForwardMapFull {
+                in_use,
+                max,
+                more: entries.len() as u64,
+            }
+            .into());
+        }
+        return Err(anyhow::Error::new(err).context("writing the forward map (nothing was added)"));
+    }
+    Ok(())
+}
+
+type ForwardMap = HashMap<MapData, ForwardKey, ForwardTarget>;
+type ForwardRevMap = HashMap<MapData, ForwardKey, ForwardKey>;
+
+/// Writes every entry, or none: on the first failure each key written so
+/// far gets back what it held before (or goes), newest first.
+fn insert_all(
+    m: &mut ForwardMap,
+    rev: &mut ForwardRevMap,
+    entries: &[ForwardEntry],
+) -> std::result::Result<(), aya::maps::MapError> {
+    type Undo = (
+        ForwardKey,
+        Option<ForwardTarget>,
+        ForwardKey,
+        Option<ForwardKey>,
+    );
+    let mut undo: Vec<Undo> = Vec::new();
+    let mut result = Ok(());
     for e in entries {
         let t = ForwardTarget {
             addr: u32::from(e.guest.0).to_be(),
@@ -587,10 +817,26 @@ pub fn add_forwards(dir: &Path, entries: &[ForwardEntry]) -> Result<()> {
             _pad2: 0,
             hits: 0,
         };
-        m.insert(e.key(), t, 0)?;
-        rev.insert(e.guest_key(), e.key(), 0)?;
+        let (k, gk) = (e.key(), e.guest_key());
+        undo.push((k, m.get(&k, 0).ok(), gk, rev.get(&gk, 0).ok()));
+        if let Err(err) = m.insert(k, t, 0).and_then(|()| rev.insert(gk, k, 0)) {
+            result = Err(err);
+            break;
+        }
     }
-    Ok(())
+    if result.is_err() {
+        for (k, old, gk, old_rev) in undo.into_iter().rev() {
+            let _ = match old {
+                Some(v) => m.insert(k, v, 0),
+                None => m.remove(&k),
+            };
+            let _ = match old_rev {
+                Some(v) => rev.insert(gk, v, 0),
+                None => rev.remove(&gk),
+            };
+        }
+    }
+    result
 }
 
 /// Removes forwards; connections they opened live on in conntrack until
@@ -622,4 +868,91 @@ pub fn list_forwards(dir: &Path) -> Result<Vec<(ForwardEntry, u64)>> {
         .collect();
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    /// A BPF hash map made with BPF_MAP_CREATE, no pin, no BPF object.
+    fn hash_map<K, V>(max_entries: u32) -> Option<MapData> {
+        #[repr(C)]
+        struct Attr {
+            map_type: u32,
+            key_size: u32,
+            value_size: u32,
+            max_entries: u32,
+            map_flags: u32,
+            rest: [u8; 108],
+        }
+        let attr = Attr {
+            map_type: 1, // BPF_MAP_TYPE_HASH
+            key_size: std::mem::size_of::<K>() as u32,
+            value_size: std::mem::size_of::<V>() as u32,
+            max_entries,
+            map_flags: 0,
+            rest: [0; 108],
+        };
+        // SAFETY: BPF_MAP_CREATE with a zeroed tail; the fd is ours.
+        let fd = unsafe { libc::syscall(libc::SYS_bpf, 0, &attr, std::mem::size_of::<Attr>()) };
+        if fd < 0 {
+            return None;
+        }
+        MapData::from_fd(unsafe { OwnedFd::from_raw_fd(fd as i32) }).ok()
+    }
+
+    fn entry(host_port: u16, guest: u8, guest_port: u16) -> ForwardEntry {
+        ForwardEntry {
+            proto: 6,
+            host: (Ipv4Addr::new(198, 51, 100, 2), host_port),
+            guest: (Ipv4Addr::new(10, 0, 0, guest), guest_port),
+            bridge_ifindex: 7,
+        }
+    }
+
+    fn dump<V: aya::Pod + std::fmt::Debug>(m: &HashMap<MapData, ForwardKey, V>) -> Vec<String> {
+        let mut v: Vec<String> = m
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, v)| format!("{k:?}={v:?}"))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A write that fails half way (the map is full at its third new key)
+    /// leaves both maps exactly as they were, the overwritten key included.
+    #[test]
+    fn a_failed_batch_restores_every_key_it_touched() {
+        let (Some(a), Some(b)) = (
+            hash_map::<ForwardKey, ForwardTarget>(4),
+            hash_map::<ForwardKey, ForwardKey>(16),
+        ) else {
+            eprintln!("skipped: BPF_MAP_CREATE needs root");
+            return;
+        };
+        let mut m: ForwardMap = HashMap::try_from(Map::from_map_data(a).unwrap()).unwrap();
+        let mut rev: ForwardRevMap = HashMap::try_from(Map::from_map_data(b).unwrap()).unwrap();
+        insert_all(&mut m, &mut rev, &[entry(80, 5, 80), entry(443, 5, 443)]).unwrap();
+        let before = (dump(&m), dump(&rev));
+        // Port 80 is overwritten (new guest), then 3 new keys: 2 + 3 > 4.
+        let batch = [
+            entry(80, 6, 8080),
+            entry(81, 6, 81),
+            entry(82, 6, 82),
+            entry(83, 6, 83),
+        ];
+        let err = insert_all(&mut m, &mut rev, &batch).unwrap_err();
+        match err {
+            aya::maps::MapError::SyscallError(ref s) => {
+                assert_eq!(s.io_error.raw_os_error(), Some(libc::E2BIG), "{err}")
+            }
+            e => panic!("{e}"),
+        }
+        assert_eq!((dump(&m), dump(&rev)), before);
+        // And a batch that fits goes in whole.
+        insert_all(&mut m, &mut rev, &[entry(80, 6, 8080), entry(81, 6, 81)]).unwrap();
+        assert_eq!(dump(&m).len(), 3);
+    }
 }

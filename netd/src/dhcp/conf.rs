@@ -64,10 +64,7 @@ fn v6_network(addr: Ipv6Addr, prefix: u8) -> Ipv6Addr {
 /// privileges, which is why the files it rereads on SIGHUP are written world-readable.
 pub fn render_conf(net: &Network, bridge: &str, paths: &DhcpPaths) -> String {
     let mut c = String::new();
-    let mut line = |s: String| {
-        c.push_str(&s);
-        c.push('\n');
-    };
+    let mut line = |s: String| push_line(&mut c, &s);
     line(format!(
         "# Written by netd for network {}; changes are overwritten.",
         net.name
@@ -82,7 +79,7 @@ pub fn render_conf(net: &Network, bridge: &str, paths: &DhcpPaths) -> String {
     if !dns_enabled {
         line("port=0".into());
     }
-    if let Some(domain) = dns.domain.as_deref().filter(|d| !d.is_empty()) {
+    if let Some(domain) = dns.domain.as_deref() {
         line(format!("domain={domain}"));
         line(format!("local=/{domain}/"));
         line("expand-hosts".into());
@@ -189,15 +186,27 @@ pub fn render_conf(net: &Network, bridge: &str, paths: &DhcpPaths) -> String {
     c
 }
 
+/// Every value in these files comes from a checked type (`config::types`),
+/// so none holds a line break. As a last line of defence, a line that does
+/// anyway is replaced by a NUL, which [`write_atomic`] refuses to write.
+fn push_line(out: &mut String, line: &str) {
+    if line.contains(['\n', '\r', '\0']) {
+        out.push('\0');
+    } else {
+        out.push_str(line);
+    }
+    out.push('\n');
+}
+
 /// dhcp-hostsfile lines: "mac,ip[,name]" one per IPv4 host.
 pub fn render_hostsfile(net: &Network) -> String {
     let mut s = String::new();
     for h in net.ipv4_dhcp_hosts() {
-        let _ = write!(s, "{},{}", h.mac.to_ascii_lowercase(), h.ip);
+        let mut l = format!("{},{}", h.mac, h.ip);
         if let Some(n) = &h.name {
-            let _ = write!(s, ",{n}");
+            let _ = write!(l, ",{n}");
         }
-        s.push('\n');
+        push_line(&mut s, &l);
     }
     s
 }
@@ -206,11 +215,11 @@ pub fn render_hostsfile(net: &Network) -> String {
 pub fn render_hostsfile6(net: &Network) -> String {
     let mut s = String::new();
     for h in net.ipv6.iter().flat_map(|v| v.hosts.iter()) {
-        let _ = write!(s, "id:{},[{}]", h.duid.to_ascii_lowercase(), h.ip);
+        let mut l = format!("id:{},[{}]", h.duid, h.ip);
         if let Some(n) = &h.name {
-            let _ = write!(s, ",{n}");
+            let _ = write!(l, ",{n}");
         }
-        s.push('\n');
+        push_line(&mut s, &l);
     }
     s
 }
@@ -222,7 +231,8 @@ pub fn render_addnhosts(net: &Network) -> String {
         if h.names.is_empty() {
             continue;
         }
-        let _ = writeln!(s, "{} {}", h.ip, h.names.join(" "));
+        let names: Vec<&str> = h.names.iter().map(|n| n.as_str()).collect();
+        push_line(&mut s, &format!("{} {}", h.ip, names.join(" ")));
     }
     s
 }
@@ -238,25 +248,33 @@ fn make_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("cannot chmod {}", dir.display()))
 }
 
-/// dnsmasq rereads the host files after dropping root, so every folder above them must be
-/// searchable by others. Warns (once per call) when one is not.
-fn check_searchable(dir: &Path) {
+/// dnsmasq reads its host files after dropping root (and again on SIGHUP), so every folder
+/// above them must be searchable by others. netd makes the folders it creates so; a folder
+/// above them that is not is refused, naming the folder and the mode it needs: a dnsmasq
+/// that cannot read its host files would hand static hosts dynamic addresses, silently.
+fn check_searchable(dir: &Path) -> Result<()> {
     for d in dir.ancestors() {
-        if let Ok(m) = std::fs::metadata(d)
-            && m.permissions().mode() & 0o001 == 0
-        {
-            tracing::warn!(
-                "{} is not searchable by others (mode {:o}): dnsmasq cannot reread its host files after dropping root",
+        let Ok(m) = std::fs::metadata(d) else {
+            continue;
+        };
+        let mode = m.permissions().mode() & 0o7777;
+        if mode & 0o001 == 0 {
+            anyhow::bail!(
+                "dnsmasq cannot read its files in {}: {} has mode {mode:o} and needs o+x (mode {:o}), as dnsmasq drops root",
+                dir.display(),
                 d.display(),
-                m.permissions().mode() & 0o7777
+                mode | 0o001
             );
-            return;
         }
     }
+    Ok(())
 }
 
 /// Writes `text` to `path` atomically (temp file in the same folder, then rename), mode 0644.
 fn write_atomic(path: &Path, text: &str) -> Result<()> {
+    if text.contains(['\0', '\r']) {
+        anyhow::bail!("refusing to write {path:?}: a value holds a line break or NUL");
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -313,7 +331,7 @@ fn prepare_dirs(paths: &DhcpPaths) -> Result<()> {
             .with_context(|| format!("cannot create {}", d.display()))?;
     }
     if let Some(d) = paths.hostsfile.parent() {
-        check_searchable(d);
+        check_searchable(d)?;
     }
     Ok(())
 }
@@ -421,6 +439,35 @@ hosts = [{ ip = "192.168.122.5", names = ["db", "db.lan"] }, { ip = "fd00::5", n
     }
 
     #[test]
+    fn a_folder_dnsmasq_cannot_pass_is_refused_by_name() {
+        let top = std::env::temp_dir().join(format!("netd-conf-0700-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        let run = top.join("private").join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let private = top.join("private");
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let p = paths(&run, &top.join("state"), "default");
+        let err = write_files(&default_net(), "virbr0", &p).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            format!(
+                "dnsmasq cannot read its files in {}: {} has mode 700 and needs o+x (mode 701), as dnsmasq drops root",
+                run.join("dnsmasq").display(),
+                private.display()
+            )
+        );
+        assert!(!p.conf.exists() && !p.hostsfile.exists());
+        // Searchable: written, the folder netd made 0755 and the files 0644.
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o711)).unwrap();
+        write_files(&default_net(), "virbr0", &p).unwrap();
+        let mode = |q: &Path| std::fs::metadata(q).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&run.join("dnsmasq")), 0o755);
+        assert_eq!(mode(&p.hostsfile), 0o644);
+        let _ = std::fs::remove_dir_all(&top);
+    }
+
+    #[test]
     fn paths_follow_the_layout() {
         let p = p();
         assert_eq!(p.conf, Path::new("/run/netd/dnsmasq/default.conf"));
@@ -482,7 +529,7 @@ hosts = [{ ip = "192.168.122.5", names = ["db", "db.lan"] }, { ip = "fd00::5", n
         let mut n = default_net();
         n.mtu = Some(1400);
         n.dns.as_mut().unwrap().enable = false;
-        n.ipv4.as_mut().unwrap().dhcp.as_mut().unwrap().lease = Some("infinite".into());
+        n.ipv4.as_mut().unwrap().dhcp.as_mut().unwrap().lease = Some("infinite".parse().unwrap());
         let c = render_conf(&n, "br0", &p());
         let l = lines(&c);
         assert!(l.contains(&"port=0"), "{c}");
@@ -551,12 +598,12 @@ slaac = true
         v6.dhcp = Some(crate::config::Dhcp6 {
             start: "fd00:122::100".parse().unwrap(),
             end: "fd00:122::1ff".parse().unwrap(),
-            lease: Some("2h".into()),
+            lease: Some("2h".parse().unwrap()),
         });
         v6.hosts.push(crate::config::Host6 {
-            duid: "00:01:00:01:2A:3B:4C:5D:52:54:00:00:00:01".into(),
+            duid: "00:01:00:01:2A:3B:4C:5D:52:54:00:00:00:01".parse().unwrap(),
             ip: "fd00:122::10".parse().unwrap(),
-            name: Some("six".into()),
+            name: Some("six".parse().unwrap()),
         });
         let c = render_conf(&n, "netd0", &p());
         assert!(
@@ -585,7 +632,7 @@ slaac = true
             "52:54:00:6f:78:f3,192.168.122.222,web\n"
         );
         n.ipv4.as_mut().unwrap().hosts.push(crate::config::Host {
-            mac: "52:54:00:00:00:02".into(),
+            mac: "52:54:00:00:00:02".parse().unwrap(),
             ip: "192.168.122.3".parse().unwrap(),
             name: None,
         });
@@ -658,7 +705,7 @@ slaac = true
         n.mtu = Some(1400);
         n.mode = Mode::Isolated;
         n.ipv6 = Some(crate::config::Ipv6 {
-            address: "fd00:122::1/64".into(),
+            address: "fd00:122::1/64".parse().unwrap(),
             slaac: true,
             dhcp: Some(crate::config::Dhcp6 {
                 start: "fd00:122::100".parse().unwrap(),

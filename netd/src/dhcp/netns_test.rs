@@ -135,9 +135,9 @@ domain = "t.netd"
 
         // Live add-host: rewrite the host file, SIGHUP, same process.
         net.ipv4.as_mut().unwrap().hosts.push(Host {
-            mac: "52:54:00:00:00:02".into(),
+            mac: "52:54:00:00:00:02".parse().unwrap(),
             ip: "10.99.0.223".parse()?,
-            name: Some("db".into()),
+            name: Some("db".parse().unwrap()),
         });
         write_host_files(&net, &paths)?;
         d.reload()?;

@@ -10,6 +10,7 @@ mod events;
 mod sysctl;
 #[cfg(test)]
 mod tests;
+mod vf;
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -36,6 +37,7 @@ pub use self::sysctl::{
     ifindex_of, ifname_of, netns_cookie, set_ipv4_forwarding, set_ipv6_forwarding, set_sysctl,
     sysctl,
 };
+pub use self::vf::{VfConfig, vf_config_bytes};
 
 /// A link as netd sees it.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -295,6 +297,25 @@ impl Netlink {
             .map_err(nl_lazy(|| {
                 format!("detaching {} from its master", describe(index))
             }))
+    }
+
+    /// `ip link set DEV type bridge stp_state 0|1` (kernel STP). Ports that
+    /// are forwarding when STP is turned on keep forwarding.
+    pub async fn set_bridge_stp(&self, index: u32, name: &str, enabled: bool) -> Result<()> {
+        let msg = LinkMessageBuilder::<LinkBridge>::new(name)
+            .index(index)
+            .stp_state(if enabled {
+                BridgeStpState::KernelStp
+            } else {
+                BridgeStpState::Disabled
+            })
+            .build();
+        self.handle
+            .link()
+            .change(msg)
+            .execute()
+            .await
+            .map_err(nl_lazy(|| format!("setting STP on {}", describe(index))))
     }
 
     /// `ip link set DEV up`.

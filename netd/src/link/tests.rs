@@ -138,6 +138,18 @@ fn bridge_create_read_delete() {
         assert_eq!(s.stp, Some(false));
         assert_eq!(s.forward_delay_cs, Some(0));
         assert_eq!(nl.link_by_index(other).await?.context("netdt1")?.mtu, 1500);
+        // STP turned on and off again on a live bridge.
+        nl.set_bridge_stp(other, "netdt1", true).await?;
+        let s = nl.bridge_settings(other).await?.context("settings")?;
+        assert_eq!(s.stp, Some(true));
+        nl.set_bridge_stp(other, "netdt1", false).await?;
+        let s = nl.bridge_settings(other).await?.context("settings")?;
+        assert_eq!(s.stp, Some(false));
+        let err = nl
+            .set_bridge_stp(999_999, "netdt9", true)
+            .await
+            .unwrap_err();
+        assert!(format!("{err:#}").starts_with("setting STP on "), "{err:#}");
 
         // Creating it again fails with one readable line.
         let err = nl.create_bridge(&spec("netdt0")).await.unwrap_err();
@@ -391,4 +403,62 @@ fn forwarding_sysctls_are_netns_local() {
     });
     assert_eq!(sysctl("ipv4/ip_forward").unwrap(), host_v4);
     assert_eq!(sysctl("ipv6/conf/all/forwarding").ok(), host_v6);
+}
+
+/// The VF message really reaches the kernel: a veth parses it (every
+/// attribute is well formed) and answers EOPNOTSUPP because it has no VFs,
+/// while a VF MAC attribute cut short is refused at parsing (EINVAL/ERANGE).
+#[test]
+fn vf_message_is_parsed_by_the_kernel() {
+    in_netns("vf_message_is_parsed_by_the_kernel", || async {
+        let o = std::process::Command::new("ip")
+            .args(["link", "add", "pf0", "type", "veth", "peer", "name", "pf0p"])
+            .status()?;
+        ensure!(o.success(), "ip link add veth failed");
+        let nl = Netlink::connect().await?;
+        let pf = nl.link_by_name("pf0").await?.context("no pf0")?;
+        let c = VfConfig {
+            pf_index: pf.index,
+            vf: 0,
+            mac: MAC,
+            vlan: 42,
+        };
+        let e = nl.set_vf(&c).await.unwrap_err();
+        ensure!(
+            errno_of(&e) == Some(libc::EOPNOTSUPP),
+            "well-formed VF message: {e:#}"
+        );
+        ensure!(e.to_string().contains("setting VF 0 of pf0"), "{e}");
+
+        // The same request with IFLA_VF_MAC 8 bytes long instead of 36.
+        use netlink_packet_route::{
+            RouteNetlinkMessage,
+            link::{LinkVfInfo, VfInfo},
+        };
+        use rtnetlink::packet_core::{DefaultNla, NetlinkPayload};
+        let mut msg = super::vf::vf_config_message(&c);
+        if let NetlinkPayload::InnerMessage(RouteNetlinkMessage::SetLink(m)) = &mut msg.payload {
+            m.attributes = vec![LinkAttribute::VfInfoList(vec![LinkVfInfo(vec![
+                VfInfo::Other(DefaultNla::new(1, vec![0; 8])),
+            ])])];
+        }
+        msg.finalize();
+        let e = nl
+            .send_raw_setlink(msg, || "truncated VF MAC".into())
+            .await
+            .unwrap_err();
+        let errno = errno_of(&e);
+        ensure!(
+            errno == Some(libc::EINVAL) || errno == Some(libc::ERANGE),
+            "truncated VF message: {e:#}"
+        );
+        // A PF index that does not exist: ENODEV, not a parse error.
+        let gone = VfConfig {
+            pf_index: 999_999,
+            ..c
+        };
+        let e = nl.set_vf(&gone).await.unwrap_err();
+        ensure!(errno_of(&e) == Some(libc::ENODEV), "{e:#}");
+        Ok(())
+    });
 }

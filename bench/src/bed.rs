@@ -238,21 +238,21 @@ impl Bed {
         Ok(())
     }
 
-    /// `xtask bench-helper ARGS` in `ns`, to completion; its JSON line.
+    /// `netd-bench helper ARGS` in `ns`, to completion; its JSON line.
     pub fn helper(&self, ns: &Ns, args: &[&str], timeout: Duration) -> Result<Value> {
         let exe = self.helper.to_string_lossy();
-        let mut argv = vec![exe.as_ref(), "bench-helper"];
+        let mut argv = vec![exe.as_ref(), "helper"];
         argv.extend_from_slice(args);
         let o = ns.exec_timeout(&argv, timeout);
         parse_helper(&o, args)
     }
 
-    /// Starts `xtask bench-helper ARGS` in `ns` and waits for its `ready`.
+    /// Starts `netd-bench helper ARGS` in `ns` and waits for its `ready`.
     pub fn spawn_helper(&self, ns: &Ns, args: &[&str]) -> Result<Proc> {
         let mut c = Command::new("ip");
         c.args(["netns", "exec", &ns.name])
             .arg(&self.helper)
-            .arg("bench-helper")
+            .arg("helper")
             .args(args);
         Proc::start(c, &args.join(" "))
     }

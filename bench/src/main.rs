@@ -1,4 +1,4 @@
-//! `cargo xtask bench [--quick]`: netd side by side with libvirt's iptables
+//! `netd-bench`, run by `cargo xtask bench [--quick]`: netd side by side with libvirt's iptables
 //! rules and an equivalent nftables ruleset, in one run, on one machine.
 //!
 //! Three beds (see [`bed`]) are built at the start and live for the whole
@@ -25,7 +25,44 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use helper::run as helper;
+/// `netd-bench run [OPTIONS]` measures; `netd-bench helper CMD …` is the
+/// traffic tool the benchmark starts inside its namespaces (this same
+/// binary, so every bed runs the same code).
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let r = match args.first().map(String::as_str) {
+        Some("run") => run(&args[1..]),
+        Some("helper") => helper::run(&args[1..]),
+        _ => {
+            eprintln!("usage: netd-bench run [--quick] [OPTIONS] | helper CMD [ARGS]");
+            std::process::exit(2);
+        }
+    };
+    if let Err(e) = r {
+        eprintln!("bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The workspace root: where target/bench goes.
+fn workspace_root() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench lives in the workspace")
+        .to_path_buf()
+}
+
+/// The netd binary `cargo xtask bench` built for this run (`NETD_BIN`).
+fn netd_bin() -> Result<PathBuf> {
+    let p = netd_tests::netd_bin_path();
+    if !p.is_file() {
+        bail!(
+            "{} not found; run the benchmark through `cargo xtask bench`",
+            p.display()
+        );
+    }
+    Ok(p)
+}
 
 struct Opts {
     quick: bool,
@@ -77,7 +114,7 @@ impl Opts {
                 api_cap: Duration::from_secs(20),
                 testrun_iters: 1_000,
                 testrun_repeat: 20_000,
-                out: crate::workspace_root().join("target/bench"),
+                out: workspace_root().join("target/bench"),
                 netd: None,
                 only: Vec::new(),
                 kinds: Kind::ALL.to_vec(),
@@ -98,7 +135,7 @@ impl Opts {
                 api_cap: Duration::from_secs(240),
                 testrun_iters: 5_000,
                 testrun_repeat: 200_000,
-                out: crate::workspace_root().join("target/bench"),
+                out: workspace_root().join("target/bench"),
                 netd: None,
                 only: Vec::new(),
                 kinds: Kind::ALL.to_vec(),
@@ -158,24 +195,21 @@ pub fn run(args: &[String]) -> Result<()> {
     if !netd_tests::is_root() {
         bail!("the benchmark builds network namespaces: run it as root");
     }
-    // The daemon's speed matters to the control-plane figures: a release
-    // build for the real run. --quick reuses the debug build the tests use.
+    // The daemon's speed matters to the control-plane figures: xtask builds
+    // netd in release for the real run, in debug (the tests' build) for
+    // --quick, and names it in NETD_BIN.
     let netd_bin = if let Some(p) = &o.netd {
         std::fs::canonicalize(p).with_context(|| format!("--netd {}", p.display()))?
-    } else if o.quick {
-        crate::cargo(&["build", "-p", "netd"])?;
-        crate::netd_bin()
     } else {
-        crate::cargo(&["build", "--release", "-p", "netd"])?;
-        crate::workspace_root().join("target/release/netd")
+        netd_bin()?
     };
     let helper = std::env::current_exe()?;
     let started = Instant::now();
     let mut machine = machine();
     machine["netd_build"] = match &o.netd {
         Some(p) => format!("given: {}", p.display()),
-        None if o.quick => "debug".into(),
-        None => "release".into(),
+        None if netd_bin.components().any(|c| c.as_os_str() == "release") => "release".into(),
+        None => "debug".into(),
     }
     .into();
     eprintln!("bench: {}", machine["summary"].as_str().unwrap_or(""));
@@ -990,7 +1024,7 @@ fn machine() -> serde_json::Value {
         "git",
         &[
             "-C",
-            &crate::workspace_root().to_string_lossy(),
+            &workspace_root().to_string_lossy(),
             "rev-parse",
             "--short",
             "HEAD",
@@ -1000,7 +1034,7 @@ fn machine() -> serde_json::Value {
         "git",
         &[
             "-C",
-            &crate::workspace_root().to_string_lossy(),
+            &workspace_root().to_string_lossy(),
             "status",
             "--porcelain",
         ],

@@ -1,5 +1,5 @@
-//! `xtask bench-helper ...`: the small traffic tools the benchmark runs
-//! inside its namespaces (`ip netns exec NS <xtask> bench-helper ...`).
+//! `netd-bench helper ...`: the small traffic tools the benchmark runs
+//! inside its namespaces (`ip netns exec NS netd-bench helper ...`).
 //! Each prints one JSON line with its result on stdout; the long-running
 //! ones print `ready` first, once their socket is bound. Every helper arms
 //! `alarm(2)` so that none outlives its run, whatever happens to the parent.

@@ -1,5 +1,6 @@
-//! `cargo xtask demo`: the whole product in a sandbox of network
-//! namespaces, torn down at the end whatever happens.
+//! `cargo xtask demo` runs this (after setup and `cargo build -p netd`):
+//! the whole product in a sandbox of network namespaces, torn down at the
+//! end whatever happens. It drives the netd binary named by `NETD_BIN`.
 //!
 //! guests --- virbr0 [host: netd daemon] uplink0 --- router --- upstream
 
@@ -19,13 +20,19 @@ dhcp = { start = "192.168.122.2", end = "192.168.122.254", lease = "1h" }
 domain = "default.netd"
 "#;
 
-pub fn run() -> Result<()> {
-    if !netd_tests::is_root() {
-        bail!("the demo builds network namespaces: run it as root");
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("demo: {e:#}");
+        std::process::exit(1);
     }
-    crate::cargo(&["build", "-p", "netd"])?;
+}
+
+fn run() -> Result<()> {
+    if !netd_tests::is_root() {
+        bail!("the demo needs root: it creates network namespaces");
+    }
     let mut t = Topology::new("demo")?;
-    t.set_netd_bin(crate::netd_bin());
+    t.set_netd_bin(netd_tests::netd_bin_path());
     let r = scenario(&mut t);
     if r.is_err() {
         eprintln!("--- daemon log ---\n{}", t.daemon_log());
