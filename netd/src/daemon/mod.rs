@@ -4,8 +4,8 @@
 
 mod doctor;
 mod forwards;
-mod lane;
 pub mod journal;
+mod lane;
 mod live;
 pub mod metrics;
 mod natlog;
