@@ -2,8 +2,8 @@
 
 pub mod hostdev;
 mod model;
-pub mod nat_pool;
 pub mod types;
+pub mod nat_pool;
 mod validate;
 pub mod xml;
 

@@ -173,8 +173,11 @@ impl State {
         let hi = ranges.iter().map(|r| r.end).max().unwrap_or(0);
         let protos: std::collections::HashSet<config::Proto> =
             new.iter().map(|f| f.proto).collect();
-        let near =
-            |f: &Forward| protos.contains(&f.proto) && f.port.start <= hi && f.port.end >= lo;
+        let near = |f: &Forward| {
+            protos.contains(&f.proto)
+                && f.port.start <= hi
+                && f.port.end >= lo
+        };
         let mut taken = PortIndex::default();
         {
             let mine = self

@@ -85,13 +85,15 @@ impl Edit {
                 .retain(|f| !same_forward(f, *proto, *port, *address)),
             Edit::AddHost { host } => {
                 if let Some(v4) = net.ipv4.as_mut() {
-                    v4.hosts.retain(|h| h.mac != host.mac && h.ip != host.ip);
+                    v4.hosts
+                        .retain(|h| h.mac != host.mac && h.ip != host.ip);
                     v4.hosts.push(host.clone());
                 }
             }
             Edit::RemoveHost { mac, ip } => {
                 if let Some(v4) = net.ipv4.as_mut() {
-                    v4.hosts.retain(|h| !(h.mac == *mac && h.ip == *ip));
+                    v4.hosts
+                        .retain(|h| !(h.mac == *mac && h.ip == *ip));
                 }
             }
         }

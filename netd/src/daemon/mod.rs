@@ -4,8 +4,8 @@
 
 mod doctor;
 mod forwards;
-pub mod journal;
 mod lane;
+pub mod journal;
 mod live;
 pub mod metrics;
 mod natlog;
