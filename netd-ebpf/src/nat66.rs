@@ -215,6 +215,10 @@ fn masquerade(
             };
             let why = nat::snat_new(req);
             if why != 0 {
+                // A full range is answered, as for IPv4 (RFC 5508 REQ-8).
+                if why == reason::DROP_PORTS_EXHAUSTED {
+                    return crate::reject::unreachable6(ctx, bridge, why);
+                }
                 return stats::drop(why, len);
             }
             stats::count(reason::CT_NEW, len);

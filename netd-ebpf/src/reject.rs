@@ -10,7 +10,7 @@
 
 use aya_ebpf::{
     bindings::__sk_buff,
-    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail},
+    helpers::{bpf_csum_diff, bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
     programs::TcContext,
 };
 use netd_common::reason;
@@ -179,6 +179,109 @@ pub fn unreachable(
     if ctx.store(0, &eth, 0).is_err()
         || ctx.store(ETH_LEN, &hdr, 0).is_err()
         || ctx.store(ETH_LEN + 20, &icmp, 0).is_err()
+    {
+        return stats::drop(why, len);
+    }
+    stats::count(reason::REJECT_SENT, len);
+    stats::count(why, len);
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
+/// ICMPv6 destination unreachable, code 1: communication with the
+/// destination administratively prohibited (RFC 4443).
+pub const CODE6_ADMIN_PROHIBITED: u8 = 1;
+/// Quoted: the refused packet's IPv6 header and its first 8 bytes of
+/// payload (ports, or an echo's id).
+const QUOTE6: usize = 48;
+const ICMP6_LEN: usize = 8 + QUOTE6;
+const REPLY6_LEN: u32 = (ETH_LEN + 40 + ICMP6_LEN) as u32;
+
+/// The IPv6 form of `unreachable`, for a NAT66 flow the masquerade cannot
+/// serve: ICMPv6 destination unreachable, code 1, from the network's
+/// router address (NETD_GATEWAYS6), sent back out of the bridge; counted
+/// under `why` whether answered or not, rate-limited with the IPv4 answers.
+/// Not inlined: its buffers would otherwise add to the stack of the NAT66
+/// path.
+#[inline(never)]
+pub fn unreachable6(ctx: &mut TcContext, ifindex: u32, why: u32) -> i32 {
+    let len = ctx.len();
+    let Some(gw) = (unsafe { crate::maps::GATEWAYS6.get(&ifindex) }).copied() else {
+        return stats::drop(why, len);
+    };
+    if !within_budget() {
+        return stats::drop(why, len);
+    }
+    // Every buffer here counts against the NAT66 program's stack: the
+    // quote is read straight into the message, the MACs swapped in halves.
+    let (Ok(dmac), Ok(smac)) = (ctx.load::<[u8; 6]>(0), ctx.load::<[u8; 6]>(6)) else {
+        return stats::drop(why, len);
+    };
+    let mut icmp = [0u8; ICMP6_LEN];
+    let rc = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const _,
+            ETH_LEN as u32,
+            icmp.as_mut_ptr().add(8) as *mut _,
+            QUOTE6 as u32,
+        )
+    };
+    if rc != 0 {
+        return stats::drop(why, len);
+    }
+    // Never an ICMPv6 error about one (only echo requests are answered).
+    if icmp[8 + 6] == 58 && icmp[8 + 40] != 128 {
+        return stats::drop(why, len);
+    }
+    // The refused packet's source (quoted header bytes 8-23) is the
+    // answer's destination.
+    let word = |i: usize| {
+        u32::from_ne_bytes([
+            icmp[8 + 8 + i],
+            icmp[8 + 9 + i],
+            icmp[8 + 10 + i],
+            icmp[8 + 11 + i],
+        ])
+    };
+    let plen = ICMP6_LEN as u32;
+    // The IPv6 header in wire-order words: version 6, hop limit 64.
+    let mut hdr: [u32; 10] = [
+        0x6000_0000u32.to_be(),
+        ((plen << 16) | (58 << 8) | 64).to_be(),
+        gw[0],
+        gw[1],
+        gw[2],
+        gw[3],
+        word(0),
+        word(4),
+        word(8),
+        word(12),
+    ];
+    icmp[0] = 1; // destination unreachable
+    icmp[1] = CODE6_ADMIN_PROHIBITED;
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb as *mut __sk_buff, REPLY6_LEN, 0) } != 0 {
+        return stats::drop(why, len);
+    }
+    // The checksum covers the pseudo-header: both addresses (the header's
+    // last 32 bytes), the length and the next header.
+    let mut pseudo: [u32; 2] = [plen.to_be(), 58u32.to_be()];
+    let sum = unsafe {
+        let s = bpf_csum_diff(core::ptr::null_mut(), 0, hdr.as_mut_ptr().add(2), 32, 0);
+        let s = bpf_csum_diff(core::ptr::null_mut(), 0, pseudo.as_mut_ptr(), 8, s as u32);
+        bpf_csum_diff(
+            core::ptr::null_mut(),
+            0,
+            icmp.as_mut_ptr() as *mut u32,
+            ICMP6_LEN as u32,
+            s as u32,
+        )
+    };
+    let c = fold(sum).to_ne_bytes();
+    icmp[2] = c[0];
+    icmp[3] = c[1];
+    if ctx.store(0, &smac, 0).is_err()
+        || ctx.store(6, &dmac, 0).is_err()
+        || ctx.store(ETH_LEN, &hdr, 0).is_err()
+        || ctx.store(ETH_LEN + 40, &icmp, 0).is_err()
     {
         return stats::drop(why, len);
     }

@@ -893,6 +893,57 @@ fn udp_refreshed_by_the_guests_packets_only() {
 }
 
 // ---------------------------------------------------------------------------
+// 7. NAT66: a full range answered with ICMPv6 1/1.
+
+#[test]
+fn nat66_full_range_answers_icmpv6_admin_prohibited() {
+    netd_tests::require_root!();
+    let e = env_modes();
+    let br4 = e.modes().br4;
+    let nets = maps::list_networks(&e.maps).expect("networks");
+    let (_, saved) = *nets.iter().find(|(b, _)| *b == br4).expect("br4");
+    struct Restore<'a>(&'a Env, u32, NetConfig);
+    impl Drop for Restore<'_> {
+        fn drop(&mut self) {
+            let _ = maps::add_network(&self.0.maps, self.1, &self.2, None);
+        }
+    }
+    let _restore = Restore(&e, br4, saved);
+    let one = NetConfig {
+        port_min: 3000,
+        port_max: 3000,
+        ..saved
+    };
+    maps::add_network(&e.maps, br4, &one, None).expect("narrow br4");
+    let from =
+        |n: u8, sport: u16| Packet6::udp(m6(n), sport, REMOTE6, 9, b"six").macs(BR4_MAC, mmac(n));
+    let first = from(10, 5000);
+    let (rc, out) = e.run(Hook::BridgeIngress, br4, &first.frame());
+    assert_eq!(rc, TC_ACT_REDIRECT, "first\n{}", hexdump(&out));
+    assert_eq!(Frame(&out).ip6().sport(), 3000);
+    let refused = from(11, 5000);
+    let (exhausted, sent) = (e.stat("drop_ports_exhausted"), e.stat("reject_sent"));
+    let (rc, out) = e.run(Hook::BridgeIngress, br4, &refused.frame());
+    assert_eq!(rc, TC_ACT_REDIRECT, "second\n{}", hexdump(&out));
+    let mut want = Packet6::icmp(
+        GW4_6,
+        m6(11),
+        ICMPV6_DEST_UNREACH,
+        1,
+        [0; 4],
+        &refused.ip_bytes()[..48],
+    )
+    .macs(mmac(11), BR4_MAC);
+    want.flow_label = 0;
+    assert_frame("ICMPv6 1/1", &out, &want.frame());
+    let ip = Frame(&out).ip6();
+    assert_eq!((ip.icmp_type(), ip.hop_limit()), (ICMPV6_DEST_UNREACH, 64));
+    assert!(verify_ip6(ip).is_empty(), "{:?}", verify_ip6(ip));
+    assert_eq!(e.stat("drop_ports_exhausted") - exhausted, 1);
+    assert_eq!(e.stat("reject_sent") - sent, 1);
+}
+
+// ---------------------------------------------------------------------------
 // Cost of a new flow (printed; run with --ignored --nocapture).
 
 /// Mean kernel time per new flow over `n` new flows from guest .11 of br1
