@@ -82,6 +82,14 @@ impl super::State {
                             .as_secs()
                     ),
                 ));
+            } else if let Some(why) = self.repairs.degraded(name) {
+                out.push(check(
+                    FAIL,
+                    "network",
+                    format!(
+                        "{name} is degraded ({why}); it recovers by itself when that is mended."
+                    ),
+                ));
             }
             if let Some(d) = &run.dnsmasq {
                 out.push(if d.healthy() {

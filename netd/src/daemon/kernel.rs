@@ -53,8 +53,8 @@ pub trait Datapath: Send {
         subnet: Option<(Ipv4Addr, u8)>,
         subnet6: Option<(Ipv6Addr, u8)>,
     ) -> Result<()>;
-    /// Publishes what a network's definition adds to its entry: NAT
-    /// limits and timeouts, the IPv6 router address. Idempotent.
+    /// Publishes what a NAT network's definition adds to its entry: its
+    /// limits and timeouts. Idempotent.
     fn publish_extras(&mut self, _bridge_ifindex: u32, _net: &Network) -> Result<()> {
         Ok(())
     }
@@ -197,9 +197,6 @@ impl Datapath for Real<'_> {
             let timeouts = crate::config::Nat::datapath_timeouts(nat);
             dataplane::maps::set_nat_timeouts(&dir, bridge_ifindex, Some(timeouts))?;
         }
-        if let Some(prefix) = net.ipv6.as_ref().and_then(|v| v.parsed().ok()) {
-            dataplane::maps::set_gateway6(&dir, bridge_ifindex, prefix.0)?;
-        }
         Ok(())
     }
     fn sync_bindings(&mut self, net: &Network, bridge_ifindex: u32) -> Result<()> {
@@ -228,8 +225,6 @@ impl Datapath for Real<'_> {
         if let Some(p) = subnet6 {
             dataplane::maps::remove_subnet6(&dir, p)?;
         }
-        dataplane::maps::remove_gateway6(&dir, bridge_ifindex)?;
-        dataplane::maps::remove_bindings(&dir, bridge_ifindex)?;
         dataplane::maps::remove_network(&dir, bridge_ifindex, subnet)
     }
     fn attach(&mut self, hook: Hook, ifname: &str) -> Result<()> {

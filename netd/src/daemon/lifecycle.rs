@@ -222,6 +222,14 @@ async fn ensure_bridge<K: Kernel>(
         return Ok(());
     }
     let new = match k.link_by_name(&rec.bridge).await? {
+        // A bridge of our name but not our MAC is someone else's: never
+        // taken over (a later `net stop` would delete it), as repair.rs.
+        Some(l) if l.is_bridge && net.mode.owns_bridge() && l.mac.is_some_and(|m| m != mac) => {
+            bail!(
+                "{:?} exists but is not the bridge netd made (another MAC); remove or rename it",
+                rec.bridge
+            )
+        }
         Some(l) if l.is_bridge => l.index,
         Some(_) => bail!("{:?} exists but is not a bridge", rec.bridge),
         None if net.mode.owns_bridge() => {

@@ -394,7 +394,7 @@ impl super::State {
                     up: d.healthy(),
                     restarts: d.restarts(),
                 }),
-                degraded: run.degraded.is_some(),
+                degraded: run.degraded.is_some() || self.repairs.degraded(name).is_some(),
                 vf_pool: (run.record.definition.mode == crate::config::Mode::Hostdev).then(|| {
                     let p = self.vf_pool_summary(&run.record.definition);
                     (u64::from(p.total), u64::from(p.free))

@@ -311,6 +311,7 @@ impl State {
         match r {
             Ok(()) => {
                 tracing::info!("network {name} started on {}", run.record.bridge);
+                self.note_uplinks(&run.record.uplinks);
                 if chose_bridge && !transient {
                     // Persist the chosen name so the bridge is the same on every start.
                     if let Err(e) = self.store.save_definition(&net) {
@@ -371,7 +372,19 @@ impl State {
         let attach = !self.uplinks_of_others(net).contains(uplink);
         let Self { nl, dp, paths, .. } = self;
         let mut k = Real { nl, dp, paths };
-        lifecycle::use_uplink(&mut k, uplink, attach).await
+        lifecycle::use_uplink(&mut k, uplink, attach).await?;
+        self.note_uplinks(&[uplink.to_string()]);
+        Ok(())
+    }
+
+    /// Remembers the ifindex of each hooked uplink, so the reconciler can
+    /// take a vanished one's entry out of the uplinks map.
+    fn note_uplinks(&mut self, uplinks: &[String]) {
+        for u in uplinks {
+            if let Some(i) = crate::link::ifindex_of(u) {
+                self.repairs.hooked_uplink(u, i);
+            }
+        }
     }
 
     /// Uplinks that running networks other than `name` use.
@@ -408,6 +421,7 @@ impl State {
             &format!("using uplink {new}"),
             lifecycle::use_uplink(&mut k, new, !shared.contains(new)).await,
         );
+        self.note_uplinks(&[new.to_string()]);
         t.finish()
     }
 
@@ -517,11 +531,6 @@ impl State {
         let Some(mut run) = self.running.remove(name) else {
             return true;
         };
-        if run.record.definition.mode == Mode::Hostdev {
-            // Nothing in the kernel to adopt: the pool lives in its file.
-            self.running.insert(name.to_string(), run);
-            return true;
-        }
         let net = run.record.definition.clone();
         let mac = self.mac_for(&net).unwrap_or_else(|e| {
             tracing::warn!("network {name}: bridge MAC: {e:#}");
@@ -539,6 +548,7 @@ impl State {
             &shared,
         )
         .await;
+        self.note_uplinks(&run.record.uplinks);
         let whole = errors.is_empty();
         if whole {
             if run.degraded.take().is_some() {

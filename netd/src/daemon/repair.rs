@@ -15,6 +15,7 @@
 //!
 //! Every repair logs one line and counts in `netd_repairs_total{network,what}`.
 
+use super::kernel::{Datapath, Real};
 use super::{Daemon, State};
 use crate::config::{self, Mode};
 use crate::dataplane::{self, Hook};
@@ -337,6 +338,17 @@ impl State {
             if let Some(prefix) = net.ipv6.as_ref().and_then(|v| v.parsed().ok()) {
                 dataplane::maps::remove_subnet6(&dir, prefix)?;
                 dataplane::maps::add_subnet6(&dir, new, prefix)?;
+                dataplane::maps::remove_gateway6(&dir, old)?;
+                dataplane::maps::set_gateway6(&dir, new, prefix.0)?;
+            }
+            // What the definition adds to the entry (NAT limits and
+            // timeouts) and the strict bindings, now keyed by the new bridge.
+            dataplane::maps::remove_bindings(&dir, old)?;
+            let Self { nl, dp, paths, .. } = &mut *self;
+            let mut k = Real { nl, dp, paths };
+            k.publish_extras(new, net)?;
+            if net.strict {
+                k.sync_bindings(net, new)?;
             }
             for hook in [Hook::BridgeIngress, Hook::BridgeEgress] {
                 // The pinned link died with the old device: replace it.
