@@ -380,6 +380,10 @@ fn huge_and_deep_definitions_are_refused_and_the_daemon_stays_up() {
     let (st, b) = raw_request(&t.socket(), "POST", "/v1/networks", &body);
     assert_eq!(st, 413, "{b}");
     refused_json(st, &b, "3 MiB body");
+    // The forwards endpoint decodes its (batch) body itself: same answer.
+    let (st, b) = raw_request(&t.socket(), "POST", "/v1/networks/x/forwards", &body);
+    assert_eq!(st, 413, "{b}");
+    refused_json(st, &b, "3 MiB forwards body");
     // A 100,000-deep TOML array and JSON nesting.
     let toml_deep = format!(
         "name = \"x\"\na = {}{}",

@@ -42,13 +42,25 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> std::result::Result<Self, ApiError> {
-        // Bytes keeps axum's body limit (2 MiB, answered with 413).
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|r| ApiError(r.status(), crate::config::one_line(&r.body_text())))?;
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
         decode(&bytes)
             .map(Body)
             .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
+    }
+}
+
+/// The body's bytes, for a handler that decodes them itself. It keeps
+/// axum's body limit (2 MiB, 413), answered in one-line JSON like the rest.
+pub struct RawBody(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> std::result::Result<Self, ApiError> {
+        Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|r| ApiError(r.status(), crate::config::one_line(&r.body_text())))
     }
 }
 
@@ -345,7 +357,7 @@ async fn forward_add(
     State(d): Shared,
     Path(name): Path<String>,
     Query(q): Query<ScopeQuery>,
-    body: Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult<NameResponse> {
     let scope = q.scope()?;
     let reqs = decode_forward_add(&body).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
