@@ -271,6 +271,56 @@ fn forward_of_every_udp_port_is_refused() {
     assert!((1024..=2047).contains(&seen[0].1), "{seen:?}");
 }
 
+/// A `--config` forward is judged against the persistent definition it
+/// goes into, not the running one: here the pending definition narrows the
+/// masquerade to 1101 ports, so a 101-port forward would leave it 1000.
+#[test]
+fn a_config_forward_is_judged_against_the_persistent_pool() {
+    require_netd!();
+    let t = nat_topology("nat_ports_config_side");
+    let narrower = t.write_file(
+        "narrow.toml",
+        &format!("{NAT_NET}[nat]\nports = \"30000-31100\"\n"),
+    );
+    t.netd_ok(&["net", "define", narrower.to_str().unwrap()]);
+    let add = |scope: &str| {
+        t.netd(&[
+            "forward",
+            "add",
+            "default",
+            "--proto",
+            "udp",
+            "--port",
+            "30000-30100",
+            "--to",
+            "192.168.122.100",
+            scope,
+        ])
+    };
+    let o = add("--config");
+    assert_eq!(o.status, 1, "{o}");
+    assert!(
+        o.stderr
+            .contains(" 1000 of its 1101 masquerade ports (30000-31100)"),
+        "{o}"
+    );
+    let inactive = t.netd_ok(&["net", "dump", "default", "--inactive"]);
+    assert!(!inactive.contains("30000-30100"), "{inactive}");
+    // The running network still masquerades on 1024-65535: live is fine.
+    t.netd_ok(&[
+        "forward",
+        "add",
+        "default",
+        "--proto",
+        "udp",
+        "--port",
+        "30000-30100",
+        "--to",
+        "192.168.122.100",
+        "--live",
+    ]);
+}
+
 /// In the guest: from port 5000, one datagram to A and its echo, then
 /// whatever else arrives on the port within `wait` seconds, one line each.
 const GUEST_5000: &str = r#"

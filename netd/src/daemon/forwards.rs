@@ -228,7 +228,7 @@ impl State {
         }
         // Forwards and the masquerade share the ports of one address: none
         // may leave the masquerade short (checked before anything changes).
-        self.check_masquerade_pool(name, &new)?;
+        self.check_masquerade_pool(name, &new, persistent, live)?;
         let mut entries = Vec::new();
         if live && let Some(run) = self.running.get(name) {
             // Only the new forwards' entries: clone the definition without
@@ -251,21 +251,37 @@ impl State {
     }
 
     /// Refuses forwards that would starve a network's masquerade pool
-    /// (see `config::nat_pool`): every network, defined or running, with
-    /// the forwards it has now.
-    fn check_masquerade_pool(&self, name: &str, new: &[Forward]) -> Result<()> {
+    /// (see `config::nat_pool`): each side the edit changes (persistent,
+    /// live) with every other network, defined or running, as it is now.
+    fn check_masquerade_pool(
+        &self,
+        name: &str,
+        new: &[Forward],
+        persistent: bool,
+        live: bool,
+    ) -> Result<()> {
         let mut names: BTreeSet<&String> = self.defs.keys().collect();
         names.extend(self.running.keys());
-        // The network being changed first, so its own pool is named when
-        // both would be short.
-        let mut nets: Vec<&Network> = self.definition(name).into_iter().collect();
-        nets.extend(
-            names
-                .into_iter()
-                .filter(|n| *n != name)
-                .filter_map(|n| self.definition(n)),
-        );
-        config::nat_pool::check_masquerade_pool(&nets, new)
+        let others: Vec<&Network> = names
+            .into_iter()
+            .filter(|n| *n != name)
+            .filter_map(|n| self.definition(n))
+            .collect();
+        let sides = [
+            self.defs.get(name).filter(|_| persistent),
+            self.running
+                .get(name)
+                .filter(|_| live)
+                .map(|r| &r.record.definition),
+        ];
+        for side in sides.into_iter().flatten() {
+            // The network being changed first, so its own pool is named
+            // when both would be short.
+            let mut nets = vec![side];
+            nets.extend(others.iter().copied());
+            config::nat_pool::check_masquerade_pool(&nets, new)?;
+        }
+        Ok(())
     }
 
     pub async fn remove_forward(
