@@ -993,16 +993,11 @@ impl Topology {
         self.start_daemon_with(extra)
     }
 
-    /// Like [`Topology::start_daemon`] with extra arguments appended to `netd daemon ...`.
-    pub fn start_daemon_with(&mut self, extra: &[&str]) -> Result<()> {
-        if self.daemon_running() {
-            bail!("daemon already running");
-        }
-        self.daemon = None;
-        self.mount_bpffs()?;
-        let bin = self.bin();
+    /// `daemon` and this topology's folders: the start of every `netd
+    /// daemon` command line a test runs.
+    pub fn daemon_args(&self) -> Vec<String> {
         let dir = |s: &str| self.dir.join(s).to_string_lossy().into_owned();
-        let mut args: Vec<String> = vec![
+        vec![
             "daemon".into(),
             "--config-dir".into(),
             dir("config"),
@@ -1012,7 +1007,30 @@ impl Topology {
             dir("run"),
             "--bpffs".into(),
             dir("bpffs"),
-        ];
+        ]
+    }
+
+    /// Runs `netd daemon` on this topology's folders in the foreground
+    /// (no cgroup hooks) with `extra`, for a daemon expected to exit.
+    pub fn run_daemon_to_exit(&self, extra: &[&str], timeout: Duration) -> Output {
+        let bin = self.bin();
+        let args = self.daemon_args();
+        let mut argv: Vec<&str> = vec![bin.to_str().expect("utf-8 netd path")];
+        argv.extend(args.iter().map(String::as_str));
+        argv.extend(["--cgroup", "none"]);
+        argv.extend_from_slice(extra);
+        self.host.exec_timeout(&argv, timeout)
+    }
+
+    /// Like [`Topology::start_daemon`] with extra arguments appended to `netd daemon ...`.
+    pub fn start_daemon_with(&mut self, extra: &[&str]) -> Result<()> {
+        if self.daemon_running() {
+            bail!("daemon already running");
+        }
+        self.daemon = None;
+        self.mount_bpffs()?;
+        let bin = self.bin();
+        let mut args = self.daemon_args();
         // The host-local forward programs go on a cgroup of this test's own,
         // never on the machine's root cgroup.
         if !extra.contains(&"--cgroup") {

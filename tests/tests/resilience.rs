@@ -440,26 +440,8 @@ fn a_second_daemon_on_the_same_state_dir_exits_1() {
     require_netd!();
     let (mut t, _g) = nat_topology("resilience_two_daemons");
     let first = t.daemon_pid().unwrap();
-    let bin = t.bin();
-    let dir = |s: &str| t.dir.join(s).to_string_lossy().into_owned();
-    let (c, s, r, b) = (dir("config"), dir("state"), dir("run"), dir("bpffs"));
-    let o = t.host.exec_timeout(
-        &[
-            bin.to_str().unwrap(),
-            "daemon",
-            "--config-dir",
-            &c,
-            "--state-dir",
-            &s,
-            "--run-dir",
-            &r,
-            "--bpffs",
-            &b,
-            "--cgroup",
-            "none",
-        ],
-        Duration::from_secs(20),
-    );
+    let s = t.dir.join("state").to_string_lossy().into_owned();
+    let o = t.run_daemon_to_exit(&[], Duration::from_secs(20));
     assert_eq!(o.status, 1, "{o}");
     let want = format!("error: another netd daemon (pid {first}) holds {s}");
     assert_eq!(o.stderr.trim(), want, "{o}");
@@ -829,26 +811,7 @@ fn pinned_maps_of_another_layout_refuse_the_start_unless_migrated() {
         2,
     );
 
-    let bin = t.bin();
-    let dir = |s: &str| t.dir.join(s).to_string_lossy().into_owned();
-    let (c, s, r, b) = (dir("config"), dir("state"), dir("run"), dir("bpffs"));
-    let o = t.host.exec_timeout(
-        &[
-            bin.to_str().unwrap(),
-            "daemon",
-            "--config-dir",
-            &c,
-            "--state-dir",
-            &s,
-            "--run-dir",
-            &r,
-            "--bpffs",
-            &b,
-            "--cgroup",
-            "none",
-        ],
-        Duration::from_secs(30),
-    );
+    let o = t.run_daemon_to_exit(&[], Duration::from_secs(30));
     assert_eq!(o.status, 1, "{o}");
     let err = o.stderr.trim();
     assert_eq!(err.lines().count(), 1, "{o}");
@@ -898,25 +861,7 @@ fn pinned_maps_of_another_layout_refuse_the_start_unless_migrated() {
     // Another --forwards-max is another layout too: refused, then resized
     // by --migrate-maps with every forward kept.
     t.stop_daemon();
-    let o = t.host.exec_timeout(
-        &[
-            bin.to_str().unwrap(),
-            "daemon",
-            "--config-dir",
-            &c,
-            "--state-dir",
-            &s,
-            "--run-dir",
-            &r,
-            "--bpffs",
-            &b,
-            "--cgroup",
-            "none",
-            "--forwards-max",
-            "256",
-        ],
-        Duration::from_secs(30),
-    );
+    let o = t.run_daemon_to_exit(&["--forwards-max", "256"], Duration::from_secs(30));
     assert_eq!(o.status, 1, "{o}");
     let want = format!(
         "NETD_FORWARDS (max_entries {} -> 256)",
